@@ -1,0 +1,168 @@
+"""Config is data: flat YAML files with LLaMA-Factory's key names, plus `key=value` overrides.
+
+    expertkit train my.yaml lora_rank=16            # YAML + overrides
+    expertkit train my.yaml --lora_rank 16          # LLaMA-Factory's command-line style
+    expertkit train model_name_or_path=... dataset=...   # no YAML at all
+
+Unknown keys are errors with a did-you-mean; keys LLaMA-Factory has that we do not support yet produce one
+warning listing them; every problem is reported at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from expertkit.core.errors import ConfigError, ProblemList
+
+logger = logging.getLogger(__name__)
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class StageConfig(BaseModel):
+    """Base of every stage's config: field docstrings are the documentation (`--help`, docs, UI)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", validate_assignment=True,
+                              protected_namespaces=())
+
+    # keys LLaMA-Factory knows that this stage accepts but ignores (warned once); filled by subclasses
+    lf_unsupported: ClassVar[frozenset[str]] = frozenset()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+C = TypeVar("C", bound=StageConfig)
+
+
+def split_cli_args(args: list[str]) -> tuple[str | None, dict[str, str]]:
+    """Split command arguments into an optional config file and overrides.
+
+    Accepts `key=value`, `--key value`, `--key=value` and a bare `--flag` (meaning true).
+    """
+    path: str | None = None
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            body = arg[2:]
+            if "=" in body:
+                key, value = body.split("=", 1)
+            elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+                key, value = body, args[i + 1]
+                i += 1
+            else:
+                key, value = body, "true"
+            overrides[key.replace("-", "_")] = value
+        elif "=" in arg and not arg.lower().endswith(CONFIG_SUFFIXES):
+            key, value = arg.split("=", 1)
+            overrides[key.strip()] = value
+        elif path is None:
+            path = arg
+        else:
+            raise ConfigError(f"unexpected argument '{arg}': only one config file can be given (already '{path}')",
+                              hint="overrides are written key=value, e.g. lora_rank=16")
+        i += 1
+    return path, overrides
+
+
+def parse_override(value: str) -> Any:
+    """`key=value` values are YAML scalars: 1e-4 is a float, true a bool, null None."""
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    # `1e-4` is a string for YAML 1.1; users mean a number
+    if isinstance(parsed, str):
+        try:
+            return float(parsed) if any(c in parsed for c in ".eE") else int(parsed)
+        except ValueError:
+            return parsed
+    return parsed
+
+
+def read_yaml(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, int]]:
+    """Read a flat YAML (or JSON) mapping; return it and the line number of each top-level key."""
+    p = Path(path)
+    if not p.is_file():
+        near = sorted(x.name for x in p.parent.glob("*") if x.suffix in CONFIG_SUFFIXES)[:10] if p.parent.is_dir() else []
+        hint = f"config files in {p.parent}: {', '.join(near)}" if near else "check the path"
+        raise ConfigError(f"config file '{path}' does not exist", hint=hint)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})", hint="save the file as UTF-8") from None
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}",
+                          hint="check indentation and quoting on that line") from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value lines, found {type(data).__name__}")
+    lines = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, _ in node.value:
+            lines[str(key_node.value)] = key_node.start_mark.line + 1
+    return data, lines
+
+
+def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> C:
+    """Build a typed config from a YAML file and overrides, reporting every problem at once."""
+    data, lines = read_yaml(path) if path else ({}, {})
+    for key, value in (overrides or {}).items():
+        data[key] = parse_override(value) if isinstance(value, str) else value
+        lines.pop(key, None)
+
+    def where(key: str) -> str:
+        if key in lines:
+            return f"{path}:{lines[key]}"
+        return "override" if overrides and key in overrides else str(path or "config")
+
+    known = set(cls.model_fields)
+    lf_only = cls.lf_unsupported
+    problems = ProblemList()
+    ignored = sorted(k for k in data if k not in known and k in lf_only)
+    for key in sorted(k for k in data if k not in known and k not in lf_only):
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else "run `expertkit config keys` to list the keys"
+        problems.add(f"unknown key '{key}'", where=where(key), hint=hint)
+    if ignored:
+        logger.warning("ignoring LLaMA-Factory keys expertkit does not support yet: %s", ", ".join(ignored))
+    values = {k: v for k, v in data.items() if k in known}
+    try:
+        config = cls(**values)
+    except ValidationError as e:
+        for err in e.errors():
+            key = str(err["loc"][0]) if err["loc"] else ""
+            sub = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in err["loc"][1:])
+            got = values.get(key, None) if key else None
+            msg = err["msg"]
+            if key and key in values:
+                msg += f" (got {got!r})"
+            problems.add(msg, where=where(key) if key else str(path or "config"), field=f"{key}{sub}")
+        config = None
+    if problems:
+        src = f" in {path}" if path else ""
+        raise ConfigError(f"found the following problems{src}:", problems=problems.items)
+    assert config is not None
+    return config
+
+
+def save_config(config: StageConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from expertkit.core.runs import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))

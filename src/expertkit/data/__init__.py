@@ -1,0 +1,1 @@
+"""Instruction data: formats → conversations, dataset_info.json, checks, preparation and splits."""

@@ -1,0 +1,69 @@
+"""Keys that say which data to read and how to cut it. LLaMA-Factory's names."""
+
+from __future__ import annotations
+
+from pydantic import field_validator
+
+from expertkit.model.config import ModelConfig
+
+
+def split_list(value: str | list[str] | None) -> list[str]:
+    """`a, b` or ['a', 'b'] -> ['a', 'b']."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    return [str(x).strip() for x in items if str(x).strip()]
+
+
+class DataConfig(ModelConfig):
+    dataset: list[str]
+    """Datasets to mix: names from dataset_dir/dataset_info.json, file paths, or hub ids (comma list)."""
+
+    dataset_dir: str = "data"
+    """Folder holding dataset_info.json and the data files it names."""
+
+    cutoff_len: int = 2048
+    """Longest sequence in tokens; longer examples are cut (examples left with no answer token are dropped)."""
+
+    max_samples: int | None = None
+    """Use at most this many rows of each dataset (handy for a quick try)."""
+
+    val_size: float = 0.0
+    """Held-out share (0-1) or count (>= 1) of rows for evaluation loss."""
+
+    packing: bool = False
+    """Pack several short examples into one cutoff_len row (each still attends only to itself)."""
+
+    mask_history: bool = False
+    """Train on the last assistant turn only; by default every assistant turn carries loss."""
+
+    train_on_prompt: bool = False
+    """Also compute loss on system/user tokens (rarely wanted)."""
+
+    max_invalid_ratio: float = 0.1
+    """Refuse to train when more than this share of rows is invalid (invalid rows under it are skipped)."""
+
+    seed: int = 42
+    """Random seed for shuffling, splitting and initialisation: same seed, same data -> same loss curve."""
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _split_dataset(cls, v: object) -> list[str]:
+        items = split_list(v)  # type: ignore[arg-type]
+        if not items:
+            raise ValueError("name at least one dataset")
+        return items
+
+    @field_validator("cutoff_len")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 8:
+            raise ValueError("must be at least 8 tokens")
+        return v
+
+    @field_validator("val_size", "max_invalid_ratio")
+    @classmethod
+    def _non_negative(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError("must not be negative")
+        return v

@@ -1,0 +1,1 @@
+"""Training recipes that read top to bottom (sft.py), on transformers + peft."""

@@ -1,0 +1,171 @@
+"""The supervised fine-tuning config: LLaMA-Factory's keys, so its users bring their YAML files unchanged.
+
+Each field's docstring is its documentation (`expertkit config keys`, docs/configuration.md).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import field_validator, model_validator
+
+from expertkit.data.config import DataConfig, split_list
+
+# LLaMA-Factory keys we accept and ignore for now (a warning lists the ones a file uses).
+LF_UNSUPPORTED = frozenset(
+    """
+    adapter_folder cache_dir model_revision hf_hub_token ms_hub_token om_hub_token low_cpu_mem_usage
+    quantization_method quantization_bit quantization_type double_quantization quantization_device_map
+    rope_scaling flash_attn shift_attn mixture_of_depths use_unsloth use_unsloth_gc enable_liger_kernel
+    moe_aux_loss_coef upcast_layernorm upcast_lmhead_output train_from_scratch infer_backend offload_folder
+    use_cache infer_dtype print_param_status use_reentrant_gc image_max_pixels image_min_pixels video_fps
+    video_maxlen audio_sampling_rate freeze_vision_tower freeze_multi_modal_projector train_mm_proj_only
+    preprocessing_num_workers preprocessing_batch_size overwrite_cache tokenized_path mix_strategy
+    interleave_probs streaming buffer_size neat_packing tool_format eval_dataset eval_num_beams
+    eval_on_each_dataset dataloader_num_workers ddp_timeout deepspeed fsdp include_num_input_tokens_seen
+    pref_beta pref_ftx pref_loss dpo_label_smoothing simpo_gamma ppo_buffer_size ppo_epochs reward_model
+    additional_target loraplus_lr_ratio loraplus_lr_embedding pissa_init pissa_iter pissa_convert
+    create_new_adapter use_galore galore_target galore_rank use_apollo use_badam badam_mode use_swanlab
+    freeze_extra_modules compute_accuracy disable_shuffling predict_with_generate run_name
+    ddp_find_unused_parameters enable_thinking default_system new_special_tokens resize_vocab
+    use_llama_pro lora_parameters module_to_save ray_run_name optim_target_modules
+    """.split()
+)
+
+
+class TrainConfig(DataConfig):
+    lf_unsupported = LF_UNSUPPORTED
+
+    stage: Literal["sft"] = "sft"
+    """Training stage. Supervised fine-tuning (sft) now; preference tuning (dpo) comes later."""
+
+    do_train: bool = True
+    """Kept for LLaMA-Factory compatibility; `expertkit train` always trains."""
+
+    finetuning_type: Literal["lora", "full", "freeze"] = "lora"
+    """lora: small adapter (cheap, the usual choice); full: every weight; freeze: only the last layers."""
+
+    lora_rank: int = 8
+    """LoRA rank r: capacity of the adapter. 8-64 is typical."""
+
+    lora_alpha: int | None = None
+    """LoRA scaling; unset means 2 x lora_rank."""
+
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input (0-0.1)."""
+
+    lora_target: list[str] = ["all"]
+    """Modules that get adapters: `all` (every linear layer but the output head) or a comma list (q_proj,v_proj)."""
+
+    use_rslora: bool = False
+    """Rank-stabilised LoRA scaling (alpha / sqrt(r)); helps at high ranks."""
+
+    use_dora: bool = False
+    """Weight-decomposed LoRA (DoRA): a bit better quality, slower."""
+
+    freeze_trainable_layers: int = 2
+    """finetuning_type freeze: train the last N layers (negative: the first N)."""
+
+    learning_rate: float = 1e-4
+    """Peak learning rate. LoRA: 1e-4 to 5e-4; full fine-tuning: 1e-5 to 5e-5."""
+
+    num_train_epochs: float = 3.0
+    """Passes over the training data (ignored when max_steps > 0)."""
+
+    max_steps: int = -1
+    """Stop after this many optimiser steps (-1: use num_train_epochs)."""
+
+    per_device_train_batch_size: int = 2
+    """Sequences per forward pass and device."""
+
+    gradient_accumulation_steps: int = 8
+    """Forward passes per optimiser step; effective batch = batch x accumulation x devices."""
+
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+        "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay",
+    ] = "cosine"
+    """Learning-rate schedule after warm-up."""
+
+    warmup_ratio: float = 0.0
+    """Share of the steps spent warming the learning rate up."""
+
+    warmup_steps: int = 0
+    """Warm-up in steps (wins over warmup_ratio when > 0)."""
+
+    max_grad_norm: float = 1.0
+    """Clip the gradient norm to this."""
+
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+
+    optim: str = "adamw_torch"
+    """Optimiser name as transformers knows it (adamw_torch, adamw_torch_fused, sgd, ...)."""
+
+    logging_steps: int = 10
+    """Log loss and learning rate every N optimiser steps."""
+
+    save_steps: int = 500
+    """Write a resumable checkpoint every N optimiser steps."""
+
+    save_total_limit: int | None = None
+    """Keep at most N checkpoints (oldest deleted)."""
+
+    output_dir: str = "saves/run"
+    """Run folder: resolved config, logs, loss plot, checkpoints and the adapter (or model)."""
+
+    overwrite_output_dir: bool = False
+    """Allow training into a folder that already holds a finished run (its checkpoints are removed)."""
+
+    resume_from_checkpoint: bool | str | None = None
+    """true: continue from the newest complete checkpoint in output_dir; or a checkpoint folder."""
+
+    plot_loss: bool = True
+    """Save training_loss.png (and eval loss when there is a validation split)."""
+
+    bf16: bool | None = None
+    """bfloat16 mixed precision. Unset: on for GPUs and CPUs that support it natively."""
+
+    fp16: bool = False
+    """float16 mixed precision (GPUs without bf16)."""
+
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: much less memory, ~30% slower."""
+
+    disable_gradient_checkpointing: bool | None = None
+    """LLaMA-Factory's switch; true forces gradient_checkpointing off."""
+
+    padding_free: bool = True
+    """Concatenate each batch into one row without padding (faster; attention stays per example)."""
+
+    report_to: list[str] = ["none"]
+    """Experiment trackers (none, tensorboard, wandb, ...); comma list."""
+
+    eval_strategy: Literal["no", "steps", "epoch"] = "no"
+    """When to compute validation loss (needs val_size > 0)."""
+
+    eval_steps: int | None = None
+    """With eval_strategy steps: every N steps (unset: logging_steps)."""
+
+    per_device_eval_batch_size: int = 4
+    """Sequences per forward pass during evaluation."""
+
+    learning_check_samples: int = 5
+    """After training, greedy-decode this many training prompts with base and tuned model (0: skip)."""
+
+    @field_validator("lora_target", "report_to", mode="before")
+    @classmethod
+    def _split_lists(cls, v: object) -> list[str]:
+        return split_list(v)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.lora_alpha is None:
+            self.lora_alpha = 2 * self.lora_rank
+        if self.disable_gradient_checkpointing:
+            self.gradient_checkpointing = False
+        if self.bf16 and self.fp16:
+            raise ValueError("bf16 and fp16 are both on: choose one")
+        if self.eval_strategy != "no" and self.val_size <= 0:
+            raise ValueError(f"eval_strategy is '{self.eval_strategy}' but val_size is 0: set val_size (e.g. 0.1)")
+        return self
