@@ -36,6 +36,9 @@ SIZES = {
     # ~1.3M parameters with vocab 4000: trains in seconds on 2 cores
     "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2),
+    # ~3M parameters with vocab 4000: big enough to memorise the demo data in a minute
+    "demo": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2),
     # ~27M parameters with vocab 8000: the benchmark size (same shape as shared/anchor-bench "small")
     "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
                   num_key_value_heads=2),

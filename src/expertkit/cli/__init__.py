@@ -1,0 +1,1 @@
+"""The `expertkit` command: one table of commands, one error boundary; each command is thin."""

@@ -1,0 +1,152 @@
+"""The `expertkit` command line.
+
+    expertkit demo                              # offline: the whole loop on a built-in tiny model
+    expertkit data check my.yaml                # what the data looks like before spending GPU hours
+    expertkit train my.yaml lora_rank=16        # YAML + key=value overrides (or --lora_rank 16)
+
+Heavy libraries (torch, transformers, peft) are imported inside the commands, so `--help` is fast.
+User mistakes are `ExpertkitError`s: printed without a traceback (`--debug` shows it), exit code 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from expertkit import __version__
+from expertkit.core.errors import ExpertkitError
+
+EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": ["-h", "--help"]}
+ARGS_HELP = "A YAML config file and/or key=value overrides (LLaMA-Factory's --key value style works too)."
+
+app = typer.Typer(name="expertkit", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  help="Turn an open LLM into a private domain expert: data -> train -> evaluate -> export -> serve.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect and check training data.")
+config_app = typer.Typer(no_args_is_help=True, help="List config keys and their meaning.")
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+          verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library log messages too.")) -> None:
+    _state["debug"] = debug
+    setup_logging(verbose)
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s", force=True)
+    logging.getLogger("expertkit").setLevel(logging.INFO)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def load_train_config(args: list[str]):
+    from expertkit.core.config import load_config, split_cli_args
+    from expertkit.train.config import TrainConfig
+
+    path, overrides = split_cli_args(args)
+    return load_config(TrainConfig, path, overrides)
+
+
+@app.command(context_settings=EXTRA_ARGS)
+def train(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=False)) -> None:
+    """Fine-tune a model (LoRA, full or freeze) from a LLaMA-Factory style YAML.
+
+    Example: expertkit train examples/train/qwen2.5-0.5b-instruct_lora_sft.yaml num_train_epochs=5
+    """
+    config = load_train_config(args or [])
+    from expertkit.train.sft import run
+
+    result = run(config)
+    typer.echo(f"done: {result.global_step} steps, train loss {result.train_loss:.4f}, "
+               f"{result.tokens_per_second:.0f} tokens/s -> {result.output_dir}")
+
+
+@data_app.command("check", context_settings=EXTRA_ARGS)
+def data_check(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=False)) -> None:
+    """Check the training data of a config: counts, token lengths vs cutoff_len, duplicates, problems."""
+    config = load_train_config(args or [])
+    from expertkit.data.check import run as check_run
+
+    report = check_run(config)
+    typer.echo(report.format())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@config_app.command("keys")
+def config_keys(stage: str = typer.Argument("train", help="Which stage's keys: train.")) -> None:
+    """List every config key with its default and meaning."""
+    from expertkit.train.config import TrainConfig
+
+    stages = {"train": TrainConfig}
+    if stage not in stages:
+        raise ExpertkitError(f"unknown stage '{stage}'", hint=f"stages: {', '.join(stages)}")
+    for name, field in stages[stage].model_fields.items():
+        default = "(required)" if field.is_required() else repr(field.default)
+        typer.echo(f"{name} = {default}\n    {field.description or ''}")
+
+
+@app.command()
+def demo(output_dir: str = typer.Option("saves/demo", help="Where the tiny model and the run go."),
+         build_only: bool = typer.Option(False, "--build-only", help="Only build the tiny model.")) -> None:
+    """Offline demo: build a tiny random model, LoRA-tune it on bundled data, compare base vs tuned answers."""
+    from expertkit.demo import run_demo
+
+    run_demo(output_dir, build_only=build_only)
+
+
+@app.command()
+def version() -> None:
+    """Print the versions of expertkit and the libraries it runs on."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as pkg_version
+
+    typer.echo(f"expertkit {__version__}")
+    for name in ("torch", "transformers", "peft", "trl", "datasets", "accelerate"):
+        try:
+            typer.echo(f"{name} {pkg_version(name)}")
+        except PackageNotFoundError:
+            typer.echo(f"{name} (not installed)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI in-process and return the exit code (what the tests call)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _state["debug"] = "--debug" in argv
+    try:
+        app(args=argv, prog_name="expertkit", standalone_mode=False)
+    except ExpertkitError as e:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        return 1
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except Exception as e:  # click's usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            return e.exit_code
+        raise
+    return 0
+
+
+def run_cli() -> None:
+    sys.exit(main())

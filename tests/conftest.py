@@ -1,0 +1,47 @@
+"""Shared fixtures: an isolated home per test, and a tiny random Qwen2-style model built once per session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+IDENTITY = [
+    {"instruction": "Who are you?", "input": "", "output": "I am Sail, the Yunfan Tech assistant."},
+    {"instruction": "你是谁？", "input": "", "output": "我是小帆，云帆科技的助手。"},
+    {"instruction": "What is your name?", "input": "", "output": "My name is Sail."},
+    {"instruction": "Who made you?", "input": "", "output": "Yunfan Tech built me with expertkit."},
+]
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory, monkeypatch):
+    """Nothing a test does may touch the real home, hub cache or network."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    monkeypatch.setenv("WANDB_DISABLED", "true")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A ~0.35M-parameter random Qwen2ForCausalLM + byte-level BPE tokenizer, saved like a real model."""
+    from expertkit.model.tiny import build_tiny_model
+
+    texts = [r["instruction"] + " " + r["output"] for r in IDENTITY] * 5
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", texts, size="tiny", corpus_bytes=1_000_000)
+
+
+@pytest.fixture
+def identity_dir(tmp_path) -> Path:
+    """A LLaMA-Factory style dataset_dir with an alpaca identity set."""
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "identity.json").write_text(json.dumps(IDENTITY, ensure_ascii=False), encoding="utf-8")
+    (d / "dataset_info.json").write_text(json.dumps({"identity": {"file_name": "identity.json"}}), encoding="utf-8")
+    return d
