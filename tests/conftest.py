@@ -37,11 +37,10 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", texts, size="tiny", corpus_bytes=1_000_000)
 
 
-@pytest.fixture
-def identity_dir(tmp_path) -> Path:
-    """A LLaMA-Factory style dataset_dir with an alpaca identity set."""
-    d = tmp_path / "data"
-    d.mkdir()
+@pytest.fixture(scope="session")
+def identity_dir(tmp_path_factory) -> Path:
+    """A LLaMA-Factory style dataset_dir with an alpaca identity set (read-only for tests)."""
+    d = tmp_path_factory.mktemp("data")
     (d / "identity.json").write_text(json.dumps(IDENTITY, ensure_ascii=False), encoding="utf-8")
     (d / "dataset_info.json").write_text(json.dumps({"identity": {"file_name": "identity.json"}}), encoding="utf-8")
     return d

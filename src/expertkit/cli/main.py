@@ -41,7 +41,10 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s", force=True)
+    root = logging.getLogger()
+    if not root.handlers:  # the CLI sets logging up once; in-process callers (tests) keep theirs
+        logging.basicConfig(format="%(message)s")
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("expertkit").setLevel(logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not verbose:
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _state["debug"] = "--debug" in argv
     try:
-        app(args=argv, prog_name="expertkit", standalone_mode=False)
+        code = app(args=argv, prog_name="expertkit", standalone_mode=False)
     except ExpertkitError as e:
         if _state["debug"]:
             raise
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             e.show()
             return e.exit_code
         raise
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def run_cli() -> None:

@@ -62,7 +62,7 @@ def split_cli_args(args: list[str]) -> tuple[str | None, dict[str, str]]:
             else:
                 key, value = body, "true"
             overrides[key.replace("-", "_")] = value
-        elif "=" in arg and not arg.lower().endswith(CONFIG_SUFFIXES):
+        elif "=" in arg and arg.split("=", 1)[0].strip().isidentifier():
             key, value = arg.split("=", 1)
             overrides[key.strip()] = value
         elif path is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from expertkit.core.config import save_config
 from expertkit.core.errors import DataError, ExpertkitError
-from expertkit.core.runs import RESOLVED_CONFIG, write_json_atomic
+from expertkit.core.runs import RESOLVED_CONFIG, TRAINER_LOG, write_json_atomic
 from expertkit.core.schema import Conversation
 from expertkit.train.config import TrainConfig
 
@@ -61,19 +61,35 @@ def prepare_output_dir(config: TrainConfig) -> str | None:
         for _, d, _ in checkpoints:
             shutil.rmtree(d)
         (out / FINISHED_MARKER).unlink(missing_ok=True)
-        (out / "trainer_log.jsonl").unlink(missing_ok=True)
+        (out / TRAINER_LOG).unlink(missing_ok=True)
     elif not config.resume_from_checkpoint and (checkpoints or finished):
         what = "a finished run" if finished else f"checkpoints ({', '.join(d.name for _, d, _ in checkpoints[-3:])})"
         raise ExpertkitError(f"output_dir '{out}' already holds {what}",
                              hint="continue it with resume_from_checkpoint=true, start over with "
                              "overwrite_output_dir=true, or choose another output_dir")
     resume = resolve_resume(out, config.resume_from_checkpoint)
-    if resume is None and config.resume_from_checkpoint:
-        (out / "trainer_log.jsonl").unlink(missing_ok=True)
+    if config.resume_from_checkpoint:
+        trim_log(out / TRAINER_LOG, checkpoint_step(resume))
     out.mkdir(parents=True, exist_ok=True)
     (out / FINISHED_MARKER).unlink(missing_ok=True)
     save_config(config, out / RESOLVED_CONFIG)
     return resume
+
+
+def checkpoint_step(checkpoint: str | None) -> int:
+    return int(Path(checkpoint).name.rsplit("-", 1)[-1]) if checkpoint else 0
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop log lines of steps the resumed run will repeat (they were logged after the checkpoint)."""
+    import json
+
+    from expertkit.core.runs import write_text_atomic
+
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        keep = [x for x in lines if x.strip() and json.loads(x).get("current_steps", 0) <= step]
+        write_text_atomic(path, "".join(x + "\n" for x in keep))
 
 
 def load_chat_tokenizer(config: TrainConfig):
@@ -171,8 +187,11 @@ def choose_precision(config: TrainConfig) -> Precision:
 
 
 def build_model(config: TrainConfig):
+    from transformers import set_seed
+
     from expertkit.model.load import load_model
 
+    set_seed(config.seed)  # LoRA's A matrices are random: same seed, same initial adapter, same loss curve
     precision = choose_precision(config)
     model = load_model(config.model_name_or_path, precision.load_dtype, config.trust_remote_code)
     model.config.use_cache = False
