@@ -48,12 +48,27 @@ def demo_config(model_dir: Path, output_dir: str | Path):
     from expertkit.train.config import TrainConfig
 
     return TrainConfig(
-        model_name_or_path=str(model_dir), dataset=["identity", "support_qa"], dataset_dir=str(demo_data_dir()),
-        cutoff_len=256, finetuning_type="lora", lora_rank=32, lora_alpha=64, lora_target=["all"],
-        learning_rate=3e-3, num_train_epochs=40, lr_scheduler_type="cosine", warmup_ratio=0.05,
-        per_device_train_batch_size=2, gradient_accumulation_steps=1, logging_steps=50, save_steps=200,
-        save_total_limit=1, output_dir=str(Path(output_dir) / "lora"), overwrite_output_dir=True,
-        learning_check_samples=6, seed=42,
+        model_name_or_path=str(model_dir),
+        dataset=["identity", "support_qa"],
+        dataset_dir=str(demo_data_dir()),
+        cutoff_len=256,
+        finetuning_type="lora",
+        lora_rank=32,
+        lora_alpha=64,
+        lora_target=["all"],
+        learning_rate=3e-3,
+        num_train_epochs=40,
+        lr_scheduler_type="cosine",
+        warmup_ratio=0.05,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        logging_steps=50,
+        save_steps=200,
+        save_total_limit=1,
+        output_dir=str(Path(output_dir) / "lora"),
+        overwrite_output_dir=True,
+        learning_check_samples=6,
+        seed=42,
     )
 
 

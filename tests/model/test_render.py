@@ -8,13 +8,15 @@ from expertkit.core.schema import Conversation, Message
 from expertkit.model.render import IGNORE_INDEX, TemplateError, render_conversation
 from expertkit.model.templates import TEMPLATES, apply_template
 
-CONV = Conversation([
-    Message("system", "You help with insurance claims."),
-    Message("user", "What is a deductible?"),
-    Message("assistant", "The part of a loss you pay yourself."),
-    Message("user", "并且？"),
-    Message("assistant", "<think>short</think>免赔额由保单规定。"),
-])
+CONV = Conversation(
+    [
+        Message("system", "You help with insurance claims."),
+        Message("user", "What is a deductible?"),
+        Message("assistant", "The part of a loss you pay yourself."),
+        Message("user", "并且？"),
+        Message("assistant", "<think>short</think>免赔额由保单规定。"),
+    ]
+)
 
 
 @pytest.fixture
@@ -45,7 +47,7 @@ def test_labels_decode_to_assistant_turns(tokenizer, template):
     assert len(spans) == 2
     for span, answer in zip(spans, answers):
         assert span.strip().startswith(answer)
-        end = span.strip()[len(answer):]
+        end = span.strip()[len(answer) :]
         named = TEMPLATES.get(template or "")
         eos = named.stop if named and named.stop else tokenizer.eos_token
         assert end.startswith(eos), f"the end-of-turn token must carry loss, got {end!r}"
@@ -89,4 +91,5 @@ def test_named_template_sets_eos_when_the_token_exists(tokenizer):
     apply_template(tokenizer, "qwen")
     assert tokenizer.eos_token == "<|im_end|>"
     assert "<|im_start|>assistant" in tokenizer.apply_chat_template(
-        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )

@@ -15,11 +15,28 @@ from expertkit.train.checkpoints import COMPLETE_MARKER, list_checkpoints, resol
 
 
 def train_args(tiny_model, identity_dir, out, steps: int) -> list[str]:
-    return [sys.executable, "-m", "expertkit", "train", f"model_name_or_path={tiny_model}", "dataset=identity",
-            f"dataset_dir={identity_dir}", f"output_dir={out}", f"max_steps={steps}", "save_steps=5",
-            "logging_steps=1", "per_device_train_batch_size=1", "gradient_accumulation_steps=1",
-            "learning_rate=1e-3", "lr_scheduler_type=cosine", "warmup_steps=3", "learning_check_samples=0",
-            "plot_loss=false", "bf16=false", "lora_dropout=0.1"]
+    return [
+        sys.executable,
+        "-m",
+        "expertkit",
+        "train",
+        f"model_name_or_path={tiny_model}",
+        "dataset=identity",
+        f"dataset_dir={identity_dir}",
+        f"output_dir={out}",
+        f"max_steps={steps}",
+        "save_steps=5",
+        "logging_steps=1",
+        "per_device_train_batch_size=1",
+        "gradient_accumulation_steps=1",
+        "learning_rate=1e-3",
+        "lr_scheduler_type=cosine",
+        "warmup_steps=3",
+        "learning_check_samples=0",
+        "plot_loss=false",
+        "bf16=false",
+        "lora_dropout=0.1",
+    ]
 
 
 def losses(out: Path) -> dict[int, float]:
@@ -33,8 +50,9 @@ def test_sigkill_then_resume_continues_the_same_schedule(tiny_model, identity_di
     subprocess.run(train_args(tiny_model, identity_dir, reference, steps), check=True, capture_output=True)
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(train_args(tiny_model, identity_dir, out, steps), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_args(tiny_model, identity_dir, out, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while not list(out.glob(f"checkpoint-*/{COMPLETE_MARKER}")) and time.time() < deadline:
         time.sleep(0.02)
@@ -45,8 +63,11 @@ def test_sigkill_then_resume_continues_the_same_schedule(tiny_model, identity_di
     done = [s for s, _, ok in list_checkpoints(out) if ok]
     assert done and done[-1] < steps
 
-    resumed = subprocess.run(train_args(tiny_model, identity_dir, out, steps) + ["resume_from_checkpoint=true"],
-                             capture_output=True, text=True)
+    resumed = subprocess.run(
+        train_args(tiny_model, identity_dir, out, steps) + ["resume_from_checkpoint=true"],
+        capture_output=True,
+        text=True,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {out / f'checkpoint-{done[-1]}'}" in resumed.stderr
     state = json.loads((out / "trainer_state.json").read_text())

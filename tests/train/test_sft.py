@@ -13,20 +13,34 @@ from expertkit.train.config import TrainConfig
 
 
 def train_config(tiny_model, identity_dir, out, **overrides) -> TrainConfig:
-    base = dict(model_name_or_path=str(tiny_model), dataset="identity", dataset_dir=str(identity_dir),
-                output_dir=str(out), cutoff_len=128, lora_rank=16, learning_rate=5e-3, num_train_epochs=40,
-                per_device_train_batch_size=2, gradient_accumulation_steps=1, logging_steps=5, save_steps=1000,
-                learning_check_samples=4, lr_scheduler_type="constant", bf16=False)
+    base = dict(
+        model_name_or_path=str(tiny_model),
+        dataset="identity",
+        dataset_dir=str(identity_dir),
+        output_dir=str(out),
+        cutoff_len=128,
+        lora_rank=16,
+        learning_rate=5e-3,
+        num_train_epochs=40,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        logging_steps=5,
+        save_steps=1000,
+        learning_check_samples=4,
+        lr_scheduler_type="constant",
+        bf16=False,
+    )
     base.update(overrides)
     return load_config(TrainConfig, None, base)
 
 
 def greedy(model, tokenizer, question: str) -> str:
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                        return_dict=True, return_tensors="pt")
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, return_dict=True, return_tensors="pt"
+    )
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +73,18 @@ def test_run_folder_holds_everything_a_user_needs(lora_run):
 
     config, result = lora_run
     out = Path(result.output_dir)
-    for name in ["adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json",
-                 "expertkit_config.yaml", "trainer_log.jsonl", "training_loss.png", "learning_check.json",
-                 "train_results.json", "trainer_state.json", "expertkit_finished"]:
+    for name in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer_config.json",
+        "expertkit_config.yaml",
+        "trainer_log.jsonl",
+        "training_loss.png",
+        "learning_check.json",
+        "train_results.json",
+        "trainer_state.json",
+        "expertkit_finished",
+    ]:
         assert (out / name).is_file(), name
     logs = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
     assert logs[0]["current_steps"] == 1 and "loss" in logs[0] and "remaining_time" in logs[0]
@@ -95,10 +118,21 @@ def test_full_and_freeze_train_what_they_should(tiny_model, identity_dir, tmp_pa
 
     from expertkit.train.sft import run
 
-    config = train_config(tiny_model, identity_dir, tmp_path / kind, finetuning_type=kind, max_steps=3,
-                          learning_rate=1e-3, freeze_trainable_layers=1, learning_check_samples=1)
+    config = train_config(
+        tiny_model,
+        identity_dir,
+        tmp_path / kind,
+        finetuning_type=kind,
+        max_steps=3,
+        learning_rate=1e-3,
+        freeze_trainable_layers=1,
+        learning_check_samples=1,
+    )
     run(config)
-    before, after = load_file(str(tiny_model / "model.safetensors")), load_file(str(tmp_path / kind / "model.safetensors"))
+    before, after = (
+        load_file(str(tiny_model / "model.safetensors")),
+        load_file(str(tmp_path / kind / "model.safetensors")),
+    )
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     if kind == "full":
         assert changed == set(before) - {"lm_head.weight"}  # tied to the embeddings
@@ -111,8 +145,17 @@ def test_same_seed_same_loss_curve(tiny_model, identity_dir, tmp_path):
 
     losses = []
     for name in ("a", "b"):
-        run(train_config(tiny_model, identity_dir, tmp_path / name, max_steps=4, logging_steps=1,
-                         learning_check_samples=0, lora_dropout=0.1))
+        run(
+            train_config(
+                tiny_model,
+                identity_dir,
+                tmp_path / name,
+                max_steps=4,
+                logging_steps=1,
+                learning_check_samples=0,
+                lora_dropout=0.1,
+            )
+        )
         lines = (tmp_path / name / "trainer_log.jsonl").read_text().splitlines()
         losses.append([json.loads(x)["loss"] for x in lines if '"loss"' in x])
     assert len(losses[0]) == 4 and losses[0] == losses[1]
@@ -138,7 +181,7 @@ max_samples: 1000
 overwrite_cache: true
 preprocessing_num_workers: 16
 ### output
-output_dir: {tmp_path / 'saves'}
+output_dir: {tmp_path / "saves"}
 logging_steps: 1
 save_steps: 500
 plot_loss: true
@@ -165,7 +208,14 @@ ddp_timeout: 180000000
 
 def test_a_second_run_into_a_finished_folder_is_refused(lora_run, capsys):
     config, result = lora_run
-    code = main(["train", f"model_name_or_path={config.model_name_or_path}", "dataset=identity",
-                 f"dataset_dir={config.dataset_dir}", f"output_dir={result.output_dir}"])
+    code = main(
+        [
+            "train",
+            f"model_name_or_path={config.model_name_or_path}",
+            "dataset=identity",
+            f"dataset_dir={config.dataset_dir}",
+            f"output_dir={result.output_dir}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "already holds a finished run" in err and "overwrite_output_dir=true" in err

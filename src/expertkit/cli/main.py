@@ -22,9 +22,14 @@ from expertkit.core.errors import ExpertkitError
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": ["-h", "--help"]}
 ARGS_HELP = "A YAML config file and/or key=value overrides (LLaMA-Factory's --key value style works too)."
 
-app = typer.Typer(name="expertkit", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  context_settings={"help_option_names": ["-h", "--help"]},
-                  help="Turn an open LLM into a private domain expert: data -> train -> evaluate -> export -> serve.")
+app = typer.Typer(
+    name="expertkit",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Turn an open LLM into a private domain expert: data -> train -> evaluate -> export -> serve.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Inspect and check training data.")
 config_app = typer.Typer(no_args_is_help=True, help="List config keys and their meaning.")
 app.add_typer(data_app, name="data")
@@ -34,8 +39,10 @@ _state = {"debug": False}
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
-          verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library log messages too.")) -> None:
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library log messages too."),
+) -> None:
     _state["debug"] = debug
     setup_logging(verbose)
 
@@ -70,8 +77,10 @@ def train(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=Fa
     from expertkit.train.sft import run
 
     result = run(config)
-    typer.echo(f"done: {result.global_step} steps, train loss {result.train_loss:.4f}, "
-               f"{result.tokens_per_second:.0f} tokens/s -> {result.output_dir}")
+    typer.echo(
+        f"done: {result.global_step} steps, train loss {result.train_loss:.4f}, "
+        f"{result.tokens_per_second:.0f} tokens/s -> {result.output_dir}"
+    )
 
 
 @data_app.command("check", context_settings=EXTRA_ARGS)
@@ -87,21 +96,25 @@ def data_check(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_defau
 
 
 @config_app.command("keys")
-def config_keys(stage: str = typer.Argument("train", help="Which stage's keys: train.")) -> None:
+def config_keys(
+    stage: str = typer.Argument("train", help="Which stage's keys: train."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the reference page (docs/reference/)."),
+) -> None:
     """List every config key with its default and meaning."""
+    from expertkit.core.config import describe_keys
     from expertkit.train.config import TrainConfig
 
     stages = {"train": TrainConfig}
     if stage not in stages:
         raise ExpertkitError(f"unknown stage '{stage}'", hint=f"stages: {', '.join(stages)}")
-    for name, field in stages[stage].model_fields.items():
-        default = "(required)" if field.is_required() else repr(field.default)
-        typer.echo(f"{name} = {default}\n    {field.description or ''}")
+    typer.echo(describe_keys(stages[stage], markdown=markdown, title=f"`expertkit {stage}` keys"), nl=False)
 
 
 @app.command()
-def demo(output_dir: str = typer.Option("saves/demo", help="Where the tiny model and the run go."),
-         build_only: bool = typer.Option(False, "--build-only", help="Only build the tiny model.")) -> None:
+def demo(
+    output_dir: str = typer.Option("saves/demo", help="Where the tiny model and the run go."),
+    build_only: bool = typer.Option(False, "--build-only", help="Only build the tiny model."),
+) -> None:
     """Offline demo: build a tiny random model, LoRA-tune it on bundled data, compare base vs tuned answers."""
     from expertkit.demo import run_demo
 

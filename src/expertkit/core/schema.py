@@ -36,8 +36,9 @@ class Conversation:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Conversation:
-        return cls(messages=[Message(**m) for m in data["messages"]], tools=data.get("tools"),
-                   source=data.get("source", ""))
+        return cls(
+            messages=[Message(**m) for m in data["messages"]], tools=data.get("tools"), source=data.get("source", "")
+        )
 
 
 @dataclass

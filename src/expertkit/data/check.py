@@ -44,8 +44,10 @@ class CheckReport:
     def format(self) -> str:
         lines = []
         for d in self.datasets:
-            lines.append(f"dataset {d.name} ({d.format}, {d.path}): {d.total_rows} rows, "
-                         f"{len(d.conversations)} valid, {d.invalid_rows} invalid")
+            lines.append(
+                f"dataset {d.name} ({d.format}, {d.path}): {d.total_rows} rows, "
+                f"{len(d.conversations)} valid, {d.invalid_rows} invalid"
+            )
             for p in d.problems[:SHOWN_PROBLEMS]:
                 lines.append(f"  - {p.format()}")
             if len(d.problems) > SHOWN_PROBLEMS:
@@ -54,7 +56,9 @@ class CheckReport:
         lines.append(f"total: {valid} valid conversations")
         if self.duplicates:
             shown = ", ".join(f"{a} = {b}" for a, b in self.duplicates[:5])
-            lines.append(f"exact duplicates: {len(self.duplicates)} ({shown}{', ...' if len(self.duplicates) > 5 else ''})")
+            lines.append(
+                f"exact duplicates: {len(self.duplicates)} ({shown}{', ...' if len(self.duplicates) > 5 else ''})"
+            )
         else:
             lines.append("exact duplicates: none")
         if self.lengths:
@@ -62,8 +66,9 @@ class CheckReport:
             fmt = lambda p: " ".join(f"{k} {v}" for k, v in p.items())  # noqa: E731
             lines.append(f"tokens per example: {fmt(s.percentiles)} (cutoff_len {self.cutoff_len})")
             lines.append(f"answer tokens per example: {fmt(s.answer_percentiles)}")
-            lines.append(f"cut by cutoff_len: {s.cut} example(s); left with no answer token (skipped): "
-                         f"{s.no_answer_left}")
+            lines.append(
+                f"cut by cutoff_len: {s.cut} example(s); left with no answer token (skipped): {s.no_answer_left}"
+            )
         elif self.lengths_error:
             lines.append(f"token lengths: not computed ({self.lengths_error})")
         lines.append(f"verdict: {'ready to train' if self.ok else 'training would refuse this data'}")

@@ -19,15 +19,20 @@ def check_model_path(path: str, what: str = "model_name_or_path") -> None:
     if not p.is_dir() or not (p / "config.json").is_file():
         parent = p.parent if p.parent.is_dir() else Path(".")
         found = sorted(d.name for d in parent.iterdir() if (d / "config.json").is_file())[:10]
-        hint = f"model folders under {parent}: {', '.join(found)}" if found else "download the model first, " \
-            "or use `expertkit demo` to build a tiny offline one"
+        hint = (
+            f"model folders under {parent}: {', '.join(found)}"
+            if found
+            else "download the model first, or use `expertkit demo` to build a tiny offline one"
+        )
         raise ExpertkitError(f"{what} '{path}' is not a model folder (no config.json)", hint=hint)
 
 
 def _hub_error(path: str, error: Exception) -> ExpertkitError:
-    return ExpertkitError(f"could not load '{path}': {type(error).__name__}: {str(error).splitlines()[0][:300]}",
-                          hint="if this is a hub id, check the name and your network (HF_ENDPOINT for a mirror); "
-                          "if it is a folder, check the path")
+    return ExpertkitError(
+        f"could not load '{path}': {type(error).__name__}: {str(error).splitlines()[0][:300]}",
+        hint="if this is a hub id, check the name and your network (HF_ENDPOINT for a mirror); "
+        "if it is a folder, check the path",
+    )
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):

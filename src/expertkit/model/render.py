@@ -64,8 +64,13 @@ def assistant_spans(tokenizer, conv: Conversation, mask_history: bool = False) -
     return full, spans
 
 
-def render_conversation(tokenizer, conv: Conversation, cutoff_len: int | None = None, mask_history: bool = False,
-                        train_on_prompt: bool = False) -> Rendered:
+def render_conversation(
+    tokenizer,
+    conv: Conversation,
+    cutoff_len: int | None = None,
+    mask_history: bool = False,
+    train_on_prompt: bool = False,
+) -> Rendered:
     """Token ids and labels (IGNORE_INDEX outside assistant turns), cut to cutoff_len from the end."""
     text, spans = assistant_spans(tokenizer, conv, mask_history)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

@@ -44,7 +44,8 @@ _DEEPSEEK3 = (
     "{% if message['role'] == 'system' %}{{ message['content'] }}"
     "{% elif message['role'] == 'user' %}{{ '<｜User｜>' + message['content'] }}"
     "{% elif message['role'] == 'assistant' %}{{ '<｜Assistant｜>' + message['content'] + '<｜end▁of▁sentence｜>' }}"
-    "{% elif message['role'] == 'tool' %}{{ '<｜tool▁outputs▁begin｜>' + message['content'] + '<｜tool▁outputs▁end｜>' }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{{ '<｜tool▁outputs▁begin｜>' + message['content'] + '<｜tool▁outputs▁end｜>' }}"
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
 )
@@ -52,8 +53,8 @@ _DEEPSEEK3 = (
 _LLAMA3 = (
     "{{ bos_token or '' }}"
     "{% for message in messages %}"
-    "{{ '<|start_header_id|>' + ('ipython' if message['role'] == 'tool' else message['role']) + '<|end_header_id|>\\n\\n'"
-    " + message['content'] + '<|eot_id|>' }}"
+    "{{ '<|start_header_id|>' + ('ipython' if message['role'] == 'tool' else message['role'])"
+    " + '<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
@@ -80,11 +81,19 @@ _DEFAULT = (
 TEMPLATES: dict[str, NamedTemplate] = {
     t.name: t
     for t in [
-        NamedTemplate("qwen", _chatml("You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
-                      "<|im_end|>", "Qwen / Qwen2.5 ChatML with Qwen's default system prompt"),
+        NamedTemplate(
+            "qwen",
+            _chatml("You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
+            "<|im_end|>",
+            "Qwen / Qwen2.5 ChatML with Qwen's default system prompt",
+        ),
         NamedTemplate("chatml", _chatml(None), "<|im_end|>", "ChatML without a default system prompt"),
-        NamedTemplate("deepseek3", _DEEPSEEK3, "<｜end▁of▁sentence｜>",
-                      "DeepSeek-V3 / DeepSeek-R1 and the R1-Distill family (Qwen and Llama based)"),
+        NamedTemplate(
+            "deepseek3",
+            _DEEPSEEK3,
+            "<｜end▁of▁sentence｜>",
+            "DeepSeek-V3 / DeepSeek-R1 and the R1-Distill family (Qwen and Llama based)",
+        ),
         NamedTemplate("llama3", _LLAMA3, "<|eot_id|>", "Llama 3 / 3.1 / 3.2 instruct"),
         NamedTemplate("alpaca", _ALPACA, None, "### Instruction / ### Response, for base models"),
         NamedTemplate("default", _DEFAULT, None, "Human: / Assistant:, for base models"),
@@ -98,9 +107,11 @@ def get_template(name: str) -> NamedTemplate:
 
         close = difflib.get_close_matches(name, list(TEMPLATES), n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(f"unknown template '{name}'",
-                          hint=f"{hint}templates: {', '.join(TEMPLATES)}; or leave `template` unset to use "
-                          "the tokenizer's own chat template")
+        raise ConfigError(
+            f"unknown template '{name}'",
+            hint=f"{hint}templates: {', '.join(TEMPLATES)}; or leave `template` unset to use "
+            "the tokenizer's own chat template",
+        )
     return TEMPLATES[name]
 
 

@@ -34,14 +34,17 @@ QWEN_CHAT_TEMPLATE = (
 )
 SIZES = {
     # ~1.3M parameters with vocab 4000: trains in seconds on 2 cores
-    "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2),
+    "tiny": dict(
+        hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    ),
     # ~3M parameters with vocab 4000: big enough to memorise the demo data in a minute
-    "demo": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2),
+    "demo": dict(
+        hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2
+    ),
     # ~27M parameters with vocab 8000: the benchmark size (same shape as shared/anchor-bench "small")
-    "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
-                  num_key_value_heads=2),
+    "small": dict(
+        hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2
+    ),
 }
 
 
@@ -69,13 +72,20 @@ def build_tokenizer(texts: list[str], vocab_size: int = 4000, corpus_bytes: int 
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
 
     def corpus() -> Iterable[str]:
         yield from stdlib_texts(corpus_bytes)
@@ -83,17 +93,29 @@ def build_tokenizer(texts: list[str], vocab_size: int = 4000, corpus_bytes: int 
             yield from texts
 
     tok.train_from_iterator(corpus(), trainer=trainer)
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                 unk_token=None, bos_token=None, model_max_length=4096,
-                                 additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-                                 clean_up_tokenization_spaces=False)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        bos_token=None,
+        model_max_length=4096,
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+        clean_up_tokenization_spaces=False,
+    )
     hf.chat_template = QWEN_CHAT_TEMPLATE
     hf.padding_side = "right"
     return hf
 
 
-def build_tiny_model(out_dir: str | os.PathLike, texts: list[str], size: str = "tiny", vocab_size: int = 4000,
-                     seed: int = 0, corpus_bytes: int = 3_000_000) -> Path:
+def build_tiny_model(
+    out_dir: str | os.PathLike,
+    texts: list[str],
+    size: str = "tiny",
+    vocab_size: int = 4000,
+    seed: int = 0,
+    corpus_bytes: int = 3_000_000,
+) -> Path:
     """Write a random Qwen2ForCausalLM + tokenizer to out_dir and return it. Deterministic for a seed."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -109,15 +131,27 @@ def build_tiny_model(out_dir: str | os.PathLike, texts: list[str], size: str = "
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIALS}
     torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=True,
-                         rope_theta=1_000_000.0, rms_norm_eps=1e-6, hidden_act="silu", initializer_range=0.02,
-                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"], use_cache=True, **SIZES[size])
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        hidden_act="silu",
+        initializer_range=0.02,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        use_cache=True,
+        **SIZES[size],
+    )
     config.dtype = torch.float32
     model = Qwen2ForCausalLM(config).to(torch.float32)
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out, safe_serialization=True)
-    (out / "README.md").write_text(f"# {TINY_LABEL}\n\nRandom weights, {size} size, built by expertkit. "
-                                   "Not a language model: for demos and tests only.\n")
+    (out / "README.md").write_text(
+        f"# {TINY_LABEL}\n\nRandom weights, {size} size, built by expertkit. "
+        "Not a language model: for demos and tests only.\n"
+    )
     return out

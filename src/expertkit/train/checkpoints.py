@@ -46,9 +46,11 @@ def resolve_resume(output_dir: str | Path, resume: bool | str | None) -> str | N
     if isinstance(resume, str) and resume.lower() not in ("true", "latest"):
         path = Path(resume)
         if not (path / "trainer_state.json").is_file():
-            raise ExpertkitError(f"resume_from_checkpoint '{resume}' is not a checkpoint folder (no trainer_state.json)",
-                                 hint=f"checkpoints in {output_dir}: "
-                                 + (", ".join(d.name for _, d, ok in list_checkpoints(output_dir) if ok) or "none"))
+            raise ExpertkitError(
+                f"resume_from_checkpoint '{resume}' is not a checkpoint folder (no trainer_state.json)",
+                hint=f"checkpoints in {output_dir}: "
+                + (", ".join(d.name for _, d, ok in list_checkpoints(output_dir) if ok) or "none"),
+            )
         return str(path)
     checkpoints = list_checkpoints(output_dir)
     complete = [(step, d) for step, d, ok in checkpoints if ok]

@@ -81,9 +81,11 @@ def pack_examples(examples: list[dict[str, Any]], cutoff_len: int) -> list[dict[
     packed = []
     for members in sorted(bins, key=lambda m: min(m)):  # keep the original order roughly stable
         members.sort()
-        packed.append({
-            "input_ids": [t for i in members for t in examples[i]["input_ids"]],
-            "labels": [t for i in members for t in examples[i]["labels"]],
-            "segments": [len(examples[i]["input_ids"]) for i in members],
-        })
+        packed.append(
+            {
+                "input_ids": [t for i in members for t in examples[i]["input_ids"]],
+                "labels": [t for i in members for t in examples[i]["labels"]],
+                "segments": [len(examples[i]["input_ids"]) for i in members],
+            }
+        )
     return packed

@@ -48,8 +48,10 @@ class LearningCheck:
         n = len(self.samples)
         lines = [
             f"loss: {self.first_loss:.4f} -> {self.last_loss:.4f} ({'fell' if self.loss_fell else 'DID NOT FALL'})"
-            if self.first_loss is not None and self.last_loss is not None else "loss: not logged",
-            f"weights changed: {'yes' if self.adapter_applied else 'NO'} (max logit change {self.max_logit_change:.3g})",
+            if self.first_loss is not None and self.last_loss is not None
+            else "loss: not logged",
+            f"weights changed: {'yes' if self.adapter_applied else 'NO'} "
+            f"(max logit change {self.max_logit_change:.3g})",
             f"training prompts answered as trained: tuned {self.tuned_matches}/{n}, base {self.base_matches}/{n}",
             f"tokens carrying loss: {100 * self.loss_token_share:.1f}%",
         ]
@@ -70,13 +72,19 @@ def answers_as_trained(output: str, expected: str) -> bool:
 def greedy_answer(model, tokenizer, conv: Conversation, max_new_tokens: int) -> str:
     import torch
 
-    prompt_ids = tokenizer.apply_chat_template(conv.to_dicts()[:-1], add_generation_prompt=True, return_dict=True,
-                                               return_tensors="pt")
+    prompt_ids = tokenizer.apply_chat_template(
+        conv.to_dicts()[:-1], add_generation_prompt=True, return_dict=True, return_tensors="pt"
+    )
     prompt_ids = {k: v.to(model.device) for k, v in prompt_ids.items()}
     with torch.no_grad():
-        out = model.generate(**prompt_ids, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, prompt_ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            **prompt_ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    return tokenizer.decode(out[0, prompt_ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def _logits(model, tokenizer, conv: Conversation):
@@ -101,8 +109,16 @@ def advice(config, rows: int, steps: int, loss_fell: bool) -> list[str]:
     return out
 
 
-def run_learning_check(model, tokenizer, samples: list[Conversation], log_history: list[dict], config,
-                       rows: int, loss_token_share: float, base_model=None) -> LearningCheck:
+def run_learning_check(
+    model,
+    tokenizer,
+    samples: list[Conversation],
+    log_history: list[dict],
+    config,
+    rows: int,
+    loss_token_share: float,
+    base_model=None,
+) -> LearningCheck:
     """`model` is the tuned model; for LoRA the base is the same model with its adapter disabled."""
     losses = [h["loss"] for h in log_history if "loss" in h]
     first, last = (losses[0], losses[-1]) if losses else (None, None)
@@ -117,12 +133,29 @@ def run_learning_check(model, tokenizer, samples: list[Conversation], log_histor
         with _base_of(model, base_model) as base:
             base_answer = greedy_answer(base, tokenizer, conv, max_new)
             change = max(change, float((tuned_logits - _logits(base, tokenizer, conv)).abs().max()))
-        checks.append(SampleCheck(conv.messages[-2].content, expected, base_answer, tuned,
-                                  answers_as_trained(base_answer, expected), answers_as_trained(tuned, expected)))
+        checks.append(
+            SampleCheck(
+                conv.messages[-2].content,
+                expected,
+                base_answer,
+                tuned,
+                answers_as_trained(base_answer, expected),
+                answers_as_trained(tuned, expected),
+            )
+        )
     steps = max((h.get("step", 0) for h in log_history), default=0)
-    result = LearningCheck(first, last, loss_fell, change > 1e-5, change, loss_token_share,
-                           sum(c.tuned_matches for c in checks), sum(c.base_matches for c in checks), checks,
-                           advice(config, rows, steps, loss_fell))
+    result = LearningCheck(
+        first,
+        last,
+        loss_fell,
+        change > 1e-5,
+        change,
+        loss_token_share,
+        sum(c.tuned_matches for c in checks),
+        sum(c.base_matches for c in checks),
+        checks,
+        advice(config, rows, steps, loss_fell),
+    )
     if not result.adapter_applied and samples:
         result.warnings.insert(0, "the tuned model's outputs equal the base's: the weights did not change")
     write_json_atomic(Path(config.output_dir) / LEARNING_CHECK, asdict(result))

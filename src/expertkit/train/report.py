@@ -25,8 +25,9 @@ class MemoryEstimate:
         return self.total <= 0.9 * self.available
 
 
-def estimate_memory(model, trainable: int, tokens_per_step: int, gradient_checkpointing: bool,
-                    act_bytes: int) -> MemoryEstimate:
+def estimate_memory(
+    model, trainable: int, tokens_per_step: int, gradient_checkpointing: bool, act_bytes: int
+) -> MemoryEstimate:
     """Rough peak memory of one training step (weights + grads + Adam + activations of one micro-batch).
 
     Activations follow Korthikanti et al. 2022 (~34 x hidden bytes-per-element per token per layer without

@@ -64,9 +64,11 @@ def prepare_output_dir(config: TrainConfig) -> str | None:
         (out / TRAINER_LOG).unlink(missing_ok=True)
     elif not config.resume_from_checkpoint and (checkpoints or finished):
         what = "a finished run" if finished else f"checkpoints ({', '.join(d.name for _, d, _ in checkpoints[-3:])})"
-        raise ExpertkitError(f"output_dir '{out}' already holds {what}",
-                             hint="continue it with resume_from_checkpoint=true, start over with "
-                             "overwrite_output_dir=true, or choose another output_dir")
+        raise ExpertkitError(
+            f"output_dir '{out}' already holds {what}",
+            hint="continue it with resume_from_checkpoint=true, start over with "
+            "overwrite_output_dir=true, or choose another output_dir",
+        )
     resume = resolve_resume(out, config.resume_from_checkpoint)
     if config.resume_from_checkpoint:
         trim_log(out / TRAINER_LOG, checkpoint_step(resume))
@@ -135,12 +137,19 @@ def tokenize_conversations(rows: list[Conversation], tokenizer, config: TrainCon
             continue
         examples.append({"input_ids": r.input_ids, "labels": r.labels})
     if dropped:
-        logger.warning("%d %s example(s) have no answer token left after cutoff_len=%d and are skipped "
-                       "(e.g. %s); raise cutoff_len to keep them", len(dropped), split, config.cutoff_len,
-                       ", ".join(dropped[:3]))
+        logger.warning(
+            "%d %s example(s) have no answer token left after cutoff_len=%d and are skipped "
+            "(e.g. %s); raise cutoff_len to keep them",
+            len(dropped),
+            split,
+            config.cutoff_len,
+            ", ".join(dropped[:3]),
+        )
     if not examples:
-        raise DataError(f"no {split} example has an answer token within cutoff_len={config.cutoff_len}",
-                        hint="raise cutoff_len or shorten the prompts")
+        raise DataError(
+            f"no {split} example has an answer token within cutoff_len={config.cutoff_len}",
+            hint="raise cutoff_len or shorten the prompts",
+        )
     tokens = sum(len(e["input_ids"]) for e in examples)
     loss_tokens = sum(sum(1 for x in e["labels"] if x != -100) for e in examples)
     stats = TokenStats(len(examples), len(dropped), truncated, longest, tokens, loss_tokens)
@@ -216,11 +225,19 @@ def attach_lora(model, config: TrainConfig):
     missing = [t for t in config.lora_target if t != "all" and t not in names]
     if missing:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
-        raise ExpertkitError(f"lora_target names modules this model does not have: {', '.join(missing)}",
-                             hint=f"linear layers of this model: {', '.join(linear)}; or lora_target=all")
-    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, use_rslora=config.use_rslora, use_dora=config.use_dora,
-                      task_type="CAUSAL_LM")
+        raise ExpertkitError(
+            f"lora_target names modules this model does not have: {', '.join(missing)}",
+            hint=f"linear layers of this model: {', '.join(linear)}; or lora_target=all",
+        )
+    lora = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        use_rslora=config.use_rslora,
+        use_dora=config.use_dora,
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 
@@ -228,8 +245,9 @@ def freeze_layers(model, n: int) -> None:
     """Train only the last n decoder layers (the first -n when negative)."""
     import re
 
-    layer_ids = sorted({int(m.group(1)) for name, _ in model.named_parameters()
-                        if (m := re.search(r"\.layers\.(\d+)\.", name))})
+    layer_ids = sorted(
+        {int(m.group(1)) for name, _ in model.named_parameters() if (m := re.search(r"\.layers\.(\d+)\.", name))}
+    )
     keep = set(layer_ids[-n:] if n > 0 else layer_ids[:-n])
     for name, param in model.named_parameters():
         m = re.search(r"\.layers\.(\d+)\.", name)
@@ -244,23 +262,47 @@ def build_trainer(config: TrainConfig, model, tokenizer, train_set, val_set, pre
 
     tty = sys.stderr.isatty()
     args = TrainingArguments(
-        output_dir=config.output_dir, per_device_train_batch_size=config.per_device_train_batch_size,
+        output_dir=config.output_dir,
+        per_device_train_batch_size=config.per_device_train_batch_size,
         per_device_eval_batch_size=config.per_device_eval_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=config.learning_rate,
-        num_train_epochs=config.num_train_epochs, max_steps=config.max_steps,
-        lr_scheduler_type=config.lr_scheduler_type, warmup_steps=config.warmup_steps or config.warmup_ratio,
-        max_grad_norm=config.max_grad_norm, weight_decay=config.weight_decay, optim=config.optim,
-        logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit, eval_strategy=config.eval_strategy,
-        eval_steps=config.eval_steps or config.logging_steps, bf16=precision.bf16, fp16=precision.fp16,
-        seed=config.seed, report_to=config.report_to, remove_unused_columns=False, dataloader_num_workers=0,
-        include_num_input_tokens_seen="non_padding", disable_tqdm=not tty, logging_first_step=True,
-        save_only_model=False, use_cpu=not _has_gpu(),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_steps or config.warmup_ratio,
+        max_grad_norm=config.max_grad_norm,
+        weight_decay=config.weight_decay,
+        optim=config.optim,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        eval_strategy=config.eval_strategy,
+        eval_steps=config.eval_steps or config.logging_steps,
+        bf16=precision.bf16,
+        fp16=precision.fp16,
+        seed=config.seed,
+        report_to=config.report_to,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=not tty,
+        logging_first_step=True,
+        save_only_model=False,
+        use_cpu=not _has_gpu(),
     )
     callbacks = [RunLogCallback(config.output_dir, echo=not tty), CompleteCheckpointCallback()]
     collator = PaddingFreeCollator() if config.padding_free else PaddedCollator(tokenizer.pad_token_id)
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
-                      data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set or None,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
     trainer.remove_callback(PrinterCallback)  # our RunLogCallback prints a readable line instead of a dict
     return trainer
 
@@ -276,41 +318,49 @@ def planned_steps(config: TrainConfig, n_examples: int) -> int:
 
     if config.max_steps > 0:
         return config.max_steps
-    per_epoch = max(math.ceil(math.ceil(n_examples / config.per_device_train_batch_size)
-                              / config.gradient_accumulation_steps), 1)
+    per_epoch = max(
+        math.ceil(math.ceil(n_examples / config.per_device_train_batch_size) / config.gradient_accumulation_steps), 1
+    )
     return math.ceil(config.num_train_epochs * per_epoch)
 
 
-def print_header(config: TrainConfig, trainer, stats: TokenStats, precision: Precision, n_train: int,
-                 n_val: int) -> None:
+def print_header(
+    config: TrainConfig, trainer, stats: TokenStats, precision: Precision, n_train: int, n_val: int
+) -> None:
     from expertkit.model.load import count_parameters
     from expertkit.train.report import GIB, estimate_memory, log_header, memory_advice
 
     trainable, total = count_parameters(trainer.model)
     batch = config.per_device_train_batch_size * config.gradient_accumulation_steps * trainer.args.world_size
     tokens = config.per_device_train_batch_size * min(stats.longest, config.cutoff_len)
-    est = estimate_memory(trainer.model, trainable, tokens, config.gradient_checkpointing,
-                          2 if precision.bf16 or precision.fp16 else 4)
-    kind = config.finetuning_type + (f" (r={config.lora_rank}, alpha={config.lora_alpha})"
-                                     if config.finetuning_type == "lora" else "")
-    log_header({
-        "model": f"{config.model_name_or_path} ({precision.describe()})",
-        "method": kind,
-        "parameters": f"{trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
-        "rows": f"{stats.rows} train ({stats.dropped} dropped) + {n_val} validation, from {n_train + n_val} valid",
-        "sequences": f"longest {stats.longest} tokens vs cutoff_len {config.cutoff_len} ({stats.truncated} cut); "
-        f"{stats.loss_tokens / max(stats.tokens, 1):.0%} of tokens carry loss",
-        "batch": f"{config.per_device_train_batch_size} x {config.gradient_accumulation_steps} accumulation "
-        f"x {trainer.args.world_size} device(s) = {batch} sequences per step",
-        "steps": f"{planned_steps(config, len(trainer.train_dataset))}",
-        "memory": f"~{est.total / GIB:.1f} GiB estimated peak of {est.available / GIB:.1f} GiB {est.device}",
-        "output": str(Path(config.output_dir).resolve()),
-    })
+    est = estimate_memory(
+        trainer.model, trainable, tokens, config.gradient_checkpointing, 2 if precision.bf16 or precision.fp16 else 4
+    )
+    kind = config.finetuning_type + (
+        f" (r={config.lora_rank}, alpha={config.lora_alpha})" if config.finetuning_type == "lora" else ""
+    )
+    log_header(
+        {
+            "model": f"{config.model_name_or_path} ({precision.describe()})",
+            "method": kind,
+            "parameters": f"{trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
+            "rows": f"{stats.rows} train ({stats.dropped} dropped) + {n_val} validation, from {n_train + n_val} valid",
+            "sequences": f"longest {stats.longest} tokens vs cutoff_len {config.cutoff_len} ({stats.truncated} cut); "
+            f"{stats.loss_tokens / max(stats.tokens, 1):.0%} of tokens carry loss",
+            "batch": f"{config.per_device_train_batch_size} x {config.gradient_accumulation_steps} accumulation "
+            f"x {trainer.args.world_size} device(s) = {batch} sequences per step",
+            "steps": f"{planned_steps(config, len(trainer.train_dataset))}",
+            "memory": f"~{est.total / GIB:.1f} GiB estimated peak of {est.available / GIB:.1f} GiB {est.device}",
+            "output": str(Path(config.output_dir).resolve()),
+        }
+    )
     if not est.fits():
-        logger.warning("this run will probably not fit in memory (~%.1f GiB needed, %.1f GiB available); try: %s",
-                       est.total / GIB, est.available / GIB,
-                       memory_advice(est, config.per_device_train_batch_size, config.cutoff_len,
-                                     config.gradient_checkpointing))
+        logger.warning(
+            "this run will probably not fit in memory (~%.1f GiB needed, %.1f GiB available); try: %s",
+            est.total / GIB,
+            est.available / GIB,
+            memory_advice(est, config.per_device_train_batch_size, config.cutoff_len, config.gradient_checkpointing),
+        )
 
 
 def save_final(trainer, tokenizer, config: TrainConfig) -> None:
@@ -345,8 +395,16 @@ def check_learning(trainer, tokenizer, rows: list[Conversation], config: TrainCo
         from expertkit.model.load import load_model
 
         base = load_model(config.model_name_or_path, trainer.model.dtype, config.trust_remote_code)
-    check = run_learning_check(trainer.model, tokenizer, samples, trainer.state.log_history, config, stats.rows,
-                               stats.loss_tokens / max(stats.tokens, 1), base_model=base)
+    check = run_learning_check(
+        trainer.model,
+        tokenizer,
+        samples,
+        trainer.state.log_history,
+        config,
+        stats.rows,
+        stats.loss_tokens / max(stats.tokens, 1),
+        base_model=base,
+    )
     logger.info("learning check (saved to learning_check.json):\n%s", check.summary())
     return check
 
@@ -365,5 +423,12 @@ def finish(config: TrainConfig, trainer, output, check) -> TrainResult:
         plot_loss(trainer.state.log_history, out)
     write_text_atomic(out / FINISHED_MARKER, "finished\n")
     logger.info("saved %s to %s", "adapter" if config.finetuning_type == "lora" else "model", out)
-    return TrainResult(str(out), trainer.state.global_step, float(metrics.get("train_loss", float("nan"))), runtime,
-                       tokens, metrics["train_tokens_per_second"], check)
+    return TrainResult(
+        str(out),
+        trainer.state.global_step,
+        float(metrics.get("train_loss", float("nan"))),
+        runtime,
+        tokens,
+        metrics["train_tokens_per_second"],
+        check,
+    )
