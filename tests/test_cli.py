@@ -64,12 +64,28 @@ def test_data_check_on_good_data(identity_dir, tiny_model, capsys):
             f"model_name_or_path={tiny_model}",
             "dataset=identity",
             f"dataset_dir={identity_dir}",
-            "cutoff_len=20",
+            "cutoff_len=30",
         ]
     )
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "4 rows, 4 valid, 0 invalid" in out and "cutoff_len 20" in out and "ready to train" in out
+    assert "4 rows, 4 valid, 0 invalid" in out and "cutoff_len 30" in out and "ready to train" in out
+    assert "cut by cutoff_len: 4 example(s); left with no answer token (skipped): 0" in out
+
+
+def test_data_check_refuses_when_cutoff_leaves_no_answer(identity_dir, tiny_model, capsys):
+    code = main(
+        [
+            "data",
+            "check",
+            f"model_name_or_path={tiny_model}",
+            "dataset=identity",
+            f"dataset_dir={identity_dir}",
+            "cutoff_len=20",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 1 and "no example keeps an answer token within cutoff_len=20" in out
 
 
 def test_training_refuses_mostly_broken_data(tmp_path, tiny_model, capsys):
@@ -94,3 +110,12 @@ def test_reference_docs_are_up_to_date(capsys):
     assert capsys.readouterr().out == page.read_text(encoding="utf-8"), (
         "docs/reference/train.md is stale: expertkit config keys --markdown > docs/reference/train.md"
     )
+
+
+def test_debug_is_accepted_after_the_command(capsys):
+    import pytest
+
+    from expertkit.core.errors import ConfigError
+
+    with pytest.raises(ConfigError):  # --debug shows the traceback instead of a one-line error
+        main(["train", "model_name_or_path=x", "dataset=d", "lora_rnak=4", "--debug"])

@@ -219,3 +219,41 @@ def test_a_second_run_into_a_finished_folder_is_refused(lora_run, capsys):
     )
     err = capsys.readouterr().err
     assert code == 1 and "already holds a finished run" in err and "overwrite_output_dir=true" in err
+
+
+def test_validation_split_logs_eval_loss(tiny_model, identity_dir, tmp_path):
+    from expertkit.train.sft import run
+
+    out = tmp_path / "eval"
+    run(
+        train_config(
+            tiny_model,
+            identity_dir,
+            out,
+            max_steps=4,
+            val_size=1,
+            eval_strategy="steps",
+            eval_steps=2,
+            logging_steps=1,
+            learning_check_samples=0,
+        )
+    )
+    records = [json.loads(x) for x in (out / "trainer_log.jsonl").read_text().splitlines()]
+    assert [r["current_steps"] for r in records if "eval_loss" in r] == [2, 4]
+    assert (out / "training_loss.png").stat().st_size > 1000
+
+
+def test_memory_estimate_warns_with_advice(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from expertkit.train.report import estimate_memory, memory_advice
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    small = estimate_memory(model, 1000, 512, gradient_checkpointing=False, act_bytes=4)
+    huge = estimate_memory(model, 1000, 10**9, gradient_checkpointing=False, act_bytes=4)
+    assert small.fits() and not huge.fits()
+    ckpt = estimate_memory(model, 1000, 10**9, gradient_checkpointing=True, act_bytes=4)
+    assert ckpt.activations < huge.activations
+    advice = memory_advice(huge, batch=8, cutoff_len=4096, gradient_checkpointing=False)
+    assert "per_device_train_batch_size=4" in advice and "gradient_checkpointing=true" in advice
+    assert "cutoff_len=2048" in advice

@@ -138,6 +138,8 @@ def version() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI in-process and return the exit code (what the tests call)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:  # a global option, accepted anywhere on the line
+        argv = ["--debug"] + [a for a in argv if a != "--debug"]
     _state["debug"] = "--debug" in argv
     try:
         code = app(args=argv, prog_name="expertkit", standalone_mode=False)

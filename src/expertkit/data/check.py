@@ -130,6 +130,9 @@ def run(config: DataConfig) -> CheckReport:
             report.lengths = measure_lengths(conversations, config)
         except ExpertkitError as e:
             report.lengths_error = str(e).replace("\n", " ")
+            report.refusal = report.refusal or f"token lengths could not be measured: {report.lengths_error}"
+        if report.lengths and report.lengths.no_answer_left == len(conversations):
+            report.refusal = report.refusal or f"no example keeps an answer token within cutoff_len={config.cutoff_len}"
     return report
 
 

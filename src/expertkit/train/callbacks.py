@@ -54,7 +54,7 @@ class RunLogCallback(TrainerCallback):
         if state.num_input_tokens_seen:
             record["num_input_tokens_seen"] = int(state.num_input_tokens_seen)
         append_jsonl(self.path, record)
-        if self.echo:
+        if self.echo and any(k in logs for k in ("loss", "eval_loss")):
             parts = [f"step {state.global_step}/{state.max_steps}"]
             for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
                 if key in logs:

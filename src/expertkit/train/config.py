@@ -1,6 +1,6 @@
 """The supervised fine-tuning config: LLaMA-Factory's keys, so its users bring their YAML files unchanged.
 
-Each field's docstring is its documentation (`expertkit config keys`, docs/configuration.md).
+Each field's docstring is its documentation (`expertkit config keys`, docs/reference/train.md).
 """
 
 from __future__ import annotations
@@ -170,10 +170,17 @@ class TrainConfig(DataConfig):
     def _check(self) -> TrainConfig:
         if self.lora_alpha is None:
             self.lora_alpha = 2 * self.lora_rank
-        if self.disable_gradient_checkpointing:
+        if self.disable_gradient_checkpointing and self.gradient_checkpointing:
             self.gradient_checkpointing = False
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 are both on: choose one")
+        if self.freeze_trainable_layers == 0:
+            raise ValueError("freeze_trainable_layers must not be 0: the last N layers (N > 0) or the first N (N < 0)")
+        if self.adapter_name_or_path and self.finetuning_type != "lora":
+            raise ValueError(
+                f"adapter_name_or_path continues a LoRA adapter, but finetuning_type is "
+                f"'{self.finetuning_type}': set finetuning_type=lora, or merge the adapter first"
+            )
         if self.eval_strategy != "no" and self.val_size <= 0:
             raise ValueError(f"eval_strategy is '{self.eval_strategy}' but val_size is 0: set val_size (e.g. 0.1)")
         return self

@@ -70,8 +70,8 @@ def prepare_output_dir(config: TrainConfig) -> str | None:
             "overwrite_output_dir=true, or choose another output_dir",
         )
     resume = resolve_resume(out, config.resume_from_checkpoint)
-    if config.resume_from_checkpoint:
-        trim_log(out / TRAINER_LOG, checkpoint_step(resume))
+    # a fresh start must not append to an earlier run's log; a resumed one drops the steps it will repeat
+    trim_log(out / TRAINER_LOG, checkpoint_step(resume))
     out.mkdir(parents=True, exist_ok=True)
     (out / FINISHED_MARKER).unlink(missing_ok=True)
     save_config(config, out / RESOLVED_CONFIG)
@@ -79,7 +79,12 @@ def prepare_output_dir(config: TrainConfig) -> str | None:
 
 
 def checkpoint_step(checkpoint: str | None) -> int:
-    return int(Path(checkpoint).name.rsplit("-", 1)[-1]) if checkpoint else 0
+    """The global step a checkpoint folder was saved at (from its trainer_state.json)."""
+    import json
+
+    if not checkpoint:
+        return 0
+    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("global_step", 0))
 
 
 def trim_log(path: Path, step: int) -> None:
@@ -189,8 +194,9 @@ def choose_precision(config: TrainConfig) -> Precision:
         raise ExpertkitError("fp16 training needs a GPU", hint="use bf16=true (on CPUs with AVX512-BF16) or fp16=false")
     if bf16 and gpu and not torch.cuda.is_bf16_supported():
         raise ExpertkitError("this GPU does not support bf16", hint="use fp16=true bf16=false")
-    # LoRA on GPU: frozen base weights in half precision (adapters stay fp32); otherwise fp32 master weights
-    half = gpu and config.finetuning_type == "lora" and (bf16 or config.fp16)
+    # LoRA: frozen base weights in half precision (peft keeps the adapters in fp32), so autocast has nothing to
+    # cast or cache; full and freeze keep fp32 master weights for the optimiser
+    half = config.finetuning_type == "lora" and (bf16 or config.fp16)
     load_dtype = (torch.bfloat16 if bf16 else torch.float16) if half else torch.float32
     return Precision(bool(bf16), config.fp16, load_dtype)
 
@@ -205,7 +211,7 @@ def build_model(config: TrainConfig):
     model = load_model(config.model_name_or_path, precision.load_dtype, config.trust_remote_code)
     model.config.use_cache = False
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
         model.enable_input_require_grads()
     if config.finetuning_type == "lora":
         model = attach_lora(model, config)
@@ -248,6 +254,11 @@ def freeze_layers(model, n: int) -> None:
     layer_ids = sorted(
         {int(m.group(1)) for name, _ in model.named_parameters() if (m := re.search(r"\.layers\.(\d+)\.", name))}
     )
+    if not layer_ids:
+        raise ExpertkitError(
+            "finetuning_type freeze found no decoder layers named '.layers.N.' in this model",
+            hint="use finetuning_type=lora or full for this architecture",
+        )
     keep = set(layer_ids[-n:] if n > 0 else layer_ids[:-n])
     for name, param in model.named_parameters():
         m = re.search(r"\.layers\.(\d+)\.", name)
@@ -332,7 +343,8 @@ def print_header(
 
     trainable, total = count_parameters(trainer.model)
     batch = config.per_device_train_batch_size * config.gradient_accumulation_steps * trainer.args.world_size
-    tokens = config.per_device_train_batch_size * min(stats.longest, config.cutoff_len)
+    row = config.cutoff_len if config.packing else min(stats.longest, config.cutoff_len)
+    tokens = config.per_device_train_batch_size * row
     est = estimate_memory(
         trainer.model, trainable, tokens, config.gradient_checkpointing, 2 if precision.bf16 or precision.fp16 else 4
     )
@@ -394,7 +406,8 @@ def check_learning(trainer, tokenizer, rows: list[Conversation], config: TrainCo
     if config.finetuning_type != "lora":
         from expertkit.model.load import load_model
 
-        base = load_model(config.model_name_or_path, trainer.model.dtype, config.trust_remote_code)
+        device = str(trainer.model.device)
+        base = load_model(config.model_name_or_path, trainer.model.dtype, config.trust_remote_code, device=device)
     check = run_learning_check(
         trainer.model,
         tokenizer,
