@@ -46,41 +46,86 @@ VARIANTS = {
     "fp32": ({"bf16": "false", "padding_free": "true"}, "fp32, padding-free (expertkit's default batching)"),
     "bf16": ({"bf16": "true", "padding_free": "true"}, "bf16 autocast on CPU, padding-free"),
     "padded": ({"bf16": "false", "padding_free": "false"}, "fp32, padded batches: what padding-free buys"),
-    "gc": ({"bf16": "false", "padding_free": "true", "gradient_checkpointing": "true"},
-           "fp32, padding-free, gradient checkpointing on (compare with LLaMA-Factory's default)"),
+    "gc": (
+        {"bf16": "false", "padding_free": "true", "gradient_checkpointing": "true"},
+        "fp32, padding-free, gradient checkpointing on (compare with LLaMA-Factory's default)",
+    ),
 }
-HYPER = dict(lora_rank=8, lora_alpha=16, lora_dropout=0.0, cutoff_len=512, per_device_train_batch_size=2,
-             gradient_accumulation_steps=8, learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=0,
-             weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", seed=42)
+HYPER = dict(
+    lora_rank=8,
+    lora_alpha=16,
+    lora_dropout=0.0,
+    cutoff_len=512,
+    per_device_train_batch_size=2,
+    gradient_accumulation_steps=8,
+    learning_rate=2e-4,
+    lr_scheduler_type="cosine",
+    warmup_steps=0,
+    weight_decay=0.0,
+    max_grad_norm=1.0,
+    optim="adamw_torch",
+    seed=42,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0].strip() + " Prints a table and the ratios expertkit / TRL.",
-        epilog=__doc__.split("\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work-dir", default="/tmp/expertkit-bench",
-                   help="data, model and run folders (reused when present; default %(default)s)")
-    p.add_argument("--anchor-dir", default=str(DEFAULT_ANCHOR),
-                   help="shared/anchor-bench: its gen_data.py and build_model.py make the data and model "
-                   "(else a built-in generator and expertkit.model.tiny are used; default %(default)s)")
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--work-dir",
+        default="/tmp/expertkit-bench",
+        help="data, model and run folders (reused when present; default %(default)s)",
+    )
+    p.add_argument(
+        "--anchor-dir",
+        default=str(DEFAULT_ANCHOR),
+        help="shared/anchor-bench: its gen_data.py and build_model.py make the data and model "
+        "(else a built-in generator and expertkit.model.tiny are used; default %(default)s)",
+    )
     p.add_argument("--steps", type=int, default=15, help="optimiser steps per system (default %(default)s = 240 rows)")
     p.add_argument("--quick", action="store_true", help="smoke run: --steps 3")
-    p.add_argument("--variants", default="fp32,bf16",
-                   help=f"expertkit variants, comma list of {', '.join(VARIANTS)} (default %(default)s): "
-                   + "; ".join(f"{k}: {v[1]}" for k, v in VARIANTS.items()))
-    p.add_argument("--baseline-gc", action="store_true",
-                   help="gradient checkpointing on in the TRL (and LLaMA-Factory) baseline (TRL's default; "
-                   "off here by default, as expertkit's fp32 variant, to compare like with like)")
+    p.add_argument(
+        "--variants",
+        default="fp32,bf16",
+        help=f"expertkit variants, comma list of {', '.join(VARIANTS)} (default %(default)s): "
+        + "; ".join(f"{k}: {v[1]}" for k, v in VARIANTS.items()),
+    )
+    p.add_argument(
+        "--baseline-gc",
+        action="store_true",
+        help="gradient checkpointing on in the TRL (and LLaMA-Factory) baseline (TRL's default; "
+        "off here by default, as expertkit's fp32 variant, to compare like with like)",
+    )
     p.add_argument("--no-trl", action="store_true", help="skip the TRL baseline (while iterating on expertkit)")
-    p.add_argument("--lf-cli", default=shutil.which("llamafactory-cli"),
-                   help="llamafactory-cli to run as a third system (default: the one on PATH, if any: %(default)s)")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="run every system this many times, interleaved; the table shows medians (default 1)")
-    p.add_argument("--idle-wait", type=float, default=300,
-                   help="before each run, wait up to this many seconds for an idle machine (default %(default)s)")
+    p.add_argument(
+        "--lf-cli",
+        default=shutil.which("llamafactory-cli"),
+        help="llamafactory-cli to run as a third system (default: the one on PATH, if any: %(default)s)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every system this many times, interleaved; the table shows medians (default 1)",
+    )
+    p.add_argument(
+        "--idle-wait",
+        type=float,
+        default=300,
+        help="before each run, wait up to this many seconds for an idle machine (default %(default)s)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in every system (0: torch's default)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra config override for every expertkit variant, e.g. --set optim=adamw_torch_fused")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config override for every expertkit variant, e.g. --set optim=adamw_torch_fused",
+    )
     p.add_argument("--json", help="also write the results (every run, medians, ratios) to this JSON file")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one system from a spec file
     args = p.parse_args(argv)
@@ -128,22 +173,30 @@ def prepare_work(work: Path, anchor: Path) -> tuple[Path, Path]:
     from_anchor = (anchor / "gen_data.py").is_file() and (anchor / "build_model.py").is_file()
     if not data.is_file():
         if from_anchor:
-            subprocess.run([sys.executable, str(anchor / "gen_data.py"), str(data), "--n", "300",
-                            "--seed", "20251123"], check=True)
+            subprocess.run(
+                [sys.executable, str(anchor / "gen_data.py"), str(data), "--n", "300", "--seed", "20251123"], check=True
+            )
         else:
             write_fallback_data(data, 300, 20251123)
     if not (model / "config.json").is_file():
         if from_anchor:
-            subprocess.run([sys.executable, str(anchor / "build_model.py"), str(model), "--data", str(data),
-                            "--size", "small"], check=True)
+            subprocess.run(
+                [sys.executable, str(anchor / "build_model.py"), str(model), "--data", str(data), "--size", "small"],
+                check=True,
+            )
         else:
             from expertkit.model.tiny import build_tiny_model
 
             rows = json.loads(data.read_text(encoding="utf-8"))
             texts = [r["instruction"] + "\n" + r["input"] + "\n" + r["output"] for r in rows]
             build_tiny_model(model, texts, size="small", vocab_size=8000)
-    info = {DATASET_NAME: {"file_name": data.name, "formatting": "alpaca",
-                           "columns": {"prompt": "instruction", "query": "input", "response": "output"}}}
+    info = {
+        DATASET_NAME: {
+            "file_name": data.name,
+            "formatting": "alpaca",
+            "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+        }
+    }
     (work / "dataset_info.json").write_text(json.dumps(info, indent=2))
     return model, data
 
@@ -153,18 +206,45 @@ def write_fallback_data(path: Path, n: int, seed: int) -> None:
     import random
 
     rng = random.Random(seed)
-    topics = ["invoice", "password reset", "VPN access", "printer queue", "refund", "shipping delay",
-              "account lock", "data export", "API quota", "license renewal"]
-    steps = ["open the settings page", "check the status light", "restart the client", "clear the cache",
-             "confirm the order number", "contact the billing team", "wait five minutes", "sign in again",
-             "attach the log file", "update to the latest version", "verify the email address"]
+    topics = [
+        "invoice",
+        "password reset",
+        "VPN access",
+        "printer queue",
+        "refund",
+        "shipping delay",
+        "account lock",
+        "data export",
+        "API quota",
+        "license renewal",
+    ]
+    steps = [
+        "open the settings page",
+        "check the status light",
+        "restart the client",
+        "clear the cache",
+        "confirm the order number",
+        "contact the billing team",
+        "wait five minutes",
+        "sign in again",
+        "attach the log file",
+        "update to the latest version",
+        "verify the email address",
+    ]
     rows = []
     for i in range(n):
         topic = rng.choice(topics)
-        answer = " ".join(f"Step {k + 1}: {rng.choice(steps)}, then note the {rng.choice(topics)} reference."
-                          for k in range(rng.randint(5, 25)))
-        rows.append({"instruction": f"A customer asks about {topic} (case {i}). How should support answer?",
-                     "input": f"Ticket {rng.randint(1000, 9999)}" if i % 5 == 0 else "", "output": answer})
+        answer = " ".join(
+            f"Step {k + 1}: {rng.choice(steps)}, then note the {rng.choice(topics)} reference."
+            for k in range(rng.randint(5, 25))
+        )
+        rows.append(
+            {
+                "instruction": f"A customer asks about {topic} (case {i}). How should support answer?",
+                "input": f"Ticket {rng.randint(1000, 9999)}" if i % 5 == 0 else "",
+                "output": answer,
+            }
+        )
     path.write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
@@ -174,8 +254,12 @@ def plan_systems(args: argparse.Namespace) -> list[tuple[str, dict]]:
     if not args.no_trl:
         systems.append(("TRL" + (" (gc)" if args.baseline_gc else ""), {"system": "trl", "gc": args.baseline_gc}))
     if args.lf_cli:
-        systems.append(("LLaMA-Factory" + (" (gc)" if args.baseline_gc else ""),
-                        {"system": "lf", "gc": args.baseline_gc, "cli": args.lf_cli}))
+        systems.append(
+            (
+                "LLaMA-Factory" + (" (gc)" if args.baseline_gc else ""),
+                {"system": "lf", "gc": args.baseline_gc, "cli": args.lf_cli},
+            )
+        )
     for v in args.variants:
         overrides = dict(VARIANTS[v][0])
         overrides.update(o.split("=", 1) for o in args.overrides)
@@ -190,11 +274,15 @@ def slug(name: str) -> str:
 def print_intro(args: argparse.Namespace, model: Path, data: Path, systems: list[tuple[str, dict]]) -> None:
     import torch
 
-    print(f"train throughput: {args.steps} steps x 16 rows, {len(systems)} system(s) x {args.rounds} round(s); "
-          f"model {model}, data {data}")
-    print(f"machine: {os.cpu_count()} CPU(s), {platform.processor() or platform.machine()}, torch {torch.__version__}"
-          f" ({args.threads or torch.get_num_threads()} threads), python {platform.python_version()}",
-          flush=True)
+    print(
+        f"train throughput: {args.steps} steps x 16 rows, {len(systems)} system(s) x {args.rounds} round(s); "
+        f"model {model}, data {data}"
+    )
+    print(
+        f"machine: {os.cpu_count()} CPU(s), {platform.processor() or platform.machine()}, torch {torch.__version__}"
+        f" ({args.threads or torch.get_num_threads()} threads), python {platform.python_version()}",
+        flush=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- one run
@@ -222,24 +310,39 @@ class RunResult:
         if self.error:
             return f"FAILED: {self.error}"
         busy = f"; other processes used {self.others_cpu:.2f} cores meanwhile" if self.others_cpu > 0.1 else ""
-        return (f"{self.tok_per_s:.1f} tok/s ({self.tokens} tokens in {self.train_s:.1f} s), wall {self.wall_s:.1f} s, "
-                f"peak RSS {self.peak_rss_mib:.0f} MiB, loss {self.losses[0]:.4f} -> {self.losses[-1]:.4f}{busy}")
+        return (
+            f"{self.tok_per_s:.1f} tok/s ({self.tokens} tokens in {self.train_s:.1f} s), wall {self.wall_s:.1f} s, "
+            f"peak RSS {self.peak_rss_mib:.0f} MiB, loss {self.losses[0]:.4f} -> {self.losses[-1]:.4f}{busy}"
+        )
 
 
 def run_system(name: str, spec: dict, model: Path, data: Path, run_dir: Path, args) -> RunResult:
     """One system in its own process: wall time, its own peak RSS (os.wait4), figures from its run folder."""
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    spec = {**spec, "model": str(model), "data": str(data), "dataset_dir": str(data.parent),
-            "out": str(run_dir / "out"), "steps": args.steps, "threads": args.threads}
+    spec = {
+        **spec,
+        "model": str(model),
+        "data": str(data),
+        "dataset_dir": str(data.parent),
+        "out": str(run_dir / "out"),
+        "steps": args.steps,
+        "threads": args.threads,
+    }
     (run_dir / "spec.json").write_text(json.dumps(spec, indent=1))
     if spec["system"] == "lf":
         (run_dir / "config.yaml").write_text(lf_yaml(spec))
         cmd = [spec["cli"], "train", str(run_dir / "config.yaml")]
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(run_dir / "spec.json")]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }
     result = RunResult(name, str(run_dir))
     wait_for_idle(args.idle_wait)
     with open(run_dir / "log.txt", "wb") as log:
@@ -314,16 +417,43 @@ def read_figures(result: RunResult, out: Path, system: str) -> None:
 def lf_yaml(spec: dict) -> str:
     """LLaMA-Factory's training YAML for the same work (as shared/anchor-bench/lf_config.sh writes it)."""
     values = {
-        "model_name_or_path": spec["model"], "stage": "sft", "do_train": True, "finetuning_type": "lora",
-        "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.0, "lora_target": "all",
-        "disable_gradient_checkpointing": not spec["gc"], "use_reentrant_gc": True,
-        "dataset": DATASET_NAME, "dataset_dir": spec["dataset_dir"], "template": "qwen", "cutoff_len": 512,
-        "overwrite_cache": True, "packing": False, "train_on_prompt": False, "output_dir": spec["out"],
-        "overwrite_output_dir": True, "logging_steps": 1, "save_strategy": "no", "plot_loss": False,
-        "report_to": "none", "per_device_train_batch_size": 2, "gradient_accumulation_steps": 8,
-        "learning_rate": 2.0e-4, "max_steps": spec["steps"], "lr_scheduler_type": "cosine", "warmup_steps": 0,
-        "weight_decay": 0.0, "max_grad_norm": 1.0, "optim": "adamw_torch", "bf16": False, "fp16": False,
-        "seed": 42, "include_num_input_tokens_seen": "non_padding", "dataloader_num_workers": 0,
+        "model_name_or_path": spec["model"],
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "lora",
+        "lora_rank": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "lora_target": "all",
+        "disable_gradient_checkpointing": not spec["gc"],
+        "use_reentrant_gc": True,
+        "dataset": DATASET_NAME,
+        "dataset_dir": spec["dataset_dir"],
+        "template": "qwen",
+        "cutoff_len": 512,
+        "overwrite_cache": True,
+        "packing": False,
+        "train_on_prompt": False,
+        "output_dir": spec["out"],
+        "overwrite_output_dir": True,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "plot_loss": False,
+        "report_to": "none",
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 8,
+        "learning_rate": 2.0e-4,
+        "max_steps": spec["steps"],
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "optim": "adamw_torch",
+        "bf16": False,
+        "fp16": False,
+        "seed": 42,
+        "include_num_input_tokens_seen": "non_padding",
+        "dataloader_num_workers": 0,
         "disable_tqdm": True,
     }
     return "".join(f"{k}: {json.dumps(v)}\n" for k, v in values.items())
@@ -357,15 +487,32 @@ def run_expertkit(spec: dict) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = {k: str(v) for k, v in HYPER.items()}
     overrides.update(
-        model_name_or_path=spec["model"], dataset=DATASET_NAME, dataset_dir=spec["dataset_dir"],
-        finetuning_type="lora", lora_target="all", max_steps=str(spec["steps"]), logging_steps="1",
-        save_steps="1000000", output_dir=spec["out"], overwrite_output_dir="true", plot_loss="false",
-        learning_check_samples="0", report_to="none",
+        model_name_or_path=spec["model"],
+        dataset=DATASET_NAME,
+        dataset_dir=spec["dataset_dir"],
+        finetuning_type="lora",
+        lora_target="all",
+        max_steps=str(spec["steps"]),
+        logging_steps="1",
+        save_steps="1000000",
+        output_dir=spec["out"],
+        overwrite_output_dir="true",
+        plot_loss="false",
+        learning_check_samples="0",
+        report_to="none",
     )
     overrides.update(spec["overrides"])
     result = run(load_config(TrainConfig, None, overrides))
-    print(json.dumps({"tokens": result.tokens_seen, "train_runtime": result.train_runtime,
-                      "tokens_per_second": result.tokens_per_second, "train_loss": result.train_loss}))
+    print(
+        json.dumps(
+            {
+                "tokens": result.tokens_seen,
+                "train_runtime": result.train_runtime,
+                "tokens_per_second": result.tokens_per_second,
+                "train_loss": result.train_loss,
+            }
+        )
+    )
 
 
 def run_trl(spec: dict) -> None:
@@ -378,23 +525,50 @@ def run_trl(spec: dict) -> None:
 
     rows = json.loads(Path(spec["data"]).read_text(encoding="utf-8"))
     # LLaMA-Factory's alpaca user turn: instruction + "\n" + input (when input is not empty)
-    ds = Dataset.from_list([
-        {"prompt": [{"role": "user", "content": r["instruction"] + ("\n" + r["input"] if r["input"] else "")}],
-         "completion": [{"role": "assistant", "content": r["output"]}]} for r in rows])
+    ds = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": r["instruction"] + ("\n" + r["input"] if r["input"] else "")}],
+                "completion": [{"role": "assistant", "content": r["output"]}],
+            }
+            for r in rows
+        ]
+    )
     tok = AutoTokenizer.from_pretrained(spec["model"])
     h = HYPER
     args = SFTConfig(
-        output_dir=spec["out"], max_steps=spec["steps"], per_device_train_batch_size=h["per_device_train_batch_size"],
-        gradient_accumulation_steps=h["gradient_accumulation_steps"], learning_rate=h["learning_rate"],
-        lr_scheduler_type=h["lr_scheduler_type"], warmup_steps=h["warmup_steps"], weight_decay=h["weight_decay"],
-        max_grad_norm=h["max_grad_norm"], optim=h["optim"], logging_steps=1, save_strategy="no", report_to="none",
-        seed=h["seed"], max_length=h["cutoff_len"], packing=False, completion_only_loss=True,
-        bf16=False, fp16=False,  # fp32 (SFTConfig's default is bf16=True)
-        gradient_checkpointing=spec["gc"], include_num_input_tokens_seen="non_padding",
-        dataloader_num_workers=0, disable_tqdm=True, model_init_kwargs={"dtype": torch.float32},
+        output_dir=spec["out"],
+        max_steps=spec["steps"],
+        per_device_train_batch_size=h["per_device_train_batch_size"],
+        gradient_accumulation_steps=h["gradient_accumulation_steps"],
+        learning_rate=h["learning_rate"],
+        lr_scheduler_type=h["lr_scheduler_type"],
+        warmup_steps=h["warmup_steps"],
+        weight_decay=h["weight_decay"],
+        max_grad_norm=h["max_grad_norm"],
+        optim=h["optim"],
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=h["seed"],
+        max_length=h["cutoff_len"],
+        packing=False,
+        completion_only_loss=True,
+        bf16=False,
+        fp16=False,  # fp32 (SFTConfig's default is bf16=True)
+        gradient_checkpointing=spec["gc"],
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        model_init_kwargs={"dtype": torch.float32},
     )
-    lora = LoraConfig(r=h["lora_rank"], lora_alpha=h["lora_alpha"], lora_dropout=h["lora_dropout"],
-                      target_modules="all-linear", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=h["lora_rank"],
+        lora_alpha=h["lora_alpha"],
+        lora_dropout=h["lora_dropout"],
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
     trainer = SFTTrainer(model=spec["model"], args=args, train_dataset=ds, processing_class=tok, peft_config=lora)
     result = trainer.train()
     trainer.save_model()
@@ -417,30 +591,58 @@ def summarise(runs: list[RunResult], names: list[str]) -> list[dict]:
             row.update(
                 tok_per_s=statistics.median(r.tok_per_s for r in good),
                 tok_per_s_runs=[round(r.tok_per_s, 1) for r in good],
-                train_s=statistics.median(r.train_s for r in good), wall_s=statistics.median(r.wall_s for r in good),
-                peak_rss_mib=statistics.median(r.peak_rss_mib for r in good), tokens=first.tokens,
+                train_s=statistics.median(r.train_s for r in good),
+                wall_s=statistics.median(r.wall_s for r in good),
+                peak_rss_mib=statistics.median(r.peak_rss_mib for r in good),
+                tokens=first.tokens,
                 others_cpu=max(r.others_cpu for r in good),
-                steps=first.steps, step1_tokens=first.step1_tokens, first_loss=first.losses[0],
-                mean_loss=statistics.fmean(first.losses), final_loss=first.losses[-1], losses=first.losses,
+                steps=first.steps,
+                step1_tokens=first.step1_tokens,
+                first_loss=first.losses[0],
+                mean_loss=statistics.fmean(first.losses),
+                final_loss=first.losses[-1],
+                losses=first.losses,
             )
         rows.append(row)
     return rows
 
 
 def print_table(rows: list[dict], args) -> None:
-    print(f"\nresults ({args.steps} steps; tok/s = non-padding tokens / train() time"
-          + (f"; median of {args.rounds} rounds" if args.rounds > 1 else "") + ")")
-    head = ("system", "tok/s", "tokens", "train s", "wall s", "peak RSS MiB", "first loss", "mean loss", "final loss",
-            "others' CPU")
+    print(
+        f"\nresults ({args.steps} steps; tok/s = non-padding tokens / train() time"
+        + (f"; median of {args.rounds} rounds" if args.rounds > 1 else "")
+        + ")"
+    )
+    head = (
+        "system",
+        "tok/s",
+        "tokens",
+        "train s",
+        "wall s",
+        "peak RSS MiB",
+        "first loss",
+        "mean loss",
+        "final loss",
+        "others' CPU",
+    )
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     busy = [r["system"] for r in rows if r.get("others_cpu", 0) > 0.1]
     for r in rows:
         if not r["runs"]:
             print(f"| {r['system']} | failed: {r['errors'][0]} |")
             continue
-        cells = (r["system"], f"{r['tok_per_s']:.1f}", str(r["tokens"]), f"{r['train_s']:.1f}", f"{r['wall_s']:.1f}",
-                 f"{r['peak_rss_mib']:.0f}", f"{r['first_loss']:.4f}", f"{r['mean_loss']:.4f}",
-                 f"{r['final_loss']:.4f}", f"{r['others_cpu']:.2f}")
+        cells = (
+            r["system"],
+            f"{r['tok_per_s']:.1f}",
+            str(r["tokens"]),
+            f"{r['train_s']:.1f}",
+            f"{r['wall_s']:.1f}",
+            f"{r['peak_rss_mib']:.0f}",
+            f"{r['first_loss']:.4f}",
+            f"{r['mean_loss']:.4f}",
+            f"{r['final_loss']:.4f}",
+            f"{r['others_cpu']:.2f}",
+        )
         print("| " + " | ".join(cells) + " |")
     verdict = f"over 0.1 for {', '.join(busy)}: those figures are skewed" if busy else "all under 0.1: a quiet machine"
     print(f"(others' CPU: cores used by other processes during the run, the most over rounds; {verdict})")
@@ -456,13 +658,17 @@ def print_ratios(rows: list[dict], args) -> dict:
     for e in ours:
         for b in bases:
             key = f"{e['system']} / {b['system']}"
-            ratios[key] = {"tok_per_s": e["tok_per_s"] / b["tok_per_s"],
-                           "peak_rss": e["peak_rss_mib"] / b["peak_rss_mib"]}
+            ratios[key] = {
+                "tok_per_s": e["tok_per_s"] / b["tok_per_s"],
+                "peak_rss": e["peak_rss_mib"] / b["peak_rss_mib"],
+            }
             print(f"  {key:<40} {ratios[key]['tok_per_s']:.2f}x tok/s; {ratios[key]['peak_rss']:.2f}x RSS")
     if ours:
-        print("  vs LLaMA-Factory 0.9.5, figures from shared/anchor-bench/RESULTS.md, not measured in this run "
-              f"(same machine type, {LF_REFERENCE['gc']:.0f} tok/s default with gradient checkpointing, "
-              f"{LF_REFERENCE['nogc']:.0f} without):")
+        print(
+            "  vs LLaMA-Factory 0.9.5, figures from shared/anchor-bench/RESULTS.md, not measured in this run "
+            f"(same machine type, {LF_REFERENCE['gc']:.0f} tok/s default with gradient checkpointing, "
+            f"{LF_REFERENCE['nogc']:.0f} without):"
+        )
     for e in ours:
         for kind, ref in LF_REFERENCE.items():
             key = f"{e['system']} / LLaMA-Factory {kind} (reference)"
@@ -472,8 +678,10 @@ def print_ratios(rows: list[dict], args) -> dict:
     if ours and trl and args.steps == 15:
         # the machine's speed drifts from day to day (RESULTS.md: +-15%): rescale LF's figures by TRL's drift
         day = trl["tok_per_s"] / TRL_REFERENCE["gc" if args.baseline_gc else "nogc"]
-        print(f"  TRL ran at {day:.2f}x its recorded anchor figure; LLaMA-Factory scaled by that (an estimate): "
-              + ", ".join(f"{kind} ~{ref * day:.0f} tok/s" for kind, ref in LF_REFERENCE.items()))
+        print(
+            f"  TRL ran at {day:.2f}x its recorded anchor figure; LLaMA-Factory scaled by that (an estimate): "
+            + ", ".join(f"{kind} ~{ref * day:.0f} tok/s" for kind, ref in LF_REFERENCE.items())
+        )
         for e in ours:
             for kind, ref in LF_REFERENCE.items():
                 key = f"{e['system']} / LLaMA-Factory {kind} (scaled estimate)"
@@ -507,12 +715,19 @@ def write_results(path: Path, args, runs: list[RunResult], rows: list[dict], rat
     import torch
 
     doc = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": f"{os.cpu_count()} CPU(s) {platform.machine()}",
-        "torch": torch.__version__, "threads": args.threads or torch.get_num_threads(), "steps": args.steps,
-        "rounds": args.rounds, "baseline_gc": args.baseline_gc, "overrides": args.overrides,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": f"{os.cpu_count()} CPU(s) {platform.machine()}",
+        "torch": torch.__version__,
+        "threads": args.threads or torch.get_num_threads(),
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "baseline_gc": args.baseline_gc,
+        "overrides": args.overrides,
         "lf_reference": {**LF_REFERENCE, "source": "shared/anchor-bench/RESULTS.md, not measured in this run"},
         "trl_reference": TRL_REFERENCE,
-        "systems": rows, "ratios": ratios, "runs": [asdict(r) | {"tok_per_s": r.tok_per_s} for r in runs],
+        "systems": rows,
+        "ratios": ratios,
+        "runs": [asdict(r) | {"tok_per_s": r.tok_per_s} for r in runs],
         "loss_check_passed": ok,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
