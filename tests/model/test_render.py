@@ -46,6 +46,7 @@ def test_labels_decode_to_assistant_turns(tokenizer, template):
     answers = [m.content for m in CONV.messages if m.role == "assistant"]
     assert len(spans) == 2
     for span, answer in zip(spans, answers):
+        span = span.removeprefix("<think>\n\n</think>\n\n")  # reasoning templates: answers without reasoning
         assert span.strip().startswith(answer)
         end = span.strip()[len(answer) :]
         named = TEMPLATES.get(template or "")
@@ -93,3 +94,18 @@ def test_named_template_sets_eos_when_the_token_exists(tokenizer):
     assert "<|im_start|>assistant" in tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
     )
+
+
+def test_reasoning_templates_give_direct_answers_an_empty_think(tokenizer):
+    apply_template(tokenizer, "deepseek3")
+    text = tokenizer.apply_chat_template(CONV.to_dicts(), tokenize=False)
+    assert "<｜Assistant｜><think>\n\n</think>\n\nThe part of a loss" in text  # no reasoning: empty think added
+    assert "<｜Assistant｜><think>short</think>免赔额" in text  # reasoning kept as written
+    assert text.startswith("You help with insurance claims.<｜User｜>What is a deductible?")
+
+
+def test_llama2_puts_the_system_prompt_inside_the_first_instruction(tokenizer):
+    apply_template(tokenizer, "llama2")
+    text = tokenizer.apply_chat_template(CONV.to_dicts(), tokenize=False)
+    assert text.startswith("[INST] <<SYS>>\nYou help with insurance claims.\n<</SYS>>\n\nWhat is a deductible? [/INST]")
+    assert "[INST] 并且？ [/INST]" in text

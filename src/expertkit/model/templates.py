@@ -5,8 +5,11 @@ a merged model formats prompts exactly as training did, in plain transformers, v
 
 Every template here is *prefix-stable*: rendering the first k messages gives a prefix of rendering all of
 them. That is what lets `render.py` find each assistant turn for the loss mask with any template.
-DeepSeek-R1 style reasoning (`<think>...</think>`) inside assistant answers is kept and trained as written;
-removing old reasoning from the history at inference time is the engine's job.
+Reasoning models (deepseek3 / deepseekr1 for the DeepSeek-R1-Distill family, qwen3): an answer that carries its
+reasoning (`<think>...</think>answer`) is trained as written; an answer without it gets an empty
+`<think>\n\n</think>\n\n` in front, the form these models produce when they answer directly, so the tuned model
+keeps the format its engine splits into reasoning and answer. Old reasoning is not removed from the history
+(that would break prefix stability); leaving it out of requests is the engine's job.
 """
 
 from __future__ import annotations
@@ -38,16 +41,65 @@ def _chatml(default_system: str | None) -> str:
     )
 
 
+# an answer without reasoning gets the empty think block R1-style models emit when they answer directly
+_THINK = (
+    "{% set answer = message['content'] %}"
+    "{% if not answer.lstrip().startswith('<think>') %}{% set answer = '<think>\\n\\n</think>\\n\\n' + answer %}"
+    "{% endif %}"
+)
+
 _DEEPSEEK3 = (
     "{{ bos_token or '' }}"
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'] }}"
     "{% elif message['role'] == 'user' %}{{ '<｜User｜>' + message['content'] }}"
-    "{% elif message['role'] == 'assistant' %}{{ '<｜Assistant｜>' + message['content'] + '<｜end▁of▁sentence｜>' }}"
+    "{% elif message['role'] == 'assistant' %}" + _THINK + "{{ '<｜Assistant｜>' + answer + '<｜end▁of▁sentence｜>' }}"
     "{% elif message['role'] == 'tool' %}"
     "{{ '<｜tool▁outputs▁begin｜>' + message['content'] + '<｜tool▁outputs▁end｜>' }}"
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
+)
+
+_QWEN3 = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}" + _THINK + "{{ '<|im_start|>assistant\\n' + answer + '<|im_end|>\\n' }}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+_LLAMA2 = (  # the system prompt goes inside the first [INST]
+    "{% set ns = namespace(system='') %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.system = '<<SYS>>\\n' + message['content'] + '\\n<</SYS>>\\n\\n' %}"
+    "{% elif message['role'] in ('user', 'tool') %}"
+    "{{ (bos_token or '') + '[INST] ' + ns.system + message['content'] + ' [/INST]' }}{% set ns.system = '' %}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + (eos_token or '') }}{% endif %}"
+    "{% endfor %}"
+)
+
+_MISTRAL = (
+    "{{ bos_token or '' }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
+    "{% elif message['role'] in ('user', 'tool') %}{{ '[INST] ' + message['content'] + '[/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + (eos_token or '') }}{% endif %}"
+    "{% endfor %}"
+)
+
+_GEMMA = (
+    "{{ bos_token or '' }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
+    "{% else %}{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else 'user') + '\\n'"
+    " + message['content'] + '<end_of_turn>\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
+_EMPTY = (
+    "{% for message in messages %}{{ message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token or '' }}{% endif %}{% endfor %}"
 )
 
 _LLAMA3 = (
@@ -94,7 +146,15 @@ TEMPLATES: dict[str, NamedTemplate] = {
             "<｜end▁of▁sentence｜>",
             "DeepSeek-V3 / DeepSeek-R1 and the R1-Distill family (Qwen and Llama based)",
         ),
+        NamedTemplate(
+            "deepseekr1", _DEEPSEEK3, "<｜end▁of▁sentence｜>", "the same as deepseek3 (LLaMA-Factory's name for R1)"
+        ),
+        NamedTemplate("qwen3", _QWEN3, "<|im_end|>", "Qwen3 ChatML; answers without reasoning get an empty think"),
         NamedTemplate("llama3", _LLAMA3, "<|eot_id|>", "Llama 3 / 3.1 / 3.2 instruct"),
+        NamedTemplate("llama2", _LLAMA2, None, "Llama 2 chat: [INST] ... [/INST]"),
+        NamedTemplate("mistral", _MISTRAL, None, "Mistral instruct: [INST] ... [/INST]"),
+        NamedTemplate("gemma", _GEMMA, "<end_of_turn>", "Gemma / Gemma 2 / Gemma 3 turns"),
+        NamedTemplate("empty", _EMPTY, None, "the texts alone, no markup (continued pre-training style)"),
         NamedTemplate("alpaca", _ALPACA, None, "### Instruction / ### Response, for base models"),
         NamedTemplate("default", _DEFAULT, None, "Human: / Assistant:, for base models"),
     ]
