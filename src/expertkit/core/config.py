@@ -180,7 +180,7 @@ def describe_keys(cls: type[StageConfig], markdown: bool = False, title: str = "
     for name, field in cls.model_fields.items():
         default = "required" if field.is_required() else yaml.safe_dump(field.default, default_flow_style=True).strip()
         default = default.removesuffix("...").strip()
-        rows.append((name, default, field.description or ""))
+        rows.append((name, default, " ".join((field.description or "").split())))
     if not markdown:
         return "".join(f"{n} = {d}\n    {doc}\n" for n, d, doc in rows)
     lines = [

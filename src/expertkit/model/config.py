@@ -18,7 +18,8 @@ class ModelConfig(StageConfig):
     """Allow model code shipped inside the model folder to run. Off unless you trust the source."""
 
     template: str | None = None
-    """Chat template: unset uses the tokenizer's own; or one of qwen, chatml, deepseek3, llama3, alpaca, default."""
+    """Chat template: unset uses the tokenizer's own; or qwen, chatml, deepseek3, deepseekr1, qwen3, llama3, llama2,
+    mistral, gemma, empty, alpaca, default."""
 
     @field_validator("model_name_or_path")
     @classmethod
