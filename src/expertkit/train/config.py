@@ -10,27 +10,7 @@ from typing import Literal
 from pydantic import field_validator, model_validator
 
 from expertkit.data.config import DataConfig, split_list
-
-# LLaMA-Factory keys we accept and ignore for now (a warning lists the ones a file uses).
-LF_UNSUPPORTED = frozenset(
-    """
-    adapter_folder cache_dir model_revision hf_hub_token ms_hub_token om_hub_token low_cpu_mem_usage
-    quantization_method quantization_bit quantization_type double_quantization quantization_device_map
-    rope_scaling flash_attn shift_attn mixture_of_depths use_unsloth use_unsloth_gc enable_liger_kernel
-    moe_aux_loss_coef upcast_layernorm upcast_lmhead_output train_from_scratch infer_backend offload_folder
-    use_cache infer_dtype print_param_status use_reentrant_gc image_max_pixels image_min_pixels video_fps
-    video_maxlen audio_sampling_rate freeze_vision_tower freeze_multi_modal_projector train_mm_proj_only
-    preprocessing_num_workers preprocessing_batch_size overwrite_cache tokenized_path mix_strategy
-    interleave_probs streaming buffer_size neat_packing tool_format eval_dataset eval_num_beams
-    eval_on_each_dataset dataloader_num_workers ddp_timeout deepspeed fsdp include_num_input_tokens_seen
-    pref_beta pref_ftx pref_loss dpo_label_smoothing simpo_gamma ppo_buffer_size ppo_epochs reward_model
-    additional_target loraplus_lr_ratio loraplus_lr_embedding pissa_init pissa_iter pissa_convert
-    create_new_adapter use_galore galore_target galore_rank use_apollo use_badam badam_mode use_swanlab
-    freeze_extra_modules compute_accuracy disable_shuffling predict_with_generate run_name
-    ddp_find_unused_parameters enable_thinking default_system new_special_tokens resize_vocab
-    use_llama_pro lora_parameters module_to_save ray_run_name optim_target_modules
-    """.split()
-)
+from expertkit.train.lf_keys import LF_UNSUPPORTED
 
 
 class TrainConfig(DataConfig):

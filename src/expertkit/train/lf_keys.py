@@ -1,0 +1,69 @@
+"""Key names a LLaMA-Factory training YAML may hold that expertkit does not read (yet).
+
+Collected from LLaMA-Factory's `hparams` dataclasses (model, data, finetuning, generating, training, evaluation
+arguments) and transformers' `Seq2SeqTrainingArguments` (4.x and 5.x), minus the keys `TrainConfig` supports.
+A file that uses them trains with one warning listing them, instead of failing on an unknown key.
+"""
+
+LF_UNSUPPORTED = frozenset(
+    """
+    accelerator_config activation_checkpointing activation_checkpointing_kwargs adam_beta1 adam_beta2
+    adam_epsilon adapter_folder add_special_tokens add_tokens additional_target apollo_layerwise apollo_proj
+    apollo_proj_type apollo_rank apollo_scale apollo_scale_front apollo_scale_type apollo_target
+    apollo_update_interval audio_sampling_rate auto_find_batch_size average_tokens_across_devices
+    badam_mask_mode badam_mode badam_start_block badam_switch_interval badam_switch_mode badam_update_ratio
+    badam_verbose batch_eval_metrics batch_size bf16_full_eval buffer_size cache_dir chunk_size compute_accuracy
+    cpu_infer create_new_adapter crop_to_patches data_seed data_shared_file_system dataloader_drop_last
+    dataloader_in_order dataloader_multiprocessing_context dataloader_num_workers dataloader_persistent_workers
+    dataloader_pin_memory dataloader_prefetch_factor ddp_backend ddp_broadcast_buffers ddp_bucket_cap_mb
+    ddp_find_unused_parameters ddp_static_graph ddp_timeout debug deepspeed default_system disable_shuffling
+    disable_tqdm do_eval do_predict do_sample double_quantization download_mode dpo_label_smoothing
+    early_stopping_steps enable_jit_checkpoint enable_liger_kernel enable_thinking enable_torch_profiler
+    eval_accumulation_steps eval_dataset eval_delay eval_do_concat_batches eval_num_beams eval_on_each_dataset
+    eval_on_start eval_use_gather_object evaluation_strategy export_device export_dir export_hub_model_id
+    export_legacy_format export_quantization_bit export_quantization_dataset export_quantization_maxlen
+    export_quantization_nsamples export_size flash_attn fp16_backend fp16_full_eval fp16_opt_level fp8
+    fp8_backend fp8_enable_fsdp_float8_all_gather freeze_extra_modules freeze_language_model
+    freeze_multi_modal_projector freeze_trainable_modules freeze_vision_tower fsdp fsdp_config full_determinism
+    galore_layerwise galore_proj_type galore_rank galore_scale galore_target galore_update_interval
+    generation_config generation_max_length generation_num_beams gradient_checkpointing_kwargs greater_is_better
+    half_precision_backend hf_hub_token hub_always_push hub_model_id hub_private_repo hub_revision hub_strategy
+    hub_token ignore_data_skip ignore_pad_token_for_loss image_do_pan_and_scan image_max_pixels image_min_pixels
+    image_resolution include_effective_tokens_per_second include_for_metrics include_inputs_for_metrics
+    include_num_input_tokens_seen include_tokens_per_second infer_backend infer_dtype init_special_tokens
+    interleave_probs jit_mode_eval kt_config kt_cpu_activation kt_expert_checkpoint_path kt_force_think
+    kt_lora_expert_intermediate_size kt_lora_expert_num kt_maxlen kt_mode kt_non_expert_weight_path
+    kt_optimize_rule kt_use_cuda_graph kt_use_lora_experts kt_weight_path kto_chosen_weight kto_rejected_weight
+    label_names label_smoothing_factor lang ld_alpha length_column_name length_penalty liger_kernel_config
+    load_best_model_at_end local_rank log_level log_level_replica log_on_each_node logging_dir
+    logging_first_step logging_nan_inf_filter logging_strategy lora_parameters loraplus_lr_embedding
+    loraplus_lr_ratio low_cpu_mem_usage lr_scheduler_kwargs master_addr master_port max_length max_new_tokens
+    media_dir metric_for_best_model mix_strategy mixture_of_depths mode model_revision module_dropout
+    module_to_save moe_aux_loss_coef mp_parameters ms_hub_token n_shot neat_packing neftune_noise_alpha
+    new_special_tokens new_special_tokens_config no_cuda num_beams offload_folder oft_block_size oft_rank
+    oft_target om_hub_token optim_args optim_target_modules overwrite_cache parallelism_config past_index
+    pissa_convert pissa_init pissa_iter placement_strategy ppo_buffer_size ppo_epochs ppo_score_norm ppo_target
+    ppo_whiten_rewards predict_with_generate prediction_loss_only pref_bco_weight pref_beta pref_ftx pref_loss
+    preprocessing_batch_size preprocessing_num_workers preserve_thinking print_param_status profile_modules
+    profiler_active_steps profiler_output_dir profiler_profile_memory profiler_record_shapes profiler_repeat
+    profiler_wait_steps profiler_warmup_steps profiler_with_stack project pure_bf16 push_to_hub
+    push_to_hub_model_id push_to_hub_organization push_to_hub_token quantization_bit quantization_device_map
+    quantization_method quantization_type ray_init_kwargs ray_num_workers ray_run_name ray_scope
+    ray_storage_filesystem ray_storage_path ref_model ref_model_adapters ref_model_quantization_bit
+    remove_unused_columns repetition_penalty resize_vocab resources_per_worker
+    restore_callback_states_from_checkpoint reward_model reward_model_adapters reward_model_quantization_bit
+    reward_model_type rope_scaling run_name save_dir save_on_each_node save_only_model save_safetensors
+    save_strategy sglang_config sglang_lora_backend sglang_maxlen sglang_mem_fraction sglang_tp_size shift_attn
+    simpo_gamma skip_memory_metrics skip_special_tokens sortish_sampler split_special_tokens streaming
+    swanlab_api_key swanlab_lark_secret swanlab_lark_webhook_url swanlab_logdir swanlab_mode swanlab_project
+    swanlab_run_name swanlab_workspace system_message task task_dir temperature tf32 tokenized_path tool_format
+    top_k top_p torch_compile torch_compile_backend torch_compile_mode torch_empty_cache_steps torchdynamo
+    tpu_num_cores trackio_bucket_id trackio_space_id trackio_static_space_id train_from_scratch
+    train_mm_proj_only train_sampling_strategy upcast_layernorm upcast_lmhead_output use_adam_mini use_apollo
+    use_audio_in_video use_badam use_cache use_cpu use_dft_loss use_fast_tokenizer use_galore use_ipex use_kt
+    use_kv_cache use_legacy_prediction_loop use_liger_kernel use_llama_pro use_mca use_mps_device use_muon
+    use_reentrant_gc use_swanlab use_unsloth use_unsloth_gc use_v1_kernels video_fps video_max_pixels
+    video_maxlen video_min_pixels video_resolution vllm_config vllm_enforce_eager vllm_gpu_util
+    vllm_max_lora_rank vllm_maxlen
+    """.split()
+)
