@@ -36,9 +36,11 @@ def _hub_error(path: str, error: Exception) -> ExpertkitError:
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """From a model folder, or from a run/adapter folder that saved its tokenizer (and chat template)."""
     from transformers import AutoTokenizer
 
-    check_model_path(path)
+    if not (Path(path).expanduser() / "tokenizer_config.json").is_file():
+        check_model_path(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as e:
