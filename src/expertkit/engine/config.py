@@ -19,8 +19,8 @@ class EngineConfig(ModelConfig):
     base_url: str | None = None
     """engine=openai: the server's /v1 URL (Ollama http://127.0.0.1:11434/v1, DeepSeek, another expertkit ...)."""
 
-    api_key: str | None = None
-    """engine=openai: the remote server's key (or set OPENAI_API_KEY)."""
+    remote_api_key: str | None = None
+    """engine=openai: the remote server's key (or set OPENAI_API_KEY). `api_key` is the key clients give `serve`."""
 
     served_model_name: str | None = None
     """The name clients use in `model`; unset: the adapter's (or model's) folder name, or the remote's first model."""

@@ -21,7 +21,7 @@ class RemoteEngine:
         if not config.base_url:
             raise ExpertkitError("engine=openai needs base_url", hint="e.g. base_url=http://127.0.0.1:11434/v1")
         self.base_url = config.base_url.rstrip("/")
-        key = config.api_key or os.environ.get("OPENAI_API_KEY")
+        key = config.remote_api_key or os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=httpx.Timeout(600, connect=10))
         self.config = config
