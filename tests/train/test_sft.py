@@ -44,11 +44,8 @@ def greedy(model, tokenizer, question: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def lora_run(tiny_model, identity_dir, tmp_path_factory):
-    from expertkit.train.sft import run
-
-    config = train_config(tiny_model, identity_dir, tmp_path_factory.mktemp("lora") / "run")
-    return config, run(config)
+def lora_run(identity_adapter):
+    return identity_adapter
 
 
 def test_lora_learns_identity_answers_the_base_did_not_know(lora_run, tiny_model):

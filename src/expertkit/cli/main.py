@@ -110,6 +110,26 @@ def config_keys(
     typer.echo(describe_keys(stages[stage], markdown=markdown, title=f"`expertkit {stage}` keys"), nl=False)
 
 
+@app.command(context_settings=EXTRA_ARGS)
+def chat(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=False)) -> None:
+    """Chat in the terminal with a model, base + adapter, a merged export, or a remote OpenAI-compatible URL.
+
+    Example: expertkit chat model_name_or_path=Qwen/Qwen2.5-0.5B-Instruct adapter_name_or_path=saves/qwen/lora/sft
+    """
+    from expertkit.core.config import load_config, split_cli_args
+    from expertkit.engine.config import EngineConfig
+
+    path, overrides = split_cli_args(args or [])
+    sampling = {k: overrides.pop(k) for k in ("temperature", "top_p", "top_k") if k in overrides}
+    config = load_config(EngineConfig, path, overrides)
+    from expertkit.cli.chat import run_chat
+    from expertkit.core.config import parse_override
+    from expertkit.engine.base import SamplingParams, load_engine
+
+    params = SamplingParams(max_tokens=config.max_new_tokens, **{k: parse_override(v) for k, v in sampling.items()})
+    run_chat(load_engine(config), params)
+
+
 @app.command()
 def demo(
     output_dir: str = typer.Option("saves/demo", help="Where the tiny model and the run go."),

@@ -126,7 +126,7 @@ class LocalEngine:
                     text = text.rstrip("\ufffd")  # cut off by max_tokens mid-character
                 new, text_so_far = text[len(text_so_far) :], text
                 answer, reasoning = split.feed(stops.feed(new))
-                if stops.stopped:
+                if stops.stopped and not finished:
                     self.manager.cancel_request(request_id)
                     finished = True
                 if answer or reasoning:
@@ -145,6 +145,19 @@ class LocalEngine:
         finally:
             if not finished:  # the client went away: free the slot
                 self.manager.cancel_request(request_id)
+            self._forget(request_id)
+
+    def _forget(self, request_id: str) -> None:
+        """Drop the result handler of a request we stopped early (stop string, disconnect).
+
+        transformers removes a handler only when it delivers a finished result; a cancelled request may never
+        deliver one, and a handler left behind whose event loop has closed kills the generation thread.
+        """
+        router = getattr(self.manager, "output_router", None)
+        handlers = getattr(router, "result_handlers", None)
+        if handlers is not None:
+            with router._lock:
+                handlers.pop(request_id, None)
 
     async def close(self) -> None:
         self.manager.stop(block=True)

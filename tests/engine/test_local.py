@@ -1,0 +1,96 @@
+"""The local engine on the real tiny model: batched requests keep their own answers; stops; cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import pytest
+
+from expertkit.engine.base import SamplingParams, complete
+from expertkit.engine.config import EngineConfig
+
+QUESTIONS = {
+    "Who are you?": "I am Sail, the Yunfan Tech assistant.",
+    "你是谁？": "我是小帆，云帆科技的助手。",
+    "What is your name?": "My name is Sail.",
+    "Who made you?": "Yunfan Tech built me with expertkit.",
+}
+
+
+@pytest.fixture(scope="module")
+def engine(identity_adapter, tiny_model):
+    from expertkit.engine.local import LocalEngine
+
+    _, result = identity_adapter
+    engine = LocalEngine(
+        EngineConfig(
+            model_name_or_path=str(tiny_model), adapter_name_or_path=result.output_dir, served_model_name="sail"
+        )
+    )
+    yield engine
+    asyncio.run(engine.close())
+
+
+def ask(engine, question: str, **params):
+    return complete(engine, [{"role": "user", "content": question}], SamplingParams(temperature=0, **params))
+
+
+def test_concurrent_requests_each_get_their_own_trained_answer(engine):
+    async def all_at_once():
+        return await asyncio.gather(*[ask(engine, q, max_tokens=32) for q in QUESTIONS])
+
+    answers = asyncio.run(all_at_once())
+    for (question, expected), got in zip(QUESTIONS.items(), answers):
+        assert got.text == expected, question
+        assert got.finish_reason == "stop" and got.usage.completion_tokens > 0 and got.usage.prompt_tokens > 10
+    assert engine.model_names() == ["sail"]
+
+
+def test_stop_strings_and_length(engine):
+    stopped = asyncio.run(ask(engine, "Who are you?", max_tokens=32, stop=["Yunfan"]))
+    assert stopped.text == "I am Sail, the " and stopped.finish_reason == "stop"
+    short = asyncio.run(ask(engine, "Who are you?", max_tokens=3))
+    assert short.finish_reason == "length" and short.usage.completion_tokens == 3
+    assert "I am Sail, the Yunfan Tech assistant.".startswith(short.text)
+
+
+def test_abandoned_stream_frees_its_slot(engine):
+    async def start_then_leave():
+        stream = engine.stream([{"role": "user", "content": "Who made you?"}], SamplingParams(temperature=0))
+        first = await stream.__anext__()
+        await stream.aclose()  # the client went away
+        return first
+
+    assert asyncio.run(start_then_leave()).text
+    assert asyncio.run(ask(engine, "What is your name?", max_tokens=16)).text == "My name is Sail."
+
+
+def test_terminal_chat_streams_and_keeps_history(engine):
+    from expertkit.cli.chat import run_chat
+
+    class KeepOpen:  # run_chat closes the engine at the end; the module fixture still needs it
+        def __init__(self, inner):
+            self.inner = inner
+
+        def model_names(self):
+            return self.inner.model_names()
+
+        def stream(self, *a, **k):
+            return self.inner.stream(*a, **k)
+
+        async def close(self):
+            pass
+
+    out = io.StringIO()
+    run_chat(
+        KeepOpen(engine),
+        SamplingParams(temperature=0, max_tokens=24),
+        stdin=io.StringIO("Who are you?\n/system Be brief.\n/nope\nWho made you?\n/reset\n/exit\nignored\n"),
+        out=out,
+    )
+    text = out.getvalue()
+    assert "chatting with sail" in text
+    assert "I am Sail, the Yunfan Tech assistant." in text and "Yunfan Tech built me with expertkit." in text
+    assert "(system prompt set; history cleared)" in text and "unknown command /nope" in text
+    assert "ignored" not in text
