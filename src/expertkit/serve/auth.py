@@ -1,0 +1,59 @@
+"""Who may call: API keys (constant-time compare) and, on loopback, a Host header check against DNS rebinding."""
+
+import hmac
+
+from expertkit.serve.errors import APIError
+
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def key_from_headers(headers) -> str | None:
+    """`Authorization: Bearer KEY` (what the openai SDKs send) or `X-Api-Key: KEY`."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return headers.get("x-api-key") or None
+
+
+def key_is_accepted(given: str | None, accepted: list[str]) -> bool:
+    if given is None:
+        return False
+    given_bytes = given.encode("utf-8", "surrogatepass")
+    # compare against every key, without stopping early, so the time taken says nothing about which matched
+    matches = [hmac.compare_digest(given_bytes, k.encode("utf-8")) for k in accepted]
+    return any(matches)
+
+
+def build_key_check(accepted: list[str]):
+    """A FastAPI dependency refusing requests without an accepted key (none configured: everyone may call)."""
+    from fastapi import Request  # annotations are evaluated here (no __future__ import): FastAPI reads them
+
+    async def require_key(request: Request) -> None:
+        if not accepted:
+            return
+        given = key_from_headers(request.headers)
+        if not key_is_accepted(given, accepted):
+            what = "no API key given" if given is None else "the API key is not accepted"
+            raise APIError(
+                401,
+                f"{what}: send `Authorization: Bearer KEY` or `X-Api-Key: KEY`",
+                type="authentication_error",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return require_key
+
+
+def host_is_loopback(host_header: str | None) -> bool:
+    """Host: localhost:8000, 127.0.0.1:8000, [::1]:8000 are loopback names; evil.example:8000 is not."""
+    if not host_header:
+        return True  # HTTP/1.0 without Host: nothing a browser would send
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host in LOOPBACK_NAMES or host.endswith(".localhost") or host.startswith("127.")

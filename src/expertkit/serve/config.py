@@ -1,0 +1,77 @@
+"""Keys of `expertkit serve`: the engine's keys plus where to listen, who may call, and how much to accept."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from expertkit.core.errors import ConfigError
+from expertkit.engine.config import EngineConfig
+
+API_KEY_ENV = "EXPERTKIT_API_KEY"
+
+
+class ServeConfig(EngineConfig):
+    host: str = "127.0.0.1"
+    """Address to listen on. 127.0.0.1 (the default) is this machine only; 0.0.0.0 is every interface."""
+
+    port: int = Field(8000, ge=1, le=65535)
+    """TCP port to listen on."""
+
+    api_key: list[str] = Field(default_factory=list, repr=False)
+    """Keys clients must send (`Authorization: Bearer KEY` or `X-Api-Key: KEY`), comma separated. Also read from
+    api_key_file and the EXPERTKIT_API_KEY variable; none anywhere: no key needed. Never logged."""
+
+    api_key_file: str | None = None
+    """A file holding accepted keys, one per line (or comma separated); keeps keys out of the command line."""
+
+    max_queue: int = Field(64, ge=0)
+    """Requests allowed to wait beyond the max_concurrency being generated; more get 429 with Retry-After."""
+
+    cors_origins: list[str] = Field(default_factory=list)
+    """Browser origins allowed to call the API (CORS), comma separated, e.g. http://localhost:3000; empty: none."""
+
+    request_timeout: float = Field(600.0, gt=0)
+    """Seconds a request may take from arrival to its last token; then it is stopped (504, or an error event)."""
+
+    max_request_bytes: int = Field(1_048_576, ge=1024)
+    """Largest request body accepted, in bytes (1 MiB); larger bodies get 413."""
+
+    @field_validator("api_key", "cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, v):
+        if v is None:
+            return []
+        if isinstance(v, str):
+            return [x.strip() for x in v.split(",") if x.strip()]
+        return v
+
+    def accepted_keys(self) -> list[str]:
+        """Every accepted key: api_key, api_key_file and EXPERTKIT_API_KEY together."""
+        keys = list(self.api_key)
+        if self.api_key_file:
+            path = Path(self.api_key_file)
+            if not path.is_file():
+                raise ConfigError(f"api_key_file '{path}' does not exist", hint="write one key per line into it")
+            text = path.read_text(encoding="utf-8")
+            keys += [k.strip() for line in text.splitlines() for k in line.split(",") if k.strip()]
+        keys += [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
+        return list(dict.fromkeys(keys))
+
+    @property
+    def loopback(self) -> bool:
+        """Bound to this machine only: then requests must name a loopback Host (against DNS rebinding)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '[::]') else host}:{self.port}/v1"
