@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from expertkit.model.config import ModelConfig
 
@@ -40,3 +40,11 @@ class EngineConfig(ModelConfig):
         if v < 1:
             raise ValueError("must be at least 1")
         return v
+
+    @model_validator(mode="after")
+    def _model_or_url(self) -> EngineConfig:
+        if self.engine == "transformers" and not self.model_name_or_path:
+            raise ValueError("model_name_or_path is required (or engine=openai with base_url=...)")
+        if self.engine == "openai" and not self.base_url:
+            raise ValueError("engine=openai needs base_url, e.g. base_url=http://127.0.0.1:11434/v1")
+        return self
