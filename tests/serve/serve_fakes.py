@@ -53,5 +53,5 @@ class FakeEngine:
 
 
 def make_client(engine, **config) -> httpx.AsyncClient:
-    app = build_app(engine, ServeConfig(**config))
+    app = build_app(engine, ServeConfig(**{"model_name_or_path": "fake", **config}))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE_URL)

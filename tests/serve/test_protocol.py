@@ -234,7 +234,7 @@ async def test_health_is_503_while_loading_then_200(fake):
         release.wait(5)
         return fake
 
-    app = build_app(factory, ServeConfig())
+    app = build_app(factory, ServeConfig(model_name_or_path="fake"))
     import httpx
 
     async with app.router.lifespan_context(app):

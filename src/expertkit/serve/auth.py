@@ -1,6 +1,7 @@
 """Who may call: API keys (constant-time compare) and, on loopback, a Host header check against DNS rebinding."""
 
 import hmac
+import ipaddress
 
 from expertkit.serve.errors import APIError
 
@@ -56,4 +57,9 @@ def host_is_loopback(host_header: str | None) -> bool:
         host = host[1 : host.find("]")] if "]" in host else host
     elif host.count(":") == 1:
         host = host.split(":", 1)[0]
-    return host in LOOPBACK_NAMES or host.endswith(".localhost") or host.startswith("127.")
+    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback  # 127.0.0.2 yes; 127.0.0.1.evil.example is not an address
+    except ValueError:
+        return False
