@@ -1,0 +1,139 @@
+"""A real server on 127.0.0.1 (uvicorn in a thread) serving the tiny tuned model, hit with the official openai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+from conftest_identity import QUESTIONS
+
+KEY = "sk-test-local"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live(tiny_model, identity_adapter):
+    import uvicorn
+
+    from expertkit.engine.base import load_engine
+    from expertkit.serve.app import build_app
+    from expertkit.serve.config import ServeConfig
+
+    _, result = identity_adapter
+    config = ServeConfig(
+        model_name_or_path=str(tiny_model),
+        adapter_name_or_path=str(result.output_dir),
+        served_model_name="sail",
+        port=free_port(),
+        api_key=KEY,
+    )
+    app = build_app(lambda: load_engine(config), config)
+    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{config.port}/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    else:
+        pytest.fail("the server did not become healthy in 60 s")
+    yield app, f"http://127.0.0.1:{config.port}/v1"
+    server.should_exit = True
+    thread.join(30)
+    assert not thread.is_alive()
+
+
+def ask(question: str) -> list[dict]:
+    return [{"role": "user", "content": question}]
+
+
+def test_sync_sdk_lists_models_and_answers_the_trained_answer(live):
+    from openai import OpenAI
+
+    _, url = live
+    client = OpenAI(base_url=url, api_key=KEY, max_retries=0)
+    assert [m.id for m in client.models.list()] == ["sail"]
+    out = client.chat.completions.create(model="sail", messages=ask("Who are you?"), temperature=0, max_tokens=24)
+    assert out.choices[0].message.content.startswith("I am Sail, the Yunfan Tech assistant.")
+    assert out.usage.completion_tokens > 0 and out.choices[0].finish_reason in ("stop", "length")
+
+
+def test_sync_sdk_streams_the_same_answer_with_usage(live):
+    from openai import OpenAI
+
+    _, url = live
+    client = OpenAI(base_url=url, api_key=KEY, max_retries=0)
+    stream = client.chat.completions.create(
+        model="sail",
+        messages=ask("What is your name?"),
+        temperature=0,
+        max_tokens=24,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith("My name is Sail.")
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+
+
+def test_wrong_key_and_unknown_model_through_the_sdk(live):
+    import openai
+
+    _, url = live
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=url, api_key="nope", max_retries=0).models.list()
+    with pytest.raises(openai.NotFoundError) as e:
+        openai.OpenAI(base_url=url, api_key=KEY, max_retries=0).chat.completions.create(
+            model="gpt-4o", messages=ask("hi")
+        )
+    assert e.value.code == "model_not_found"
+
+
+def test_async_sdk_concurrent_questions_each_get_their_own_answer(live):
+    from openai import AsyncOpenAI
+
+    _, url = live
+
+    async def main():
+        client = AsyncOpenAI(base_url=url, api_key=KEY, max_retries=0)
+
+        async def one(question: str) -> str:
+            out = await client.chat.completions.create(
+                model="sail", messages=ask(question), temperature=0, max_tokens=24
+            )
+            return out.choices[0].message.content
+
+        answers = await asyncio.gather(*(one(q) for q in QUESTIONS))
+        await client.close()
+        return answers
+
+    answers = asyncio.run(main())
+    for (question, expected), got in zip(QUESTIONS.items(), answers):
+        assert got.startswith(expected), (question, got)
+
+
+def test_client_that_leaves_mid_stream_frees_its_slot(live):
+    app, url = live
+    body = {"model": "sail", "messages": ask("Who made you?"), "stream": True, "max_tokens": 2000}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.stream("POST", f"{url}/chat/completions", json=body, headers=headers, timeout=30) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())  # the role chunk: generation is running
+    deadline = time.monotonic() + 10
+    while app.state.server.active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert app.state.server.active == 0
