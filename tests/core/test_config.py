@@ -75,3 +75,34 @@ def test_every_shipped_yaml_loads():
     assert len(files) >= 4
     for f in files:
         load_config(TrainConfig, f)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("learning_rate", "-1", "must be a positive number"),
+        ("learning_rate", "0", "must be a positive number"),
+        ("lora_rank", "0", "1 or more"),
+        ("lora_dropout", "1.5", "from 0 up to"),
+        ("per_device_train_batch_size", "0", "1 or more"),
+        ("gradient_accumulation_steps", "0", "1 or more"),
+        ("logging_steps", "0", "1 or more"),
+        ("save_steps", "0", "1 or more"),
+        ("warmup_ratio", "1.5", "from 0 up to"),
+        ("max_steps", "0", "use -1 (train num_train_epochs) or a positive step count"),
+        ("num_train_epochs", "0", "trains nothing"),
+    ],
+)
+def test_values_that_would_crash_or_train_nothing_are_config_errors(key, value, says):
+    # each of these used to reach torch / peft / transformers and end in a traceback, or train 0 steps
+    with pytest.raises(ConfigError) as e:
+        load_config(TrainConfig, None, {"model_name_or_path": "m", "dataset": "a", key: value})
+    text = str(e.value)
+    assert says in text and "Value error" not in text
+
+
+def test_max_steps_makes_zero_epochs_fine():
+    c = load_config(
+        TrainConfig, None, {"model_name_or_path": "m", "dataset": "a", "num_train_epochs": "0", "max_steps": "5"}
+    )
+    assert c.max_steps == 5

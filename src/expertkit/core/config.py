@@ -155,7 +155,7 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: 
             key = str(err["loc"][0]) if err["loc"] else ""
             sub = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in err["loc"][1:])
             got = values.get(key, None) if key else None
-            msg = err["msg"]
+            msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for our own validators' messages
             if key and key in values:
                 msg += f" (got {got!r})"
             problems.add(msg, where=where(key) if key else str(path or "config"), field=f"{key}{sub}")

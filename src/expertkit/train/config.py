@@ -7,10 +7,31 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import ValidationInfo, field_validator, model_validator
 
 from expertkit.data.config import DataConfig, split_list
 from expertkit.train.lf_keys import LF_UNSUPPORTED
+
+# (key, lowest allowed, whether the lowest itself is allowed, what the key means): checked before transformers,
+# peft or torch see the value, so that a mistake is a located config error instead of a traceback mid-run
+_AT_LEAST_ONE = "a whole number, 1 or more"
+_RANGES: tuple[tuple[str, float, bool, str], ...] = (
+    ("learning_rate", 0, False, "a positive number such as 1e-4 (LoRA) or 2e-5 (full)"),
+    ("lora_rank", 1, True, _AT_LEAST_ONE + " (8-64 is typical)"),
+    ("lora_alpha", 0, False, "a positive number (unset: 2 x lora_rank)"),
+    ("per_device_train_batch_size", 1, True, _AT_LEAST_ONE),
+    ("per_device_eval_batch_size", 1, True, _AT_LEAST_ONE),
+    ("gradient_accumulation_steps", 1, True, _AT_LEAST_ONE),
+    ("logging_steps", 1, True, _AT_LEAST_ONE),
+    ("save_steps", 1, True, _AT_LEAST_ONE),
+    ("eval_steps", 1, True, _AT_LEAST_ONE + " (unset: logging_steps)"),
+    ("save_total_limit", 1, True, _AT_LEAST_ONE + " (unset: keep every checkpoint)"),
+    ("warmup_steps", 0, True, "0 or more steps"),
+    ("weight_decay", 0, True, "0 or more"),
+    ("max_grad_norm", 0, True, "0 (no clipping) or more"),
+    ("learning_check_samples", 0, True, "0 (skip the check) or more"),
+)
+_RANGE_OF = {key: rest for key, *rest in _RANGES}
 
 
 class TrainConfig(DataConfig):
@@ -146,8 +167,37 @@ class TrainConfig(DataConfig):
     def _split_lists(cls, v: object) -> list[str]:
         return split_list(v)  # type: ignore[arg-type]
 
+    @field_validator(*(key for key, *_ in _RANGES))
+    @classmethod
+    def _in_range(cls, v: float | None, info: ValidationInfo) -> float | None:
+        low, inclusive, meaning = _RANGE_OF[info.field_name]
+        if v is not None and (v < low or (v == low and not inclusive)):
+            raise ValueError(f"must be {meaning}")
+        return v
+
+    @field_validator("lora_dropout")
+    @classmethod
+    def _dropout(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError("must be a share from 0 up to (not including) 1, e.g. 0.05")
+        return v
+
+    @field_validator("warmup_ratio")
+    @classmethod
+    def _warmup_ratio(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError("must be a share of the steps from 0 up to (not including) 1, e.g. 0.1")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps={self.max_steps}: use -1 (train num_train_epochs) or a positive step count")
+        if self.max_steps == -1 and self.num_train_epochs <= 0:
+            raise ValueError(
+                f"num_train_epochs={self.num_train_epochs:g} trains nothing: use a positive number (e.g. 3), "
+                "or set max_steps"
+            )
         if self.lora_alpha is None:
             self.lora_alpha = 2 * self.lora_rank
         if self.disable_gradient_checkpointing and self.gradient_checkpointing:
