@@ -130,6 +130,20 @@ def chat(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=Fal
     run_chat(load_engine(config), params)
 
 
+@app.command(context_settings=EXTRA_ARGS)
+def serve(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=False)) -> None:
+    """Serve a model over an OpenAI-compatible API (/v1/models, /v1/chat/completions; /health) until Ctrl-C.
+
+    Example: expertkit serve model_name_or_path=saves/tiny adapter_name_or_path=saves/tiny-lora api_key=sk-local
+    """
+    from expertkit.core.config import load_config, split_cli_args
+    from expertkit.serve.config import ServeConfig
+    from expertkit.serve.server import run as serve_run
+
+    path, overrides = split_cli_args(args or [])
+    serve_run(load_config(ServeConfig, path, overrides))
+
+
 @app.command()
 def demo(
     output_dir: str = typer.Option("saves/demo", help="Where the tiny model and the run go."),

@@ -1,0 +1,70 @@
+"""`expertkit serve`: load the config, start uvicorn, print where to connect once the model is ready.
+
+uvicorn owns the signals: Ctrl-C or SIGTERM stops accepting, finishes open responses, closes the engine, exit 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+
+from expertkit.core.errors import ExpertkitError, MissingExtraError
+from expertkit.serve.config import ServeConfig
+
+logger = logging.getLogger(__name__)
+
+
+def run(config: ServeConfig) -> None:
+    """Serve until stopped; raise an ExpertkitError if the model could not be loaded."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise MissingExtraError("uvicorn", "serve") from None
+    from expertkit.engine.base import load_engine
+    from expertkit.serve.app import build_app
+
+    keys = config.accepted_keys()  # a missing api_key_file fails here, before anything loads
+    if not keys and not config.loopback:
+        logger.warning("serving on %s without an API key: anyone who can reach this port can use it", config.host)
+    app = build_app(lambda: load_engine(config), config)
+    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning"))
+    state = app.state.server
+    print(f"loading {config.adapter_name_or_path or config.model_name_or_path or config.base_url} ...", flush=True)
+    threading.Thread(target=announce, args=(server, state, config, bool(keys)), daemon=True).start()
+    with signals_end_quietly():
+        server.run()
+    if state.load_error is not None:
+        raise ExpertkitError(f"the model could not be loaded: {state.load_error}") from state.load_error
+    print("server stopped", flush=True)
+
+
+def announce(server, state, config: ServeConfig, with_key: bool) -> None:
+    """Once loading ends: print the URL and model names, or stop the server when loading failed."""
+    state.loaded.wait()
+    if state.load_error is not None:
+        server.should_exit = True
+        return
+    names = ", ".join(state.engine.model_names()) or "(the remote's models)"
+    key_note = "  (send Authorization: Bearer KEY)" if with_key else ""
+    print(f"serving {names} at {config.url}{key_note}", file=sys.stdout, flush=True)
+    print("OpenAI-compatible: GET /v1/models, POST /v1/chat/completions; Ctrl-C to stop", flush=True)
+
+
+@contextlib.contextmanager
+def signals_end_quietly():
+    """uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler it found: make
+    that one a no-op, so a stop the user asked for is a normal exit (0), not death by signal or KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in saved:
+        signal.signal(s, lambda *_: None)
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)

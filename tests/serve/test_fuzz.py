@@ -1,0 +1,46 @@
+"""No request body, however odd, gets a 5xx: hypothesis-generated JSON against a fake engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from serve_fakes import FakeEngine, make_client
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20,
+)
+message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "system", "assistant", "tool", "developer", "bot", 3]), "content": json_values}
+)
+fields = {
+    "messages": st.lists(message, max_size=3) | json_values,
+    "model": st.sampled_from(["fake-expert", "other", "", None]) | json_values,
+    "stream": st.booleans() | json_values,
+    "stream_options": st.fixed_dictionaries({"include_usage": st.booleans() | json_values}) | json_values,
+    "max_tokens": st.integers(min_value=-(2**70), max_value=2**70) | json_values,
+    "max_completion_tokens": st.integers() | json_values,
+    "temperature": st.floats(allow_nan=False) | json_values,
+    "top_p": st.floats(allow_nan=False) | json_values,
+    "seed": st.integers(min_value=-(2**80), max_value=2**80) | json_values,
+    "n": st.integers() | json_values,
+    "stop": st.text(max_size=5) | st.lists(st.text(max_size=5), max_size=20) | json_values,
+}
+bodies = st.fixed_dictionaries({}, optional=fields) | st.dictionaries(st.text(max_size=8), json_values) | json_values
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=bodies)
+def test_no_body_makes_a_server_error(body):
+    async def post():
+        async with make_client(FakeEngine()) as c:
+            return await c.post("/v1/chat/completions", content=json.dumps(body))
+
+    r = asyncio.run(post())
+    assert r.status_code < 500, (body, r.text)
+    if r.status_code >= 400:
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
