@@ -55,3 +55,16 @@ def test_serve_config_errors_are_reported_before_starting(capsys, tmp_path):
     assert "did you mean 'max_queue'" in capsys.readouterr().err
     assert main(["serve", "model_name_or_path=x", f"api_key_file={tmp_path / 'nope'}"]) == 1
     assert "api_key_file" in capsys.readouterr().err
+
+
+def test_every_shipped_serve_yaml_loads():
+    from pathlib import Path
+
+    from expertkit.core.config import load_config
+    from expertkit.serve.config import ServeConfig
+
+    files = sorted((Path(__file__).resolve().parents[2] / "examples" / "serve").rglob("*.yaml"))
+    assert files
+    for path in files:
+        config = load_config(ServeConfig, path)
+        assert config.loopback and config.model_name_or_path, path
