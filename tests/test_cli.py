@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from expertkit.cli.main import main
 
 
@@ -102,13 +104,14 @@ def test_config_keys_lists_documented_fields(capsys):
     assert "lora_rank = 8" in out and "LoRA rank r" in out
 
 
-def test_reference_docs_are_up_to_date(capsys):
+@pytest.mark.parametrize("stage", ["train", "export"])
+def test_reference_docs_are_up_to_date(capsys, stage):
     from pathlib import Path
 
-    assert main(["config", "keys", "train", "--markdown"]) == 0
-    page = Path(__file__).resolve().parents[1] / "docs" / "reference" / "train.md"
+    assert main(["config", "keys", stage, "--markdown"]) == 0
+    page = Path(__file__).resolve().parents[1] / "docs" / "reference" / f"{stage}.md"
     assert capsys.readouterr().out == page.read_text(encoding="utf-8"), (
-        "docs/reference/train.md is stale: expertkit config keys --markdown > docs/reference/train.md"
+        f"docs/reference/{stage}.md is stale: expertkit config keys {stage} --markdown > docs/reference/{stage}.md"
     )
 
 

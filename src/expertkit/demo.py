@@ -88,6 +88,8 @@ def run_demo(output_dir: str = "saves/demo", build_only: bool = False) -> None:
     n = len(check.samples)
     print(f"\nanswered as trained: tuned {check.tuned_matches}/{n}, base {check.base_matches}/{n}")
     print(f"run folder: {result.output_dir} (adapter, trainer_log.jsonl, training_loss.png, learning_check.json)")
-    print(f"chat with it: expertkit chat model_name_or_path={model_dir} adapter_name_or_path={result.output_dir} "
-          "temperature=0")
+    print(
+        f"chat with it: expertkit chat model_name_or_path={model_dir} adapter_name_or_path={result.output_dir} "
+        "temperature=0"
+    )
     print("next: point `expertkit train` at a real model: see README.md, 'The 5-minute path with a real model'")

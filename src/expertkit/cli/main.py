@@ -3,6 +3,7 @@
     expertkit demo                              # offline: the whole loop on a built-in tiny model
     expertkit data check my.yaml                # what the data looks like before spending GPU hours
     expertkit train my.yaml lora_rank=16        # YAML + key=value overrides (or --lora_rank 16)
+    expertkit export my_merge.yaml              # merge the adapter into a standalone, checked model
 
 Heavy libraries (torch, transformers, peft) are imported inside the commands, so `--help` is fast.
 User mistakes are `ExpertkitError`s: printed without a traceback (`--debug` shows it), exit code 1.
@@ -83,6 +84,27 @@ def train(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=Fa
     )
 
 
+@app.command(context_settings=EXTRA_ARGS)
+def export(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=False)) -> None:
+    """Merge a LoRA adapter into its base: safetensors shards, tokenizer, chat template, model card; checked.
+
+    Example: expertkit export examples/export/tiny_lora_merge.yaml export_dir=saves/tiny/merged
+    """
+    from expertkit.core.config import load_config, split_cli_args
+    from expertkit.export.config import ExportConfig
+
+    path, overrides = split_cli_args(args or [])
+    config = load_config(ExportConfig, path, overrides)
+    from expertkit.export.merge import run
+
+    result = run(config)
+    source = "base + adapter" if config.adapter_name_or_path else "the source model"
+    typer.echo(
+        f"done: {len(result.shards)} weight file(s), {result.dtype}, logits equal {source} within "
+        f"{result.tolerance:.3g} (max difference {result.max_logit_diff:.3g}) -> {result.export_dir}"
+    )
+
+
 @data_app.command("check", context_settings=EXTRA_ARGS)
 def data_check(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=False)) -> None:
     """Check the training data of a config: counts, token lengths vs cutoff_len, duplicates, problems."""
@@ -97,14 +119,15 @@ def data_check(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_defau
 
 @config_app.command("keys")
 def config_keys(
-    stage: str = typer.Argument("train", help="Which stage's keys: train."),
+    stage: str = typer.Argument("train", help="Which stage's keys: train, export."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the reference page (docs/reference/)."),
 ) -> None:
     """List every config key with its default and meaning."""
     from expertkit.core.config import describe_keys
+    from expertkit.export.config import ExportConfig
     from expertkit.train.config import TrainConfig
 
-    stages = {"train": TrainConfig}
+    stages = {"train": TrainConfig, "export": ExportConfig}
     if stage not in stages:
         raise ExpertkitError(f"unknown stage '{stage}'", hint=f"stages: {', '.join(stages)}")
     typer.echo(describe_keys(stages[stage], markdown=markdown, title=f"`expertkit {stage}` keys"), nl=False)

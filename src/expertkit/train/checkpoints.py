@@ -46,10 +46,14 @@ def resolve_resume(output_dir: str | Path, resume: bool | str | None) -> str | N
     if isinstance(resume, str) and resume.lower() not in ("true", "latest"):
         path = Path(resume)
         if not (path / "trainer_state.json").is_file():
+            # list the complete checkpoints where the user looked (a run folder, or the checkpoint's own folder)
+            folders = [path] if path.is_dir() else []
+            folders += [f for f in (path.parent, Path(output_dir)) if f not in folders]
+            found = [str(d) for f in folders for _, d, ok in list_checkpoints(f) if ok]
+            hint = f"complete checkpoints: {', '.join(found[-5:])}" if found else "no complete checkpoint found near it"
             raise ExpertkitError(
                 f"resume_from_checkpoint '{resume}' is not a checkpoint folder (no trainer_state.json)",
-                hint=f"checkpoints in {output_dir}: "
-                + (", ".join(d.name for _, d, ok in list_checkpoints(output_dir) if ok) or "none"),
+                hint=hint + "; or resume_from_checkpoint=true for the newest one in output_dir",
             )
         return str(path)
     checkpoints = list_checkpoints(output_dir)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from expertkit.core.config import save_config
-from expertkit.core.errors import DataError, ExpertkitError
+from expertkit.core.errors import ConfigError, DataError, ExpertkitError
 from expertkit.core.runs import RESOLVED_CONFIG, TRAINER_LOG, write_json_atomic
 from expertkit.core.schema import Conversation
 from expertkit.train.config import TrainConfig
@@ -36,18 +36,42 @@ class TrainResult:
 
 
 def run(config: TrainConfig) -> TrainResult:
+    check_optim(config.optim)
     resume = prepare_output_dir(config)
     tokenizer = load_chat_tokenizer(config)
     train_rows, val_rows = load_conversations(config)
     train_set, stats = tokenize_conversations(train_rows, tokenizer, config, "train")
     val_set, _ = tokenize_conversations(val_rows, tokenizer, config, "validation") if val_rows else ([], None)
+    at_end = resume_is_at_end(config, resume, len(train_set))
     model, precision = build_model(config)
     trainer = build_trainer(config, model, tokenizer, train_set, val_set, precision)
     print_header(config, trainer, stats, precision, len(train_rows), len(val_rows))
-    output = trainer.train(resume_from_checkpoint=resume)
-    save_final(trainer, tokenizer, config)
-    check = check_learning(trainer, tokenizer, train_rows, config, stats)
-    return finish(config, trainer, output, check)
+    (Path(config.output_dir) / FINISHED_MARKER).unlink(missing_ok=True)
+    try:
+        output = finish_from_checkpoint(trainer, resume) if at_end else trainer.train(resume_from_checkpoint=resume)
+        save_final(trainer, tokenizer, config)
+        check = check_learning(trainer, tokenizer, train_rows, config, stats)
+        return finish(config, trainer, output, check)
+    except KeyboardInterrupt:
+        logger.warning("%s", interrupted_message(config, trainer.state.global_step))
+        raise
+
+
+def interrupted_message(config: TrainConfig, step: int) -> str:
+    """What Ctrl-C left behind, and how to go on."""
+    from expertkit.train.checkpoints import list_checkpoints
+
+    complete = [(s, d) for s, d, ok in list_checkpoints(config.output_dir) if ok]
+    if not complete:
+        return (
+            f"interrupted at step {step}, before the first checkpoint (save_steps={config.save_steps}): "
+            "running the same command again starts from step 0"
+        )
+    last_step, last = complete[-1]
+    return (
+        f"interrupted at step {step}; {last} (step {last_step}) is complete: continue from it by running the "
+        "same command with resume_from_checkpoint=true"
+    )
 
 
 def prepare_output_dir(config: TrainConfig) -> str | None:
@@ -55,6 +79,11 @@ def prepare_output_dir(config: TrainConfig) -> str | None:
     from expertkit.train.checkpoints import list_checkpoints, resolve_resume
 
     out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(
+            f"output_dir '{out}' is a file, not a folder",
+            hint="set output_dir to a folder path (it is created when missing), e.g. saves/my-run",
+        )
     checkpoints = list_checkpoints(out)
     finished = (out / FINISHED_MARKER).is_file()
     if config.overwrite_output_dir and not config.resume_from_checkpoint and out.is_dir():
@@ -72,10 +101,57 @@ def prepare_output_dir(config: TrainConfig) -> str | None:
     resume = resolve_resume(out, config.resume_from_checkpoint)
     # a fresh start must not append to an earlier run's log; a resumed one drops the steps it will repeat
     trim_log(out / TRAINER_LOG, checkpoint_step(resume))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / FINISHED_MARKER).unlink(missing_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file where a folder of the path belongs, no permission, a read-only disk
+        raise ConfigError(
+            f"cannot create output_dir '{out}': {e.strerror}", hint="choose a folder you can write to"
+        ) from None
     save_config(config, out / RESOLVED_CONFIG)
     return resume
+
+
+def resume_is_at_end(config: TrainConfig, resume: str | None, n_examples: int) -> bool:
+    """Whether the checkpoint to resume from already holds every planned step.
+
+    transformers would train one step more than planned from there (it checks max_steps only after a step), so
+    a finished run is refused with what to change, and an unfinished one (killed after its last checkpoint) is
+    finished from that checkpoint without training.
+    """
+    if not resume:
+        return False
+    done, planned = checkpoint_step(resume), planned_steps(config, n_examples)
+    if done < planned:
+        return False
+    if (Path(config.output_dir) / FINISHED_MARKER).is_file():
+        limit = (
+            f"max_steps={config.max_steps}" if config.max_steps > 0 else f"num_train_epochs={config.num_train_epochs:g}"
+        )
+        raise ExpertkitError(
+            f"output_dir '{config.output_dir}' holds a finished run: {Path(resume).name} is at step {done}, "
+            f"and {limit} plans {planned} steps, so there is nothing left to train",
+            hint="to train further, raise max_steps or num_train_epochs (with resume_from_checkpoint=true); "
+            "to start over, overwrite_output_dir=true",
+        )
+    logger.warning(
+        "%s is at step %d of %d planned: nothing left to train; finishing the run from it",
+        Path(resume).name,
+        done,
+        planned,
+    )
+    return True
+
+
+def finish_from_checkpoint(trainer, checkpoint: str):
+    """The TrainOutput of a run whose last checkpoint holds every step: its weights and state, no training."""
+    from transformers import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    trainer._load_from_checkpoint(checkpoint)
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    losses = [x["loss"] for x in trainer.state.log_history if "loss" in x]
+    train_loss = sum(losses) / len(losses) if losses else float("nan")
+    return TrainOutput(trainer.state.global_step, train_loss, {"train_loss": train_loss, "train_runtime": 0.0})
 
 
 def checkpoint_step(checkpoint: str | None) -> int:
@@ -272,37 +348,40 @@ def build_trainer(config: TrainConfig, model, tokenizer, train_set, val_set, pre
     from expertkit.train.collate import PaddedCollator, PaddingFreeCollator
 
     tty = sys.stderr.isatty()
-    args = TrainingArguments(
-        output_dir=config.output_dir,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        per_device_eval_batch_size=config.per_device_eval_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_steps or config.warmup_ratio,
-        max_grad_norm=config.max_grad_norm,
-        weight_decay=config.weight_decay,
-        optim=config.optim,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        eval_strategy=config.eval_strategy,
-        eval_steps=config.eval_steps or config.logging_steps,
-        bf16=precision.bf16,
-        fp16=precision.fp16,
-        seed=config.seed,
-        report_to=config.report_to,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        include_num_input_tokens_seen="non_padding",
-        disable_tqdm=not tty,
-        logging_first_step=True,
-        save_only_model=False,
-        use_cpu=not _has_gpu(),
-    )
+    try:
+        args = TrainingArguments(
+            output_dir=config.output_dir,
+            per_device_train_batch_size=config.per_device_train_batch_size,
+            per_device_eval_batch_size=config.per_device_eval_batch_size,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            learning_rate=config.learning_rate,
+            num_train_epochs=config.num_train_epochs,
+            max_steps=config.max_steps,
+            lr_scheduler_type=config.lr_scheduler_type,
+            warmup_steps=config.warmup_steps or config.warmup_ratio,
+            max_grad_norm=config.max_grad_norm,
+            weight_decay=config.weight_decay,
+            optim=config.optim,
+            logging_steps=config.logging_steps,
+            save_strategy="steps",
+            save_steps=config.save_steps,
+            save_total_limit=config.save_total_limit,
+            eval_strategy=config.eval_strategy,
+            eval_steps=config.eval_steps or config.logging_steps,
+            bf16=precision.bf16,
+            fp16=precision.fp16,
+            seed=config.seed,
+            report_to=config.report_to,
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            include_num_input_tokens_seen="non_padding",
+            disable_tqdm=not tty,
+            logging_first_step=True,
+            save_only_model=False,
+            use_cpu=not _has_gpu(),
+        )
+    except ValueError as e:  # a combination transformers refuses that the config's own checks let through
+        raise ConfigError(f"transformers refused the training settings: {e}") from None
     callbacks = [RunLogCallback(config.output_dir, echo=not tty), CompleteCheckpointCallback()]
     collator = PaddingFreeCollator() if config.padding_free else PaddedCollator(tokenizer.pad_token_id)
     trainer = Trainer(
@@ -316,6 +395,22 @@ def build_trainer(config: TrainConfig, model, tokenizer, train_set, val_set, pre
     )
     trainer.remove_callback(PrinterCallback)  # our RunLogCallback prints a readable line instead of a dict
     return trainer
+
+
+def check_optim(name: str) -> None:
+    """An optimiser name transformers does not know is a config error with the close names, not a traceback."""
+    import difflib
+
+    from transformers.training_args import OptimizerNames
+
+    names = [o.value for o in OptimizerNames]
+    if name not in names:
+        close = [n for n in names if n.startswith(name)][:3] or difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        raise ConfigError(
+            f"unknown optim '{name}'",
+            hint=hint + "common: adamw_torch (the default), adamw_torch_fused, adafactor, sgd",
+        )
 
 
 def _has_gpu() -> bool:
