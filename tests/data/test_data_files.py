@@ -109,6 +109,25 @@ def test_not_utf8_names_the_byte_and_the_fix(tmp_path):
     offset = len(json.dumps(ROWS[0])) + 1 + len('{"instruction": "caf')
     assert e.value.message.startswith(f"{path}:2: not UTF-8 text (byte offset {offset}")
     assert "save the file as UTF-8" in e.value.hint
+    assert "iconv -f CP1252" in e.value.hint
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding", "named"),
+    [
+        ('{"instruction": "你是谁", "output": "我是一个由云帆科技开发的助手"}', "gbk", "GB18030"),
+        ('{"instruction": "あなたは誰ですか", "output": "アシスタントです"}', "shift_jis", "SHIFT_JIS"),
+        ('{"instruction": "hi", "output": "ok"}', "utf-16", "UTF-16"),
+    ],
+)
+def test_not_utf8_names_the_likely_encoding_for_iconv(tmp_path, text, encoding, named):
+    # a GBK file from a Chinese Windows machine must not be told to convert from cp1252 (that garbles it)
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(text.encode(encoding))
+    with pytest.raises(DataError) as e:
+        read_path(path)
+    assert f"it looks like {named}" in e.value.message
+    assert f"iconv -f {named} -t utf-8 rows.jsonl > rows.utf8.jsonl" in e.value.hint
 
 
 def test_missing_file_lists_the_folder_and_a_close_name(tmp_path):
