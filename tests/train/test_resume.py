@@ -45,7 +45,7 @@ def losses(out: Path) -> dict[int, float]:
 
 
 def test_sigkill_then_resume_continues_the_same_schedule(tiny_model, identity_dir, tmp_path):
-    steps = 400
+    steps = 150
     reference = tmp_path / "reference"
     subprocess.run(train_args(tiny_model, identity_dir, reference, steps), check=True, capture_output=True)
 
