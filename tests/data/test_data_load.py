@@ -10,7 +10,7 @@ import pytest
 from expertkit.core.errors import DataError
 from expertkit.core.schema import Conversation, Message
 from expertkit.data.config import DataConfig
-from expertkit.data.load import LoadedDataset, load_datasets, require_usable, split_validation
+from expertkit.data.load import LoadedDataset, load_datasets, placeholder_warning, require_usable, split_validation
 
 
 def alpaca_rows(n: int, prefix: str = "q") -> list[dict[str, str]]:
@@ -221,3 +221,21 @@ def test_an_empty_dataset_in_a_mix_is_refused(tmp_path):
     with pytest.raises(DataError) as e:
         require_usable(loaded, 0.5)
     assert "dataset 'empty.jsonl'" in e.value.message and "has no rows" in e.value.message
+
+
+def test_llamafactory_identity_placeholders_are_warned_with_the_fix(tmp_path):
+    # LLaMA-Factory's data/identity.json ships with {{name}} and {{author}} for the user to replace
+    rows = [
+        {"instruction": "hi", "input": "", "output": "Hello! I am {{name}}, an AI assistant developed by {{author}}."},
+        {"instruction": "你是谁", "input": "", "output": "您好，我是 {{name}}，一个由 {{author}} 开发的 AI 助手。"},
+        {"instruction": "2+2?", "input": "", "output": "4"},
+    ]
+    (tmp_path / "identity.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"identity": {"file_name": "identity.json"}}))
+    [loaded] = load_datasets(config(tmp_path, "identity"))
+    warning = placeholder_warning(loaded)
+    assert warning.startswith("2 of 3 rows of dataset 'identity' hold the unfilled placeholder(s) {{name}}, {{author}}")
+    assert f"first {tmp_path / 'identity.json'}:1 (row 1)" in warning
+    assert f"sed -i 's/{{{{name}}}}/MyName/g; s/{{{{author}}}}/MyAuthor/g' {tmp_path / 'identity.json'}" in warning
+    write_jsonl(tmp_path / "plain.jsonl", alpaca_rows(2))
+    assert placeholder_warning(load_datasets(config(tmp_path, "plain.jsonl"))[0]) is None

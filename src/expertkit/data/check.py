@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from expertkit.core.errors import ExpertkitError, Problem
 from expertkit.core.schema import Conversation
 from expertkit.data.config import DataConfig
-from expertkit.data.load import LoadedDataset, load_datasets, require_usable
+from expertkit.data.load import LoadedDataset, load_datasets, placeholder_warning, require_usable
 
 logger = logging.getLogger(__name__)
 SHOWN_PROBLEMS = 20
@@ -48,6 +48,9 @@ class CheckReport:
                 f"dataset {d.name} ({d.format}, {d.path}): {d.total_rows} rows, "
                 f"{len(d.conversations)} valid, {d.invalid_rows} invalid"
             )
+            placeholders = placeholder_warning(d)
+            if placeholders:
+                lines.append(f"  warning: {placeholders}")
             for p in d.problems[:SHOWN_PROBLEMS]:
                 lines.append(f"  - {p.format()}")
             if len(d.problems) > SHOWN_PROBLEMS:

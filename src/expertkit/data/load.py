@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 from dataclasses import dataclass, field
 
 from expertkit.core.errors import DataError, Problem
@@ -85,6 +86,30 @@ def load_dataset(name: str, config: DataConfig) -> LoadedDataset:
             conversations.append(conversation)
         problems += found
     return LoadedDataset(name, entry.path, formatting or "unknown", len(records), conversations, problems)
+
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]\w*)\s*\}\}")
+
+
+def placeholder_warning(dataset: LoadedDataset) -> str | None:
+    """Unfilled `{{name}}` placeholders, as in LLaMA-Factory's identity.json (`{{name}}`, `{{author}}`), which
+    the model would otherwise learn as written. A warning, not a problem: such text can be meant literally."""
+    names: dict[str, None] = {}
+    rows = []
+    for conv in dataset.conversations:
+        found = [m.group(0) for msg in conv.messages for m in _PLACEHOLDER.finditer(msg.content)]
+        if found:
+            names.update(dict.fromkeys(found))
+            rows.append(conv.source)
+    if not rows:
+        return None
+    shown = ", ".join(names)
+    example = "; ".join(f"s/{n}/My{_PLACEHOLDER.match(n).group(1).capitalize()}/g" for n in list(names)[:2])
+    return (
+        f"{len(rows)} of {dataset.total_rows} rows of dataset '{dataset.name}' hold the unfilled placeholder(s) "
+        f"{shown} (first {rows[0]}), which training would teach as written; replace them first, e.g. "
+        f"sed -i '{example}' {dataset.path}"
+    )
 
 
 def sample_records(records: list[Record], num_samples: int | None, max_samples: int | None, seed: int) -> list[Record]:
