@@ -186,10 +186,12 @@ def load_chat_tokenizer(config: TrainConfig):
 
 
 def load_conversations(config: TrainConfig) -> tuple[list[Conversation], list[Conversation]]:
-    from expertkit.data.load import load_datasets, require_usable, split_validation
+    from expertkit.data.load import load_datasets, placeholder_warning, require_usable, split_validation
 
     datasets = load_datasets(config)
     rows = require_usable(datasets, config.max_invalid_ratio)
+    for warning in filter(None, map(placeholder_warning, datasets)):
+        logger.warning("%s", warning)
     return split_validation(rows, config.val_size, config.seed)
 
 
