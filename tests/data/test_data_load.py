@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 
@@ -239,3 +240,21 @@ def test_llamafactory_identity_placeholders_are_warned_with_the_fix(tmp_path):
     assert f"sed -i 's/{{{{name}}}}/MyName/g; s/{{{{author}}}}/MyAuthor/g' {tmp_path / 'identity.json'}" in warning
     write_jsonl(tmp_path / "plain.jsonl", alpaca_rows(2))
     assert placeholder_warning(load_datasets(config(tmp_path, "plain.jsonl"))[0]) is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        (
+            {"formatting": "sharegpt", "columns": {"messages": "messages", "images": "images"}},
+            "is multimodal (columns: images)",
+        ),
+        ({"ranking": True, "formatting": "sharegpt"}, "is preference data (ranking: true), for DPO"),
+        ({"columns": {"prompt": "instruction", "chosen": "chosen", "rejected": "rejected"}}, "is preference data"),
+    ],
+)
+def test_multimodal_and_preference_entries_are_refused_with_what_they_are(tmp_path, entry, says):
+    write_jsonl(tmp_path / "rows.jsonl", alpaca_rows(1))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "rows.jsonl", **entry}}))
+    with pytest.raises(DataError, match=re.escape(says)):
+        load_datasets(config(tmp_path, "d"))

@@ -144,3 +144,17 @@ def test_dataset_repository_folder_goes_through_datasets(tmp_path):
     records = read_entry(entry)
     assert [r.data for r in records] == [{"instruction": "Q", "output": "A"}]
     assert records[0].where == f"{repo}[train] row 1"
+
+
+def test_hf_hub_url_entry_without_network_does_not_claim_there_is_no_entry(tmp_path, monkeypatch):
+    # LLaMA-Factory's dataset_info.json names most datasets by hf_hub_url (alpaca_en, ...)
+    monkeypatch.setattr(registry, "_hub_offline", lambda: False)
+    monkeypatch.setattr(registry, "_hub_reachable", lambda timeout_s=3.0: False)
+    info = {"alpaca_en": {"hf_hub_url": "llamafactory/alpaca_en", "ms_hub_url": "llamafactory/alpaca_en"}}
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    entry = resolve_dataset("alpaca_en", tmp_path)
+    pytest.importorskip("datasets")
+    with pytest.raises(DataError) as e:
+        read_entry(entry)
+    assert "'alpaca_en' is the hub dataset 'llamafactory/alpaca_en' (hf_hub_url" in e.value.message
+    assert "not found locally" not in e.value.message and '"file_name"' in e.value.hint

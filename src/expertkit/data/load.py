@@ -65,11 +65,18 @@ def load_datasets(config: DataConfig) -> list[LoadedDataset]:
 def load_dataset(name: str, config: DataConfig) -> LoadedDataset:
     """Read one dataset: resolve the name, read rows, sample, detect the format, convert each row."""
     entry = resolve_dataset(name, config.dataset_dir)
-    if entry.ranking or entry.other_columns:
-        what = "preference (ranking)" if entry.ranking else f"{', '.join(entry.other_columns)} columns"
+    media = [c for c in ("images", "videos", "audios") if c in entry.other_columns]
+    if media:
         raise DataError(
-            f"dataset '{name}' has {what}, which instruction training does not read",
-            hint="remove 'ranking' and those columns from its dataset_info.json entry, or pick another dataset",
+            f"dataset '{name}' is multimodal (columns: {', '.join(media)}): expertkit trains text-only models",
+            hint="pick a text dataset; removing the columns would leave <image>-style tags in the text",
+        )
+    if entry.ranking or entry.other_columns:
+        what = "ranking: true" if entry.ranking else f"columns: {', '.join(entry.other_columns)}"
+        raise DataError(
+            f"dataset '{name}' is preference data ({what}), for DPO / reward training, which `expertkit train` "
+            "(supervised fine-tuning) does not read",
+            hint="pick an instruction dataset (alpaca, sharegpt or openai rows with one answer each)",
         )
     limit = config.max_samples if entry.num_samples is None else None
     records = sample_records(read_entry(entry, limit), entry.num_samples, config.max_samples, config.seed)

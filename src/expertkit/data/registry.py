@@ -235,10 +235,17 @@ def _load_hf_dataset(entry: DatasetEntry) -> Any:
             f"reading '{entry.path}' needs the 'datasets' package", hint="pip install 'expertkit[train]'"
         ) from None
     if entry.load_from == "hf_hub" and not _hub_offline() and not _hub_reachable():
+        if entry.name != entry.path:  # a dataset_info.json entry with hf_hub_url
+            where = f"is the hub dataset '{entry.path}' (hf_hub_url in its dataset_info.json entry), but"
+            hint = (
+                "download it where there is network (then run with HF_HUB_OFFLINE=1), or save its rows as a file in "
+                'dataset_dir and use "file_name" instead of "hf_hub_url"'
+            )
+        else:
+            where = "was not found locally (no dataset_info.json entry, file or folder by that name) and"
+            hint = "check the name; or fetch it where there is network, then run with HF_HUB_OFFLINE=1"
         raise DataError(
-            f"dataset '{entry.name}' was not found locally (no dataset_info.json entry, file or folder by that "
-            f"name) and the Hugging Face hub ({_hub_host()}) is not reachable",
-            hint="check the name; or fetch it where there is network, then run with HF_HUB_OFFLINE=1",
+            f"dataset '{entry.name}' {where} the Hugging Face hub ({_hub_host()}) is not reachable", hint=hint
         )
     try:
         if entry.load_from == "disk" and _is_saved_dataset(Path(entry.path)):
