@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,25 @@ def test_max_steps_makes_zero_epochs_fine():
         TrainConfig, None, {"model_name_or_path": "m", "dataset": "a", "num_train_epochs": "0", "max_steps": "5"}
     )
     assert c.max_steps == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["my.yaml", "cutoff_len", "=", "100"], "unexpected 'cutoff_len = 100': spaces around '='"),
+        (["my.yaml", "cutoff_len=", "100"], "unexpected 'cutoff_len= 100': spaces around '='"),
+        (["my.yaml", "-cutoff_len", "100"], "unexpected option '-cutoff_len'"),
+    ],
+)
+def test_mistyped_overrides_say_how_to_write_them(args, says):
+    # these used to say "only one config file can be given", naming a word of the override as the file
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        split_cli_args(args)
+
+
+def test_key_equals_value_lines_in_a_yaml_file_are_explained(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model_name_or_path=m\ndataset=a\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(TrainConfig, f)
+    assert "not key=value" in e.value.hint

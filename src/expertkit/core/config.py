@@ -66,6 +66,15 @@ def split_cli_args(args: list[str]) -> tuple[str | None, dict[str, str]]:
         elif "=" in arg and arg.split("=", 1)[0].strip().isidentifier():
             key, value = arg.split("=", 1)
             overrides[key.strip()] = value
+        elif arg.startswith("=") or (i + 1 < len(args) and args[i + 1].startswith("=")):
+            raise _spaced_override(args[i : i + 3])
+        elif i > 0 and args[i - 1].endswith("="):
+            raise _spaced_override(args[i - 1 : i + 1])
+        elif arg.startswith("-"):
+            key = arg.lstrip("-")
+            raise ConfigError(
+                f"unexpected option '{arg}'", hint=f"write --{key} VALUE or {key}=VALUE (e.g. --cutoff_len 1024)"
+            )
         elif path is None:
             path = arg
         else:
@@ -75,6 +84,13 @@ def split_cli_args(args: list[str]) -> tuple[str | None, dict[str, str]]:
             )
         i += 1
     return path, overrides
+
+
+def _spaced_override(words: list[str]) -> ConfigError:
+    return ConfigError(
+        f"unexpected '{' '.join(words)}': spaces around '='",
+        hint="write overrides without spaces: key=value (e.g. cutoff_len=1024)",
+    )
 
 
 def parse_override(value: str) -> Any:
@@ -117,7 +133,10 @@ def read_yaml(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, int]]:
     if data is None:
         return {}, {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of key: value lines, found {type(data).__name__}")
+        hint = "write one `key: value` line per setting, e.g. `cutoff_len: 1024`"
+        if isinstance(data, str) and "=" in data:
+            hint = "YAML uses `key: value` (a colon and a space), not key=value: " + hint
+        raise ConfigError(f"{path}: expected a mapping of key: value lines, found {type(data).__name__}", hint=hint)
     lines = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, _ in node.value:
