@@ -65,7 +65,7 @@ def test_sync_sdk_lists_models_and_answers_the_trained_answer(live):
 
     _, url = live
     client = OpenAI(base_url=url, api_key=KEY, max_retries=0)
-    assert [m.id for m in client.models.list()] == ["sail"]
+    assert [m.id for m in client.models.list()] == ["sail", "tiny"]  # the adapter (default) and the base
     out = client.chat.completions.create(model="sail", messages=ask("Who are you?"), temperature=0, max_tokens=24)
     assert out.choices[0].message.content.startswith("I am Sail, the Yunfan Tech assistant.")
     assert out.usage.completion_tokens > 0 and out.choices[0].finish_reason in ("stop", "length")

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from expertkit.core.errors import ExpertkitError
+
 FinishReason = Literal["stop", "length", "error", "cancelled"]
 
 
@@ -29,6 +31,40 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0 or self.top_k == 1
+
+    def validate(self) -> SamplingParams:
+        """Refuse values no backend can honour, naming the field (the server answers 400 with it as `param`)."""
+        checks = [
+            ("temperature", 0.0 <= self.temperature <= 2.0, "must be between 0 (greedy) and 2"),
+            ("top_p", 0.0 < self.top_p <= 1.0, "must be more than 0 and at most 1"),
+            ("top_k", 0 <= self.top_k, "must be 0 (off) or more"),
+            ("max_tokens", 1 <= self.max_tokens, "must be at least 1"),
+            ("repetition_penalty", 0.0 < self.repetition_penalty <= 10.0, "must be more than 0 and at most 10"),
+            ("stop", all(isinstance(s, str) for s in self.stop), "must be strings"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise InvalidParamError(name, f"{name}={getattr(self, name)!r} {rule}")
+        return self
+
+
+class InvalidParamError(ValueError):
+    """A sampling value out of range; `param` names the field (the server's 400 `param`)."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
+class UnknownModelError(ExpertkitError, KeyError):
+    """A request asked for a model name the engine does not serve (the server's 404); `names` lists those it does."""
+
+    def __init__(self, name: str, names: list[str]):
+        super().__init__(f"the model '{name[:200]}' is not served here", hint=f"models: {', '.join(names)}")
+        self.name, self.names = name, list(names)
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return ExpertkitError.__str__(self)
 
 
 @dataclass
@@ -57,10 +93,30 @@ class Engine(Protocol):
         ...
 
     def stream(self, messages: list[dict], params: SamplingParams, model: str | None = None) -> AsyncIterator[Delta]:
-        """Generate an answer to a conversation, as deltas; the last one has finish_reason and usage."""
+        """Generate an answer to a conversation, as deltas; the last one has finish_reason and usage.
+
+        Raises `UnknownModelError` for a `model` not in `model_names()` and `InvalidParamError` for bad `params`,
+        both before the first delta.
+        """
+        ...
+
+    def context_length(self, model: str | None = None) -> int | None:
+        """Tokens the model can attend to (prompt + answer), or None when the engine cannot tell (a remote)."""
+        ...
+
+    def count_prompt_tokens(self, messages: list[dict], model: str | None = None) -> int | None:
+        """Tokens the conversation takes once rendered with the chat template, or None when unknown (a remote)."""
         ...
 
     async def close(self) -> None: ...
+
+
+class TextEngine(Engine, Protocol):
+    """An engine that also continues raw text, no chat template (/v1/completions); the local one does."""
+
+    def stream_text(self, prompt: str, params: SamplingParams, model: str | None = None) -> AsyncIterator[Delta]: ...
+
+    def count_text_tokens(self, prompt: str, model: str | None = None) -> int: ...
 
 
 async def complete(engine: Engine, messages: list[dict], params: SamplingParams, model: str | None = None) -> Delta:

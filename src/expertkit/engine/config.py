@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import field_validator, model_validator
@@ -22,14 +23,19 @@ class EngineConfig(ModelConfig):
     remote_api_key: str | None = None
     """engine=openai: the remote server's key (or set OPENAI_API_KEY). `api_key` is the key clients give `serve`."""
 
+    adapter_name_or_path: str | None = None
+    """LoRA adapters to serve beside the base, as a comma list: `sail=saves/sail,legal=saves/legal/lora/sft`.
+    A bare path is named by its folder. Each is merged into its own copy of the base (memory: one model per name)."""
+
     served_model_name: str | None = None
-    """The name clients use in `model`; unset: the adapter's (or model's) folder name, or the remote's first model."""
+    """The name of the default model (the first adapter, else the base) in `model`; unset: its folder name, or the
+    remote's first model."""
 
     max_new_tokens: int = 512
     """Default answer length when a request does not say."""
 
     max_concurrency: int = 16
-    """Sequences decoded together in one batch; more requests wait in the queue."""
+    """Requests decoded together in one batch, per served model; more wait in the engine's queue."""
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights dtype: auto is the checkpoint's own on GPU, float32 on CPU."""
@@ -41,10 +47,54 @@ class EngineConfig(ModelConfig):
             raise ValueError("must be at least 1")
         return v
 
+    @field_validator("adapter_name_or_path")
+    @classmethod
+    def _adapter_list(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_adapters(v)
+        return v
+
+    def adapters(self) -> dict[str, str]:
+        """Served adapter name -> folder, in the order given (the first is the default model)."""
+        adapters = parse_adapters(self.adapter_name_or_path or "")
+        if adapters and self.served_model_name:
+            first = next(iter(adapters))
+            adapters = {self.served_model_name if n == first else n: p for n, p in adapters.items()}
+        return adapters
+
+    def base_name(self) -> str:
+        """The name the base model is served under: its folder name (or served_model_name when no adapter)."""
+        if self.served_model_name and not self.adapter_name_or_path:
+            return self.served_model_name
+        return Path(self.model_name_or_path.rstrip("/")).name or self.model_name_or_path
+
     @model_validator(mode="after")
     def _model_or_url(self) -> EngineConfig:
         if self.engine == "transformers" and not self.model_name_or_path:
             raise ValueError("model_name_or_path is required (or engine=openai with base_url=...)")
         if self.engine == "openai" and not self.base_url:
             raise ValueError("engine=openai needs base_url, e.g. base_url=http://127.0.0.1:11434/v1")
+        if self.engine == "transformers" and self.adapter_name_or_path:
+            names = list(self.adapters())
+            if self.base_name() in names or len(set(names)) < len(names):
+                raise ValueError(
+                    f"two served models share a name ({', '.join(names + [self.base_name()])}); "
+                    "name the adapters with name=path items"
+                )
         return self
+
+
+def parse_adapters(value: str) -> dict[str, str]:
+    """`a=saves/a, saves/b` -> {"a": "saves/a", "b": "saves/b"} (a bare path is named by its folder)."""
+    adapters: dict[str, str] = {}
+    for item in (i.strip() for i in value.split(",")):
+        if not item:
+            continue
+        name, _, path = item.partition("=") if "=" in item else ("", "", item)
+        name, path = name.strip() or ("" if "=" in item else Path(path.strip().rstrip("/")).name), path.strip()
+        if not path or not name:
+            raise ValueError(f"'{item}' is not an adapter: write name=path or a path")
+        if name in adapters:
+            raise ValueError(f"two adapters are named '{name}'; name them with name=path items")
+        adapters[name] = path
+    return adapters

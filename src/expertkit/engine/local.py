@@ -2,7 +2,13 @@
 
 Requests are decoded together by transformers' continuous-batching manager (paged KV cache, requests join and
 leave the running batch between steps), so concurrent requests share forward passes instead of queueing one by
-one. An adapter is merged into the base in memory at load time, so serving costs nothing extra per token.
+one. Each served name (the base, and every adapter of `adapter_name_or_path`) is its own model with its own
+manager: an adapter is merged into a copy of the base at load time, so serving costs nothing extra per token.
+The copies share every weight the adapter did not change (embeddings, norms, layers LoRA did not target); the
+LoRA-targeted layers and the KV cache are paid once per name.
+
+Why not one PEFT model with per-request adapters: continuous batching packs all requests into one row of tokens,
+and PEFT's mixed-adapter batches (`adapter_names=`) select an adapter per row, so it cannot mix them here.
 """
 
 from __future__ import annotations
@@ -11,103 +17,164 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from expertkit.engine.base import Delta, SamplingParams, Usage
+from expertkit.core.errors import ExpertkitError
+from expertkit.engine.base import Delta, SamplingParams, UnknownModelError, Usage
 from expertkit.engine.config import EngineConfig
 from expertkit.engine.text import THINK_OPEN, ReasoningSplitter, StopStrings
 
 logger = logging.getLogger(__name__)
 
 
-def load_chat_tokenizer(config: EngineConfig):
+def load_chat_tokenizer(config: EngineConfig, adapter: str | None = None):
     """The adapter's tokenizer when it saved one (it carries the training chat template), else the base's."""
     from expertkit.model.load import load_tokenizer
     from expertkit.model.templates import apply_template
 
     source = config.model_name_or_path
-    if config.adapter_name_or_path and (Path(config.adapter_name_or_path) / "tokenizer_config.json").is_file():
-        source = config.adapter_name_or_path
+    if adapter and (Path(adapter) / "tokenizer_config.json").is_file():
+        source = adapter
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     apply_template(tokenizer, config.template)
     return tokenizer
 
 
-def load_merged_model(config: EngineConfig):
+def load_base_model(config: EngineConfig):
     import torch
 
     from expertkit.model.load import load_model
 
     dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
     device = "cuda" if torch.cuda.is_available() else None
-    model = load_model(config.model_name_or_path, dtype, config.trust_remote_code, device=device)
-    if config.adapter_name_or_path:
-        from peft import PeftModel
+    return load_model(config.model_name_or_path, dtype, config.trust_remote_code, device=device).eval()
 
-        model = PeftModel.from_pretrained(model, config.adapter_name_or_path).merge_and_unload()
-    model.eval()
-    return model
+
+def check_adapter_path(name: str, path: str) -> None:
+    """A local adapter must be a folder with adapter_config.json (else it is tried as a hub id)."""
+    p = Path(path).expanduser()
+    if (p / "adapter_config.json").is_file() or not (p.exists() or path.startswith((".", "/", "~"))):
+        return
+    found = sorted(str(c.parent) for c in p.glob("*/adapter_config.json"))[-3:] if p.is_dir() else []
+    hint = f"adapter folders inside it: {', '.join(found)}" if found else "give the output_dir of a LoRA training run"
+    raise ExpertkitError(f"adapter '{name}': '{path}' is not a LoRA adapter folder (no adapter_config.json)", hint=hint)
+
+
+def merge_adapter_copy(base, adapter: str):
+    """base + adapter merged, in a copy that shares every tensor the adapter leaves alone; `base` is unchanged.
+
+    The copy gets new Parameter objects over the same storage, and `safe_merge` gives each merged layer a new
+    tensor instead of adding to the shared one in place.
+    """
+    import copy
+
+    import torch
+    from peft import PeftModel
+
+    memo = {}
+    for p in base.parameters():
+        memo.setdefault(id(p), torch.nn.Parameter(p.data, requires_grad=False))
+    model = copy.deepcopy(base, memo)
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload(safe_merge=True).eval()
+
+
+@dataclass
+class Served:
+    """One name clients can ask for: its chat tokenizer, its (merged) model and the manager that batches it."""
+
+    name: str
+    tokenizer: Any
+    model: Any
+    manager: Any
+    eos_ids: list[int]
 
 
 class LocalEngine:
     def __init__(self, config: EngineConfig):
-        from transformers import GenerationConfig
-        from transformers.generation.configuration_utils import ContinuousBatchingConfig
-
         self.config = config
-        self.tokenizer = load_chat_tokenizer(config)
-        self.model = load_merged_model(config)
-        self.name = config.served_model_name or Path(config.adapter_name_or_path or config.model_name_or_path).name
-        self.eos_ids = sorted(set(self._eos_ids()))
-        # processors exist only for values that differ from the neutral ones; each request then sets its own
-        generation = GenerationConfig(
-            do_sample=True,
-            temperature=0.7,
-            top_k=50,
-            top_p=0.95,
-            max_new_tokens=config.max_new_tokens,
-            eos_token_id=self.eos_ids,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        cb = ContinuousBatchingConfig(per_request_processors=True, max_batch_tokens=None)
-        cb_kwargs = {"max_batch_tokens": 256 * config.max_concurrency} if hasattr(cb, "max_batch_tokens") else {}
-        cb = ContinuousBatchingConfig(per_request_processors=True, **cb_kwargs)
-        self.manager = self.model.init_continuous_batching(generation_config=generation, continuous_batching_config=cb)
-        self.manager.start()
-        self.vocab_size = len(self.tokenizer)
+        adapters = config.adapters()
+        for name, path in adapters.items():
+            check_adapter_path(name, path)
+        base = load_base_model(config)
+        # the default model (first in model_names) is the first adapter; the base comes last
+        sources = [(name, path) for name, path in adapters.items()] + [(config.base_name(), None)]
+        self.served: dict[str, Served] = {}
+        try:
+            for i, (name, adapter) in enumerate(sources):
+                tokenizer = load_chat_tokenizer(config, adapter)
+                model = merge_adapter_copy(base, adapter) if adapter else base
+                share = (i, len(sources))
+                self.served[name] = Served(name, tokenizer, model, None, [])
+                self.served[name].eos_ids = eos_ids(model, tokenizer)
+                self.served[name].manager = start_manager(config, self.served[name], share)
+        except BaseException:
+            for served in self.served.values():
+                if served.manager is not None:
+                    served.manager.stop(block=True)
+            raise
+        self._warned: set[str] = set()
 
-    def _eos_ids(self):
-        ids = self.model.generation_config.eos_token_id
-        yield from ids if isinstance(ids, list) else ([ids] if ids is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            yield self.tokenizer.eos_token_id
+    # the default model's parts, for callers that serve one model (chat, the serve colleague's raw prompts)
+    @property
+    def tokenizer(self):
+        return self.pick().tokenizer
+
+    @property
+    def model(self):
+        return self.pick().model
+
+    @property
+    def manager(self):
+        return self.pick().manager
+
+    @property
+    def eos_ids(self) -> list[int]:
+        return self.pick().eos_ids
 
     def model_names(self) -> list[str]:
-        return [self.name]
+        return list(self.served)
 
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    def pick(self, model: str | None = None) -> Served:
+        """The served model a request's `model` names (None or "": the default), or UnknownModelError."""
+        if not model:
+            return next(iter(self.served.values()))
+        if model not in self.served:
+            raise UnknownModelError(model, self.model_names())
+        return self.served[model]
+
+    def prompt_ids(self, messages: list[dict], model: str | None = None) -> list[int]:
+        if isinstance(messages, RawPrompt):
+            return self.text_ids(messages, model)
+        out = self.pick(model).tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+    def count_prompt_tokens(self, messages: list[dict], model: str | None = None) -> int:
+        return len(self.prompt_ids(messages, model))
+
+    def context_length(self, model: str | None = None) -> int:
+        config = self.pick(model).model.config.get_text_config()
+        return int(getattr(config, "max_position_embeddings", None) or self.pick(model).tokenizer.model_max_length)
 
     async def stream(
         self, messages: list[dict], params: SamplingParams, model: str | None = None
     ) -> AsyncIterator[Delta]:
-        prompt = self.prompt_ids(messages)
-        prompt_text = self.tokenizer.decode(prompt[-8:])
+        served = self.pick(model)
+        params.validate()
+        prompt = self.prompt_ids(messages, served.name)
+        prompt_text = served.tokenizer.decode(prompt[-8:])
         request_id = f"req-{uuid.uuid4().hex}"
         results: asyncio.Queue = asyncio.Queue()
-        self.manager.register_result_handler(request_id, results.put_nowait)  # before adding: no result is missed
-        sampling = {
-            "temperature": 1.0 if params.greedy else float(params.temperature),
-            "top_k": 1 if params.greedy else int(params.top_k or self.vocab_size),
-            "top_p": float(params.top_p),
-        }
-        self.manager.add_request(
+        manager = served.manager
+        manager.register_result_handler(request_id, results.put_nowait)  # before adding: no result is missed
+        sampling = self.sampling_kwargs(params, len(served.tokenizer))
+        manager.add_request(
             prompt,
             request_id=request_id,
             max_new_tokens=params.max_tokens,
             streaming=True,
-            eos_token_id=self.eos_ids,
+            eos_token_id=served.eos_ids,
             **sampling,
         )
         stops = StopStrings(params.stop)
@@ -119,7 +186,7 @@ class LocalEngine:
                 if out.error:
                     raise RuntimeError(f"generation failed: {out.error}")
                 tokens, finished = out.generated_tokens, out.is_finished()
-                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                text = served.tokenizer.decode(tokens, skip_special_tokens=True)
                 if text.endswith("\ufffd"):
                     if not finished:
                         continue  # half of a multi-byte character: wait for the rest
@@ -127,14 +194,14 @@ class LocalEngine:
                 new, text_so_far = text[len(text_so_far) :], text
                 answer, reasoning = split.feed(stops.feed(new))
                 if stops.stopped and not finished:
-                    self.manager.cancel_request(request_id)
+                    manager.cancel_request(request_id)
                     finished = True
                 if answer or reasoning:
                     yield Delta(text=answer, reasoning=reasoning)
             a, r = split.feed(stops.flush())
             a2, r2 = split.flush()
             length = (
-                not stops.stopped and len(tokens) >= params.max_tokens and not (tokens and tokens[-1] in self.eos_ids)
+                not stops.stopped and len(tokens) >= params.max_tokens and not (tokens and tokens[-1] in served.eos_ids)
             )
             yield Delta(
                 text=a + a2,
@@ -144,20 +211,99 @@ class LocalEngine:
             )
         finally:
             if not finished:  # the client went away: free the slot
-                self.manager.cancel_request(request_id)
-            self._forget(request_id)
+                manager.cancel_request(request_id)
+            forget(manager, request_id)
 
-    def _forget(self, request_id: str) -> None:
-        """Drop the result handler of a request we stopped early (stop string, disconnect).
+    def sampling_kwargs(self, params: SamplingParams, vocab_size: int) -> dict:
+        """Per-request temperature / top_k / top_p for the manager's per-request processors.
 
-        transformers removes a handler only when it delivers a finished result; a cancelled request may never
-        deliver one, and a handler left behind whose event loop has closed kills the generation thread.
+        Continuous batching has no per-request repetition penalty (its processors see one token per request, not
+        the history), so a penalty other than 1 is ignored with a warning, once.
         """
-        router = getattr(self.manager, "output_router", None)
-        handlers = getattr(router, "result_handlers", None)
-        if handlers is not None:
-            with router._lock:
-                handlers.pop(request_id, None)
+        if params.repetition_penalty != 1.0 and "repetition_penalty" not in self._warned:
+            self._warned.add("repetition_penalty")
+            logger.warning("repetition_penalty is ignored by the local engine (not supported by continuous batching)")
+        if params.greedy:
+            return {"temperature": 1.0, "top_k": 1, "top_p": 1.0}
+        return {
+            "temperature": float(params.temperature),
+            "top_k": int(min(params.top_k, vocab_size) or vocab_size),
+            "top_p": float(params.top_p),
+        }
+
+    def stream_text(self, prompt: str, params: SamplingParams, model: str | None = None) -> AsyncIterator[Delta]:
+        """Continue `prompt` as raw text, no chat template (/v1/completions, Ollama's raw generate)."""
+        return self.stream(RawPrompt(prompt), params, model)
+
+    def text_ids(self, prompt: str, model: str | None = None) -> list[int]:
+        """A raw prompt's ids (with BOS where the tokenizer adds one)."""
+        return list(self.pick(model).tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+    def count_text_tokens(self, prompt: str, model: str | None = None) -> int:
+        return len(self.text_ids(prompt, model))
 
     async def close(self) -> None:
-        self.manager.stop(block=True)
+        for served in self.served.values():
+            served.manager.stop(block=True)
+
+
+class RawPrompt(str):
+    """A prompt `stream` uses as it is, without the chat template (what `stream_text` hands it)."""
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    """Every token that ends an answer: the generation config's (a list for chat models) and the tokenizer's."""
+    ids = model.generation_config.eos_token_id
+    found = ids if isinstance(ids, list) else ([ids] if ids is not None else [])
+    return sorted({*found, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])})
+
+
+def start_manager(config: EngineConfig, served: Served, share: tuple[int, int]):
+    """A started continuous-batching manager for one served model.
+
+    `max_concurrency` caps the requests decoded in one step (`max_requests_per_batch`); a step holds at most 256
+    tokens per request (`max_batch_tokens`: longer prompts are prefilled in chunks). The KV cache: on a GPU, the
+    i-th of n served models gets 1/n of 80 % of the memory free at start (so n managers never ask for more than
+    one would); on CPU, room for `max_concurrency` requests of up to 4096 tokens each (the CPU default, 60 % of
+    free RAM per manager, would take the machine).
+    """
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    # processors exist only for values that differ from the neutral ones; each request then sets its own
+    generation = GenerationConfig(
+        do_sample=True,
+        temperature=0.7,
+        top_k=50,
+        top_p=0.95,
+        max_new_tokens=config.max_new_tokens,
+        eos_token_id=served.eos_ids,
+        pad_token_id=served.tokenizer.pad_token_id,
+    )
+    cb = ContinuousBatchingConfig(
+        per_request_processors=True,
+        max_requests_per_batch=config.max_concurrency,
+        max_batch_tokens=256 * config.max_concurrency,
+    )
+    if served.model.device.type == "cuda":
+        i, n = share
+        cb.max_memory_percent = (0.8 / n) / (1 - 0.8 * i / n)  # of what is free now, after the i before it
+    else:
+        context = min(int(getattr(served.model.config.get_text_config(), "max_position_embeddings", 0) or 4096), 4096)
+        cb.num_blocks = config.max_concurrency * -(-context // cb.page_size)
+    manager = served.model.init_continuous_batching(generation_config=generation, continuous_batching_config=cb)
+    manager.start()
+    return manager
+
+
+def forget(manager, request_id: str) -> None:
+    """Drop the result handler of a request we stopped early (stop string, disconnect).
+
+    transformers removes a handler only when it delivers a finished result; a cancelled request may never
+    deliver one, and a handler left behind whose event loop has closed kills the generation thread.
+    """
+    router = getattr(manager, "output_router", None)
+    handlers = getattr(router, "result_handlers", None)
+    if handlers is not None:
+        with router._lock:
+            handlers.pop(request_id, None)
