@@ -36,6 +36,12 @@ class RemoteEngine:
     def model_names(self) -> list[str]:
         return self._names
 
+    def context_length(self, model: str | None = None) -> int | None:
+        return None  # the OpenAI API does not say; the remote refuses a prompt that is too long itself
+
+    def count_prompt_tokens(self, messages: list[dict], model: str | None = None) -> int | None:
+        return None
+
     def _check(self, response) -> None:
         if response.status_code >= 400:
             raise ExpertkitError(f"{self.base_url} answered {response.status_code}: {response.text[:300]}")
@@ -43,6 +49,7 @@ class RemoteEngine:
     async def stream(
         self, messages: list[dict], params: SamplingParams, model: str | None = None
     ) -> AsyncIterator[Delta]:
+        params.validate()
         if not (model or self._names):
             await self.refresh_models()
         body = {
@@ -58,6 +65,11 @@ class RemoteEngine:
             body["stop"] = params.stop
         if params.seed is not None:
             body["seed"] = params.seed
+        # not OpenAI fields: sent only when asked for (vLLM, Ollama, DashScope read them; api.openai.com refuses)
+        if params.top_k:
+            body["top_k"] = params.top_k
+        if params.repetition_penalty != 1.0:
+            body["repetition_penalty"] = params.repetition_penalty
         split = ReasoningSplitter()
         finish, usage = None, None
         async with self.client.stream("POST", "/chat/completions", json=body) as response:
