@@ -98,7 +98,8 @@ class LocalEngine:
         for name, path in adapters.items():
             check_adapter_path(name, path)
         base = load_base_model(config)
-        # the default model (first in model_names) is the first adapter; the base comes last
+        # the default model (first in model_names) is the first adapter; the base comes last, which also means
+        # every copy is taken before the base gets its manager (transformers caches it on the model object)
         sources = [(name, path) for name, path in adapters.items()] + [(config.base_name(), None)]
         self.served: dict[str, Served] = {}
         try:
@@ -116,7 +117,7 @@ class LocalEngine:
             raise
         self._warned: set[str] = set()
 
-    # the default model's parts, for callers that serve one model (chat, the serve colleague's raw prompts)
+    # the default model's parts, for callers that use a single model
     @property
     def tokenizer(self):
         return self.pick().tokenizer
