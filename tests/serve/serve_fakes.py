@@ -11,6 +11,7 @@ from expertkit.serve.app import build_app
 from expertkit.serve.config import ServeConfig
 
 BASE_URL = "http://127.0.0.1:8000"
+LIVE_KEY = "sk-test-local"  # the key of conftest.py's live server
 
 
 class FakeEngine:
@@ -19,7 +20,7 @@ class FakeEngine:
     def __init__(self, names=("fake-expert",), delay: float = 0.0):
         self.names = list(names)
         self.queue: list = []
-        self.calls: list[tuple[list[dict], SamplingParams, str | None]] = []
+        self.calls: list[tuple[list[dict] | str, SamplingParams, str | None]] = []
         self.delay = delay
         self.closed_streams = 0
         self.finished_streams = 0
@@ -47,6 +48,13 @@ class FakeEngine:
             self.finished_streams += 1
         finally:
             self.closed_streams += 1
+
+    def stream_text(self, prompt, params, model=None):
+        """Raw-prompt generation (/v1/completions): recorded with the prompt string in place of messages."""
+        return self.stream(prompt, params, model)
+
+    def count_text_tokens(self, prompt, model=None) -> int:
+        return len(prompt.split())
 
     async def close(self) -> None:
         pass

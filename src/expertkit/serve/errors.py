@@ -67,7 +67,7 @@ def param_path(loc: tuple) -> str | None:
     """pydantic's ('messages', 0, 'content', 'str') -> 'messages[0].content' (the type-union tail dropped)."""
     out = ""
     for part in loc:
-        if part == "body":
+        if part in ("body", "query"):
             continue
         if isinstance(part, int):
             out += f"[{part}]"

@@ -9,16 +9,17 @@ import logging
 import uuid
 
 from expertkit.serve.auth import host_is_loopback
-from expertkit.serve.errors import error_bytes
+from expertkit.serve.errors import error_bytes, status_type
 
 logger = logging.getLogger(__name__)
 
 
 class Guard:
-    def __init__(self, app, max_request_bytes: int, check_host: bool):
+    def __init__(self, app, max_request_bytes: int, check_host: bool, on_error=None):
         self.app = app
         self.max_request_bytes = max_request_bytes
         self.check_host = check_host
+        self.on_error = on_error  # (type, status) of every error response, for /metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -32,6 +33,9 @@ class Guard:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                if message["status"] >= 400 and self.on_error is not None:
+                    status = message["status"]
+                    self.on_error("client_closed" if status == 499 else status_type(status), status)
                 message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
             await send(message)
 

@@ -33,15 +33,17 @@ class StreamOptions(Lenient):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(Lenient):
-    messages: list[ChatMessage] = Field(min_length=1)
+class SamplingRequest(Lenient):
+    """The fields chat and text completions share."""
+
     model: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=-1)  # vLLM's extension; -1 or 0: off
+    repetition_penalty: float | None = Field(None, gt=0, le=10)  # vLLM's extension
     seed: int | None = None
     n: int = 1
     stop: str | list[str] | None = None
@@ -52,6 +54,28 @@ class ChatCompletionRequest(Lenient):
 
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class ChatCompletionRequest(SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class CompletionRequest(SamplingRequest):
+    """`/v1/completions`: one raw prompt continued as text (no chat template)."""
+
+    prompt: str | list[str] = Field(min_length=1)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None  # accepted when 1 or absent
+
+
+class EmbeddingRequest(Lenient):
+    input: str | list[str] = Field(min_length=1, max_length=2048)
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
 
 
 class UsageInfo(BaseModel):
@@ -127,5 +151,5 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
-def completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+def completion_id(prefix: str = "chatcmpl") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"

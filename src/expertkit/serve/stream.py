@@ -1,4 +1,8 @@
-"""Running one chat completion: the whole answer as JSON, or as OpenAI's server-sent events.
+"""Running one generation to the end, or as it comes, under the request's deadline and its client's presence.
+
+`run_whole` joins an answer (non-streaming routes); `within_deadline` passes deltas on for the streaming ones
+(OpenAI's server-sent events here, Ollama's NDJSON in ollama.py). A deadline (request_timeout) or a client that
+leaves cancels the engine's stream, which frees the model's slot. OpenAI's chat stream:
 
     data: {"object": "chat.completion.chunk", "choices": [{"delta": {"role": "assistant", "content": ""}}]}
     data: {"choices": [{"delta": {"reasoning_content": "Let me think"}}]}
@@ -7,7 +11,7 @@
     data: {"choices": [], "usage": {...}}            (only with stream_options.include_usage)
     data: [DONE]
 
-A deadline (request_timeout) or a client that leaves cancels the engine's stream, which frees the model's slot.
+and its text completion stream: `{"object": "text_completion", "choices": [{"text": "Hello", ...}]}` chunks.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
-from expertkit.engine.base import Delta, Engine, SamplingParams, Usage, complete
+from expertkit.engine.base import Delta, Usage
 from expertkit.serve.errors import APIError, error_body
-from expertkit.serve.protocol import completion_id
+from expertkit.serve.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -35,18 +40,56 @@ def usage_dict(usage: Usage | None) -> dict:
 
 
 def engine_failure(e: BaseException) -> APIError:
-    """A template that refuses the conversation is the request's fault (400); anything else is ours (500)."""
+    """The request's fault (400/404: the template refused it, a bad sampling value, an unknown model) or ours (500)."""
+    if isinstance(e, APIError):
+        return e
     if type(e).__module__.startswith("jinja2"):
         return APIError(400, f"the chat template refused the messages: {e}", param="messages")
+    if type(e).__name__ == "InvalidParamError":  # engine.base: a sampling value the engine refuses
+        return APIError(400, str(e), param=getattr(e, "param", None), code="invalid_value")
+    if type(e).__name__ == "UnknownModelError":
+        return APIError(404, str(e), type="not_found_error", param="model", code="model_not_found")
+    logger.error("generation failed", exc_info=e)
     return APIError(500, "generation failed; the server log has the details", type="server_error", code="engine_error")
 
 
-async def complete_once(
-    engine: Engine, messages: list[dict], params: SamplingParams, model: str, deadline: float, request
-) -> dict:
-    """The whole answer as a chat.completion object; stops generating if the client leaves or time runs out."""
-    created, cid = int(time.time()), completion_id()
-    task = asyncio.ensure_future(complete(engine, messages, params, model))
+def timeout_error() -> APIError:
+    return APIError(504, "request_timeout passed before the answer was complete", type="timeout_error")
+
+
+async def within_deadline(deltas: AsyncIterator[Delta], deadline: float) -> AsyncIterator[Delta]:
+    """The deltas up to the one that finishes; an APIError when time runs out or the engine fails. Closes `deltas`."""
+    try:
+        while True:
+            try:
+                d = await asyncio.wait_for(deltas.__anext__(), timeout=max(deadline - time.monotonic(), 0))
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                raise timeout_error() from None
+            except Exception as e:
+                raise engine_failure(e) from None
+            yield d
+            if d.finish_reason is not None:
+                return
+    finally:
+        await deltas.aclose()
+
+
+async def run_whole(deltas: AsyncIterator[Delta], deadline: float, request) -> Delta:
+    """The whole answer; stops generating (and raises) if the client leaves or time runs out."""
+
+    async def join() -> Delta:
+        out = Delta()
+        async with aclosing(deltas):
+            async for d in deltas:
+                out.text += d.text
+                out.reasoning += d.reasoning
+                out.finish_reason = d.finish_reason or out.finish_reason
+                out.usage = d.usage or out.usage
+        return out
+
+    task = asyncio.ensure_future(join())
     gone = asyncio.ensure_future(wait_disconnect(request))
     try:
         done, _ = await asyncio.wait(
@@ -61,12 +104,21 @@ async def complete_once(
         if gone in done:
             logger.info("client disconnected; generation stopped")
             raise APIError(499, "client closed the request", code="client_closed")
-        raise APIError(504, "request_timeout passed before the answer was complete", type="timeout_error")
+        raise timeout_error()
     if task.exception() is not None:
-        e = task.exception()
-        logger.error("generation failed", exc_info=e)
-        raise engine_failure(e)
-    out = task.result()
+        raise engine_failure(task.exception())
+    return task.result()
+
+
+async def wait_disconnect(request) -> None:
+    """Returns when the client goes away (the body was read already, so the next ASGI message is the disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def chat_completion_body(out: Delta, cid: str, created: int, model: str) -> dict:
     message = {"role": "assistant", "content": out.text}
     if out.reasoning:
         message["reasoning_content"] = out.reasoning
@@ -80,21 +132,24 @@ async def complete_once(
     }
 
 
-async def wait_disconnect(request) -> None:
-    """Returns when the client goes away (the body was read already, so the next ASGI message is the disconnect)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
+def text_completion_body(text: str, out: Delta, cid: str, created: int, model: str) -> dict:
+    return {
+        "id": cid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(out)}],
+        "usage": usage_dict(out.usage),
+    }
 
 
 async def chat_chunks(
-    engine: Engine, messages: list[dict], params: SamplingParams, model: str, include_usage: bool, deadline: float
+    deltas: AsyncIterator[Delta], cid: str, model: str, include_usage: bool, deadline: float, metrics: Metrics
 ) -> AsyncIterator[str]:
-    """The SSE lines of one streamed answer; an error after the first byte is sent as an error event."""
-    cid, created = completion_id(), int(time.time())
+    """The SSE lines of one streamed chat answer; an error after the first byte is sent as an error event."""
+    created = int(time.time())
 
-    def event(choices: list[dict], usage: dict | None = None, last: bool = False) -> str:
+    def event(choices: list[dict], usage: dict | None = None) -> str:
         chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices}
         if include_usage:
             chunk["usage"] = usage  # null on every chunk but the last, as OpenAI does
@@ -104,34 +159,55 @@ async def chat_chunks(
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
 
     yield event([choice({"role": "assistant", "content": ""})])
-    deltas = engine.stream(messages, params, model)
     try:
-        while True:
-            try:
-                d = await asyncio.wait_for(deltas.__anext__(), timeout=max(deadline - time.monotonic(), 0))
-            except StopAsyncIteration:
-                break
-            piece = {}
-            if d.reasoning:
-                piece["reasoning_content"] = d.reasoning
-            if d.text:
-                piece["content"] = d.text
-            if piece:
-                yield event([choice(piece)])
-            if d.finish_reason is not None:
-                yield event([choice({}, finish_reason(d))])
-                if include_usage:
-                    yield event([], usage_dict(d.usage))
-                break
-    except asyncio.TimeoutError:
-        yield error_event(APIError(504, "request_timeout passed before the answer was complete", type="timeout_error"))
-    except Exception as e:
-        logger.error("generation failed while streaming", exc_info=e)
-        yield error_event(engine_failure(e))
-    finally:
-        await deltas.aclose()
+        async with aclosing(within_deadline(deltas, deadline)) as stream:
+            async for d in stream:
+                piece = {}
+                if d.reasoning:
+                    piece["reasoning_content"] = d.reasoning
+                if d.text:
+                    piece["content"] = d.text
+                if piece:
+                    yield event([choice(piece)])
+                if d.finish_reason is not None:
+                    yield event([choice({}, finish_reason(d))])
+                    if include_usage:
+                        yield event([], usage_dict(d.usage))
+    except APIError as err:
+        yield error_event(err, metrics)
     yield "data: [DONE]\n\n"
 
 
-def error_event(err: APIError) -> str:
+async def completion_chunks(
+    deltas: AsyncIterator[Delta], cid: str, model: str, include_usage: bool, deadline: float, metrics: Metrics, echo=""
+) -> AsyncIterator[str]:
+    """The SSE lines of one streamed text completion (`echo`: the prompt, sent first)."""
+    created = int(time.time())
+
+    def event(text: str | None, finish: str | None = None, usage: dict | None = None) -> str:
+        choices = [] if text is None else [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]
+        chunk = {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": choices}
+        if include_usage:
+            chunk["usage"] = usage
+        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+    if echo:
+        yield event(echo)
+    try:
+        async with aclosing(within_deadline(deltas, deadline)) as stream:
+            async for d in stream:
+                text = d.reasoning + d.text  # raw text: no <think> split to report apart
+                if d.finish_reason is not None:
+                    yield event(text, finish_reason(d))
+                    if include_usage:
+                        yield event(None, usage=usage_dict(d.usage))
+                elif text:
+                    yield event(text)
+    except APIError as err:
+        yield error_event(err, metrics)
+    yield "data: [DONE]\n\n"
+
+
+def error_event(err: APIError, metrics: Metrics) -> str:
+    metrics.count_error(err.type, err.status)
     return f"data: {json.dumps(error_body(err.message, err.type, err.param, err.code))}\n\n"

@@ -1,0 +1,233 @@
+"""OpenAI's `/v1`: models, chat completions, text completions (a raw prompt, no chat template) and embeddings."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from expertkit.engine.base import Engine, SamplingParams
+from expertkit.serve.errors import APIError, parse_model
+from expertkit.serve.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ModelCard,
+    ModelList,
+    SamplingRequest,
+    completion_id,
+)
+from expertkit.serve.state import ServerState, check_context, context_length, model_names, pick_model, read_json
+from expertkit.serve.stream import (
+    chat_chunks,
+    chat_completion_body,
+    completion_chunks,
+    run_whole,
+    text_completion_body,
+)
+
+
+def v1_router(state: ServerState) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+
+    @router.get("/models")
+    async def list_models() -> dict:
+        names = await model_names(state.ready_engine())
+        return ModelList(data=[ModelCard(id=n) for n in names]).model_dump()
+
+    @router.post("/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        req = parse_model(ChatCompletionRequest, await read_json(request))
+        state.log_unknown_fields(req)
+        engine = state.ready_engine()
+        model = await pick_model(engine, req.model)
+        messages = engine_messages(req)
+        params = sampling_params(req, state.config.max_new_tokens)
+        check_context(engine, model, params.max_tokens, messages=messages)
+        state.admit()
+        deadline = time.monotonic() + state.config.request_timeout
+        deltas, cid = state.generate(engine, params, model, messages=messages), completion_id()
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            chunks = chat_chunks(deltas, cid, model, include_usage, deadline, state.metrics)
+            return SSEResponse(chunks, on_close=state.release)
+        try:
+            out = await run_whole(deltas, deadline, request)
+        finally:
+            state.release()
+        return JSONResponse(chat_completion_body(out, cid, int(time.time()), model))
+
+    @router.post("/completions")
+    async def completions(request: Request) -> Response:
+        req = parse_model(CompletionRequest, await read_json(request))
+        state.log_unknown_fields(req)
+        prompt = completion_prompt(req)
+        engine = text_engine(state.ready_engine())
+        model = await pick_model(engine, req.model)
+        params = sampling_params(req, state.config.max_new_tokens)
+        check_context(engine, model, params.max_tokens, prompt=prompt)
+        state.admit()
+        deadline = time.monotonic() + state.config.request_timeout
+        deltas, cid = state.generate(engine, params, model, prompt=prompt), completion_id("cmpl")
+        echo = prompt if req.echo else ""
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            chunks = completion_chunks(deltas, cid, model, include_usage, deadline, state.metrics, echo)
+            return SSEResponse(chunks, on_close=state.release)
+        try:
+            out = await run_whole(deltas, deadline, request)
+        finally:
+            state.release()
+        return JSONResponse(text_completion_body(echo + out.reasoning + out.text, out, cid, int(time.time()), model))
+
+    @router.post("/embeddings")
+    async def embeddings(request: Request) -> Response:
+        req = parse_model(EmbeddingRequest, await read_json(request))
+        state.log_unknown_fields(req)
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        model = await pick_model(state.ready_engine(), req.model)
+        vectors, tokens = await embed(state, texts, model)
+        if req.dimensions is not None and req.dimensions != len(vectors[0]):
+            raise APIError(
+                400,
+                f"dimensions={req.dimensions}: this model's embeddings have {len(vectors[0])} dimensions",
+                param="dimensions",
+                code="invalid_value",
+            )
+        encode = base64_floats if req.encoding_format == "base64" else (lambda v: v)
+        data = [{"object": "embedding", "embedding": encode(v), "index": i} for i, v in enumerate(vectors)]
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse({"object": "list", "data": data, "model": model, "usage": usage})
+
+    return router
+
+
+class SSEResponse(StreamingResponse):
+    """Server-sent events whose generator is always closed, so a client that leaves stops its generation."""
+
+    def __init__(self, chunks: AsyncIterator[str], on_close: Callable[[], None], media_type="text/event-stream"):
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        super().__init__(chunks, media_type=media_type, headers=headers)
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self.body_iterator.aclose()
+            finally:
+                self.on_close()
+
+
+def engine_messages(req) -> list[dict]:
+    """Protocol messages -> the engine's {role, content} dicts: text parts joined, developer read as system."""
+    out = []
+    for i, m in enumerate(req.messages):
+        content = m.content
+        if isinstance(content, list):
+            bad = [p.type for p in content if p.type != "text" or p.text is None]
+            if bad:
+                raise APIError(
+                    400,
+                    f"content part type '{bad[0][:50]}' is not supported; only text parts",
+                    param=f"messages[{i}].content",
+                    code="unsupported_content",
+                )
+            content = "".join(p.text or "" for p in content)
+        message = {"role": "system" if m.role == "developer" else m.role, "content": content or ""}
+        if m.reasoning_content:
+            message["reasoning_content"] = m.reasoning_content
+        out.append(message)
+    return out
+
+
+def sampling_params(req: SamplingRequest, default_max_tokens: int) -> SamplingParams:
+    if req.n != 1:
+        raise APIError(400, f"n={req.n} is not supported: only n=1 for now", param="n", code="unsupported_value")
+    stop = req.stop_list()
+    if len(stop) > 16:
+        raise APIError(400, f"at most 16 stop strings, got {len(stop)}", param="stop", code="invalid_value")
+    temperature = 1.0 if req.temperature is None else req.temperature
+    top_p = 1.0 if req.top_p is None else req.top_p
+    max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens or default_max_tokens
+    return SamplingParams(
+        temperature=0.0 if top_p == 0 else temperature,
+        top_p=top_p or 1.0,
+        top_k=max(req.top_k or 0, 0),
+        max_tokens=max_tokens,
+        stop=stop,
+        seed=req.seed,
+        repetition_penalty=req.repetition_penalty or 1.0,
+    )
+
+
+def completion_prompt(req: CompletionRequest) -> str:
+    """The one prompt of a completion request: a string, or a list holding one string."""
+    if isinstance(req.prompt, list) and len(req.prompt) != 1:
+        raise APIError(
+            400,
+            f"prompt is a list of {len(req.prompt)} strings: only one prompt per request for now",
+            param="prompt",
+            code="unsupported_value",
+        )
+    if req.suffix:
+        raise APIError(400, "suffix (fill-in-the-middle) is not supported", param="suffix", code="unsupported_value")
+    if req.best_of not in (None, 1):
+        raise APIError(400, "best_of must be 1", param="best_of", code="unsupported_value")
+    prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
+    if not prompt:
+        raise APIError(400, "prompt is empty", param="prompt", code="invalid_value")
+    return prompt
+
+
+def text_engine(engine: Engine) -> Engine:
+    if not hasattr(engine, "stream_text"):
+        raise APIError(
+            400,
+            "this engine continues chat conversations only; use /v1/chat/completions (raw-prompt completions need "
+            "the local engine, engine=transformers)",
+            code="unsupported_value",
+        )
+    return engine
+
+
+async def embed(state: ServerState, texts: list[str], model: str) -> tuple[list[list[float]], int]:
+    """Vectors of `texts` from the served model, in a thread (the event loop keeps serving), and their token count."""
+    engine = state.ready_engine()
+    served = engine.pick(model) if hasattr(engine, "pick") else engine
+    if getattr(served, "model", None) is None or getattr(served, "tokenizer", None) is None:
+        raise APIError(
+            400,
+            "embeddings need a local model (engine=transformers); this server forwards to a remote one",
+            code="unsupported_value",
+        )
+    from expertkit.engine.embed import embed_texts, token_ids
+
+    limit = context_length(engine, model)
+    counts = [len(token_ids(served.tokenizer, t)) for t in texts]
+    for i, n in enumerate(counts):
+        if limit is not None and n > limit:
+            raise APIError(
+                400,
+                f"input[{i}] is {n} tokens: more than the model's context of {limit} tokens",
+                param="input",
+                code="context_length_exceeded",
+            )
+    state.admit()
+    try:
+        async with state.embed_lock:  # one batch at a time: many at once would only compete for the same device
+            vectors = await asyncio.to_thread(embed_texts, served.model, served.tokenizer, texts)
+    finally:
+        state.release()
+    return vectors, sum(counts)
+
+
+def base64_floats(vector: list[float]) -> str:
+    """OpenAI's encoding_format=base64: little-endian float32s (what the openai SDK asks for by default)."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")

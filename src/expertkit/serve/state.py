@@ -1,0 +1,180 @@
+"""What every route shares: the engine (None while it loads), admission against the queue limit, the request body
+as JSON, the model a request names, and the context-length check."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+
+from expertkit.engine.base import Delta, Engine, SamplingParams
+from expertkit.serve.config import ServeConfig
+from expertkit.serve.errors import APIError
+from expertkit.serve.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+RETRY = {"Retry-After": "2"}
+
+
+class ServerState:
+    """The engine (None while loading), why loading failed, how many requests are admitted, and the metrics."""
+
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self.engine: Engine | None = None
+        self.load_error: BaseException | None = None
+        self.loaded = threading.Event()  # set when loading ended, either way
+        self.active = 0
+        self.unknown_fields_seen: set[str] = set()
+        self.metrics = Metrics()
+        self.embed_lock = asyncio.Lock()
+
+    def load(self, factory: Callable[[], Engine]) -> None:
+        try:
+            self.engine = factory()
+            names = ", ".join(self.engine.model_names()) or "(asked of the remote on first use)"
+            logger.info("model ready: %s", names)
+        except BaseException as e:  # noqa: BLE001 - reported by /health and the CLI
+            self.load_error = e
+            logger.error("loading the model failed: %s", e)
+        finally:
+            self.loaded.set()
+
+    def ready_engine(self) -> Engine:
+        if self.engine is not None:
+            return self.engine
+        if self.load_error is not None:
+            raise APIError(503, f"the model failed to load: {self.load_error}", code="model_load_failed")
+        raise APIError(503, "the model is still loading; retry shortly", code="model_loading", headers=RETRY)
+
+    def admit(self) -> None:
+        """Count the request in, or refuse it when max_queue requests already wait beyond max_concurrency."""
+        capacity = self.config.max_concurrency + self.config.max_queue
+        if self.active >= capacity:
+            self.metrics.rejected += 1
+            raise APIError(
+                429,
+                f"the server is busy: {self.active} requests are running or queued (max_concurrency "
+                f"{self.config.max_concurrency} + max_queue {self.config.max_queue}); retry shortly",
+                type="rate_limit_error",
+                code="queue_full",
+                headers=RETRY,
+            )
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+
+    def generate(
+        self, engine: Engine, params: SamplingParams, model: str, messages: list[dict] | None = None, prompt=None
+    ) -> AsyncIterator[Delta]:
+        """The engine's deltas for a conversation (chat template) or a raw prompt, counted by /metrics."""
+        if prompt is not None:
+            deltas = engine.stream_text(prompt, params, model)
+        else:
+            deltas = engine.stream(messages, params, model)
+        return self.metrics.observe(deltas)
+
+    def log_unknown_fields(self, req) -> None:
+        for name in sorted(req.model_extra or {}):
+            if name not in self.unknown_fields_seen and len(self.unknown_fields_seen) < 1000:
+                self.unknown_fields_seen.add(name)
+                logger.warning("ignoring request field %r (not supported; logged once)", name[:100])
+
+
+async def read_json(request):
+    """The body as JSON whatever the Content-Type says (curl -d sends form-urlencoded), or a 400."""
+    raw = await request.body()
+    if not raw.strip():
+        raise APIError(400, "the request body is empty; send a JSON object", code="invalid_json")
+    try:
+        return json.loads(raw, parse_constant=reject_constant)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise APIError(400, f"the request body is not valid JSON: {str(e)[:200]}", code="invalid_json") from None
+
+
+def reject_constant(name: str):
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+async def model_names(engine: Engine) -> list[str]:
+    names = engine.model_names()
+    if not names and hasattr(engine, "refresh_models"):
+        names = await engine.refresh_models()
+    return names
+
+
+async def pick_model(engine: Engine, asked: str | None) -> str:
+    """The served name a request asks for (none: the default), or a 404 listing what is served."""
+    names = await model_names(engine)
+    if not asked:
+        return names[0] if names else ""
+    if asked not in names and asked.endswith(":latest") and asked.removesuffix(":latest") in names:
+        return asked.removesuffix(":latest")  # Ollama clients add the tag
+    if asked not in names:
+        raise APIError(
+            404,
+            f"the model '{asked[:200]}' is not served here; models: {', '.join(names)}",
+            type="not_found_error",
+            param="model",
+            code="model_not_found",
+        )
+    return asked
+
+
+def context_length(engine: Engine, model: str | None) -> int | None:
+    """The model's context in tokens, when the engine can tell (a method, an attribute, or the model config)."""
+    limit = getattr(engine, "context_length", None)
+    if callable(limit):
+        limit = limit(model)
+    if limit is None:
+        limit = getattr(getattr(getattr(engine, "model", None), "config", None), "max_position_embeddings", None)
+    return limit if isinstance(limit, int) else None
+
+
+def check_context(engine: Engine, model: str, max_tokens: int, messages: list[dict] | None = None, prompt=None) -> int:
+    """400 when prompt + max_tokens would not fit the model's context (when the engine can tell); never truncate.
+
+    Returns the prompt's token count (0 when unknown)."""
+    limit = context_length(engine, model)
+    if limit is None:
+        return 0
+    if max_tokens > limit:
+        raise APIError(
+            400,
+            f"max_tokens {max_tokens} is more than the model's context of {limit} tokens",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    count = prompt_tokens(engine, model, messages, prompt)
+    if count is None:
+        return 0
+    if count + max_tokens > limit:
+        what = "messages" if prompt is None else "prompt"
+        raise APIError(
+            400,
+            f"the {what} is {count} tokens and max_tokens is {max_tokens}: {count + max_tokens} is more than the "
+            f"model's context of {limit} tokens; shorten the {what} or lower max_tokens",
+            param=what,
+            code="context_length_exceeded",
+        )
+    return count
+
+
+def prompt_tokens(engine: Engine, model: str, messages: list[dict] | None, prompt: str | None) -> int | None:
+    if prompt is not None:
+        count = getattr(engine, "count_text_tokens", None)
+        return count(prompt, model) if count else None
+    try:
+        if hasattr(engine, "count_prompt_tokens"):
+            return engine.count_prompt_tokens(messages, model)
+        if hasattr(engine, "prompt_ids"):
+            return len(engine.prompt_ids(messages))
+        return None
+    except Exception as e:
+        if type(e).__module__.startswith("jinja2"):  # the chat template refused the conversation
+            raise APIError(400, f"the chat template refused the messages: {e}", param="messages") from None
+        raise
