@@ -1,4 +1,4 @@
-"""No request body, however odd, gets a 5xx: hypothesis-generated JSON against a fake engine."""
+"""No request body, however odd, gets a 5xx on any POST route: hypothesis-generated JSON against a fake engine."""
 
 from __future__ import annotations
 
@@ -29,18 +29,33 @@ fields = {
     "seed": st.integers(min_value=-(2**80), max_value=2**80) | json_values,
     "n": st.integers() | json_values,
     "stop": st.text(max_size=5) | st.lists(st.text(max_size=5), max_size=20) | json_values,
+    "prompt": st.text(max_size=10) | st.lists(st.text(max_size=5), max_size=3) | json_values,
+    "input": st.text(max_size=10) | st.lists(st.text(max_size=5), max_size=3) | json_values,
+    "options": st.dictionaries(
+        st.sampled_from(["temperature", "top_p", "top_k", "num_predict", "stop", "seed", "repeat_penalty"]),
+        st.integers(min_value=-(2**70), max_value=2**70) | json_values,
+    )
+    | json_values,
+    "raw": st.booleans() | json_values,
+    "system": st.text(max_size=5) | json_values,
+    "echo": st.booleans() | json_values,
 }
+paths = st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/api/chat", "/api/generate"])
 bodies = st.fixed_dictionaries({}, optional=fields) | st.dictionaries(st.text(max_size=8), json_values) | json_values
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(body=bodies)
-def test_no_body_makes_a_server_error(body):
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=paths, body=bodies)
+def test_no_body_makes_a_server_error(path, body):
     async def post():
         async with make_client(FakeEngine()) as c:
-            return await c.post("/v1/chat/completions", content=json.dumps(body))
+            return await c.post(path, content=json.dumps(body))
 
     r = asyncio.run(post())
-    assert r.status_code < 500, (body, r.text)
-    if r.status_code >= 400:
+    assert r.status_code < 500, (path, body, r.text)
+    if r.status_code >= 400 and path.startswith("/api/"):
+        assert isinstance(r.json()["error"], str)  # Ollama's body
+    elif r.status_code >= 400:
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    if r.status_code == 200 and path.startswith("/api/") and body.get("stream", True) is not False:
+        assert all(json.loads(line) for line in r.text.splitlines())  # NDJSON, even when it ends in an error

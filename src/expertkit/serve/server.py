@@ -50,7 +50,7 @@ def announce(server, state, config: ServeConfig, with_key: bool) -> None:
     names = ", ".join(state.engine.model_names()) or "(the remote's models)"
     key_note = "  (send Authorization: Bearer KEY)" if with_key else ""
     print(f"serving {names} at {config.url}{key_note}", file=sys.stdout, flush=True)
-    print("OpenAI-compatible: GET /v1/models, POST /v1/chat/completions; Ctrl-C to stop", flush=True)
+    print("OpenAI /v1 (chat, completions, embeddings), Ollama /api, /metrics; Ctrl-C to stop", flush=True)
 
 
 @contextlib.contextmanager
