@@ -122,15 +122,17 @@ def data_check(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_defau
 
 @config_app.command("keys")
 def config_keys(
-    stage: str = typer.Argument("train", help="Which stage's keys: train, export."),
+    stage: str = typer.Argument("train", help="Which stage's keys: train, export, chat, serve."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the reference page (docs/reference/)."),
 ) -> None:
     """List every config key with its default and meaning."""
     from expertkit.core.config import describe_keys
+    from expertkit.engine.config import EngineConfig
     from expertkit.export.config import ExportConfig
+    from expertkit.serve.config import ServeConfig
     from expertkit.train.config import TrainConfig
 
-    stages = {"train": TrainConfig, "export": ExportConfig}
+    stages = {"train": TrainConfig, "export": ExportConfig, "chat": EngineConfig, "serve": ServeConfig}
     if stage not in stages:
         raise ExpertkitError(f"unknown stage '{stage}'", hint=f"stages: {', '.join(stages)}")
     typer.echo(describe_keys(stages[stage], markdown=markdown, title=f"`expertkit {stage}` keys"), nl=False)

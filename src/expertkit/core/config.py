@@ -197,7 +197,8 @@ def describe_keys(cls: type[StageConfig], markdown: bool = False, title: str = "
     """Every key of a config with its default and docstring: for `config keys` and docs/reference/."""
     rows = []
     for name, field in cls.model_fields.items():
-        default = "required" if field.is_required() else yaml.safe_dump(field.default, default_flow_style=True).strip()
+        value = None if field.is_required() else field.get_default(call_default_factory=True)
+        default = "required" if field.is_required() else yaml.safe_dump(value, default_flow_style=True).strip()
         default = default.removesuffix("...").strip()
         rows.append((name, default, " ".join((field.description or "").split())))
     if not markdown:
