@@ -11,10 +11,6 @@ shows up here as different prompt ids or a different answer.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import httpx
 import pytest
 import torch
@@ -24,12 +20,6 @@ CONVERSATIONS = [
     ("你是谁？", "我是小帆，云帆科技的助手。"),  # multi-byte text: the usual place tokenizations drift apart
 ]
 MAX_NEW_TOKENS = 48
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def training_view(config, question: str, answer: str) -> tuple[list[int], list[int]]:
@@ -71,38 +61,8 @@ def merged(tiny_model, identity_adapter, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def live(tiny_model, identity_adapter):
-    import uvicorn
-
-    from expertkit.engine.base import load_engine
-    from expertkit.serve.app import build_app
-    from expertkit.serve.config import ServeConfig
-
-    _, result = identity_adapter
-    config = ServeConfig(
-        model_name_or_path=str(tiny_model),
-        adapter_name_or_path=str(result.output_dir),
-        served_model_name="sail",
-        port=free_port(),
-    )
-    app = build_app(lambda: load_engine(config), config)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{config.port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    else:
-        pytest.fail("the server did not become healthy in 60 s")
-    yield app, url
-    server.should_exit = True
-    thread.join(30)
+def live(live_server):
+    return live_server
 
 
 def test_training_template_adapter_export_and_server_agree(identity_adapter, tiny_model, merged, live):
@@ -141,7 +101,9 @@ def test_training_template_adapter_export_and_server_agree(identity_adapter, tin
             "temperature": 0,
             "max_tokens": MAX_NEW_TOKENS,
         }
-        r = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
+        r = httpx.post(
+            url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-test-local"}, timeout=60
+        )
         assert r.status_code == 200, r.text
         out = r.json()
         assert out["choices"][0]["message"]["content"] == answer

@@ -9,17 +9,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-KEY = "sk-test-npm"
+KEY = "sk-test-local"  # the live server key (LIVE_KEY in tests/conftest.py)
 NPM_TIMEOUT_S = 180
 NODE_TIMEOUT_S = 60
 
@@ -55,12 +51,6 @@ console.log(JSON.stringify({
   plainUsage: plain.usage, streamed, chunks, usage, authError,
 }));
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def node_major(node: str) -> int:
@@ -106,39 +96,8 @@ def openai_npm() -> Path:
 
 
 @pytest.fixture(scope="module")
-def live_url(tiny_model, identity_adapter):
-    import uvicorn
-
-    from expertkit.engine.base import load_engine
-    from expertkit.serve.app import build_app
-    from expertkit.serve.config import ServeConfig
-
-    _, result = identity_adapter
-    config = ServeConfig(
-        model_name_or_path=str(tiny_model),
-        adapter_name_or_path=str(result.output_dir),
-        served_model_name="sail",
-        port=free_port(),
-        api_key=KEY,
-    )
-    app = build_app(lambda: load_engine(config), config)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{config.port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    else:
-        pytest.fail("the server did not become healthy in 60 s")
-    yield url + "/v1"
-    server.should_exit = True
-    thread.join(30)
+def live_url(live_server):
+    return live_server[1] + "/v1"
 
 
 def test_openai_npm_client_chats_streams_and_is_refused_a_wrong_key(openai_npm, live_url, tmp_path):
@@ -156,7 +115,7 @@ def test_openai_npm_client_chats_streams_and_is_refused_a_wrong_key(openai_npm, 
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["models"] == ["sail"]
+    assert out["models"] == ["sail", "tiny"]  # the adapter (the default) and the base
     assert out["plain"].startswith("I am Sail, the Yunfan Tech assistant.")
     assert out["finish"] in ("stop", "length") and out["plainUsage"]["completion_tokens"] > 0
     assert out["streamed"].startswith("My name is Sail.")
