@@ -47,32 +47,9 @@ def folder_digest(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def adapter(tiny_model, identity_dir, tmp_path_factory) -> Path:
-    """A short LoRA run with a high learning rate: enough to change the tiny model's answers."""
-    from expertkit.train.config import TrainConfig
-    from expertkit.train.sft import run
-
-    out = tmp_path_factory.mktemp("lora") / "run"
-    keys = dict(
-        model_name_or_path=str(tiny_model),
-        dataset="identity",
-        dataset_dir=str(identity_dir),
-        output_dir=str(out),
-        cutoff_len=128,
-        lora_rank=16,
-        learning_rate=1e-2,
-        max_steps=30,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=1,
-        logging_steps=10,
-        save_steps=1000,
-        learning_check_samples=2,
-        lr_scheduler_type="constant",
-        bf16=False,
-        plot_loss=False,
-    )
-    run(load_config(TrainConfig, None, keys))
-    return out
+def adapter(identity_adapter) -> Path:
+    """The session's LoRA run on the identity data (tests/conftest.py): it clearly changes the tiny model's answers."""
+    return Path(identity_adapter[1].output_dir)
 
 
 @pytest.fixture(scope="module")
