@@ -94,3 +94,15 @@ def test_client_that_leaves_mid_stream_frees_its_slot(live):
     while app.state.server.active and time.monotonic() < deadline:
         time.sleep(0.05)
     assert app.state.server.active == 0
+
+
+def test_n_greedy_choices_all_give_the_trained_answer(live):
+    from openai import OpenAI
+
+    _, url = live
+    client = OpenAI(base_url=url, api_key=KEY, max_retries=0)
+    out = client.chat.completions.create(model="sail", messages=ask("Who are you?"), temperature=0, max_tokens=24, n=3)
+    assert [c.index for c in out.choices] == [0, 1, 2]
+    for c in out.choices:
+        assert c.message.content.startswith("I am Sail, the Yunfan Tech assistant."), c.message.content
+    assert out.usage.completion_tokens >= 3 * 1 and out.usage.prompt_tokens > 0

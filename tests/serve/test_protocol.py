@@ -112,7 +112,7 @@ BAD_FIELDS = [
     ({**HI, "max_tokens": -5}, "max_tokens"),
     ({**HI, "max_tokens": 0}, "max_tokens"),
     ({**HI, "max_completion_tokens": "many"}, "max_completion_tokens"),
-    ({**HI, "n": 2}, "n"),
+    ({**HI, "n": 9}, "n"),
     ({**HI, "n": 0}, "n"),
     ({**HI, "stop": 3}, "stop"),
     ({**HI, "stream": "yes please"}, "stream"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +28,7 @@ from expertkit.serve.stream import (
     chat_chunks,
     chat_completion_body,
     completion_chunks,
+    run_all,
     run_whole,
     text_completion_body,
 )
@@ -47,20 +49,21 @@ def v1_router(state: ServerState) -> APIRouter:
         engine = state.ready_engine()
         model = await pick_model(engine, req.model)
         messages = engine_messages(req)
-        params = sampling_params(req, state.config.max_new_tokens)
+        params = sampling_params(req, state.config.max_new_tokens, max_n=MAX_N)
         check_context(engine, model, params.max_tokens, messages=messages)
         state.admit()
         deadline = time.monotonic() + state.config.request_timeout
-        deltas, cid = state.generate(engine, params, model, messages=messages), completion_id()
+        streams = [state.generate(engine, choice_params(params, i), model, messages=messages) for i in range(req.n)]
+        cid = completion_id()
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            chunks = chat_chunks(deltas, cid, model, include_usage, deadline, state.metrics)
+            chunks = chat_chunks(streams, cid, model, include_usage, deadline, state.metrics)
             return SSEResponse(chunks, on_close=state.release)
         try:
-            out = await run_whole(deltas, deadline, request)
+            outs = await run_all(streams, deadline, request)
         finally:
             state.release()
-        return JSONResponse(chat_completion_body(out, cid, int(time.time()), model))
+        return JSONResponse(chat_completion_body(outs, cid, int(time.time()), model))
 
     @router.post("/completions")
     async def completions(request: Request) -> Response:
@@ -147,9 +150,15 @@ def engine_messages(req) -> list[dict]:
     return out
 
 
-def sampling_params(req: SamplingRequest, default_max_tokens: int) -> SamplingParams:
-    if req.n != 1:
-        raise APIError(400, f"n={req.n} is not supported: only n=1 for now", param="n", code="unsupported_value")
+MAX_N = 8  # choices one chat request may ask for (each is a generation of its own)
+
+
+def sampling_params(req: SamplingRequest, default_max_tokens: int, max_n: int = 1) -> SamplingParams:
+    if req.n < 1:
+        raise APIError(400, f"n={req.n} must be at least 1", param="n", code="invalid_value")
+    if req.n > max_n:
+        what = "only n=1 here" if max_n == 1 else f"at most {max_n}"
+        raise APIError(400, f"n={req.n} is not supported: {what}", param="n", code="unsupported_value")
     stop = req.stop_list()
     if len(stop) > 16:
         raise APIError(400, f"at most 16 stop strings, got {len(stop)}", param="stop", code="invalid_value")
@@ -165,6 +174,13 @@ def sampling_params(req: SamplingRequest, default_max_tokens: int) -> SamplingPa
         seed=req.seed,
         repetition_penalty=req.repetition_penalty or 1.0,
     )
+
+
+def choice_params(params: SamplingParams, index: int) -> SamplingParams:
+    """The sampling of choice `index`: a seed moves on by the index, so n seeded choices are not all the same."""
+    if index == 0 or params.seed is None:
+        return params
+    return dataclasses.replace(params, seed=params.seed + index)
 
 
 def completion_prompt(req: CompletionRequest) -> str:

@@ -78,8 +78,14 @@ async def within_deadline(deltas: AsyncIterator[Delta], deadline: float) -> Asyn
 
 async def run_whole(deltas: AsyncIterator[Delta], deadline: float, request) -> Delta:
     """The whole answer; stops generating (and raises) if the client leaves or time runs out."""
+    return (await run_all([deltas], deadline, request))[0]
 
-    async def join() -> Delta:
+
+async def run_all(streams: list[AsyncIterator[Delta]], deadline: float, request) -> list[Delta]:
+    """The whole answers of several generations run at once (chat's `n`); all stop if one fails, the client leaves
+    or time runs out."""
+
+    async def join(deltas: AsyncIterator[Delta]) -> Delta:
         out = Delta()
         async with aclosing(deltas):
             async for d in deltas:
@@ -89,7 +95,7 @@ async def run_whole(deltas: AsyncIterator[Delta], deadline: float, request) -> D
                 out.usage = d.usage or out.usage
         return out
 
-    task = asyncio.ensure_future(join())
+    task = asyncio.ensure_future(asyncio.gather(*(join(s) for s in streams)))
     gone = asyncio.ensure_future(wait_disconnect(request))
     try:
         done, _ = await asyncio.wait(
@@ -110,6 +116,44 @@ async def run_whole(deltas: AsyncIterator[Delta], deadline: float, request) -> D
     return task.result()
 
 
+async def merged(streams: list[AsyncIterator[Delta]], deadline: float) -> AsyncIterator[tuple[int, Delta]]:
+    """(choice index, delta) of several streams as they come, each under the deadline; the first APIError ends all.
+
+    Closing this generator cancels (and so closes) every stream still running."""
+    if len(streams) == 1:
+        async with aclosing(within_deadline(streams[0], deadline)) as stream:
+            async for d in stream:
+                yield 0, d
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, deltas: AsyncIterator[Delta]) -> None:
+        try:
+            async with aclosing(within_deadline(deltas, deadline)) as stream:
+                async for d in stream:
+                    queue.put_nowait((i, d, None))
+        except APIError as err:
+            queue.put_nowait((i, None, err))
+        else:
+            queue.put_nowait((i, None, None))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            i, d, err = await queue.get()
+            if err is not None:
+                raise err
+            if d is None:
+                running -= 1
+            else:
+                yield i, d
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def wait_disconnect(request) -> None:
     """Returns when the client goes away (the body was read already, so the next ASGI message is the disconnect)."""
     while True:
@@ -118,17 +162,26 @@ async def wait_disconnect(request) -> None:
             return
 
 
-def chat_completion_body(out: Delta, cid: str, created: int, model: str) -> dict:
-    message = {"role": "assistant", "content": out.text}
-    if out.reasoning:
-        message["reasoning_content"] = out.reasoning
+def summed_usage(usages: list[Usage | None]) -> Usage:
+    """The usage of n choices of one prompt: the prompt counted once, the completions summed."""
+    first = usages[0] or Usage()
+    return Usage(first.prompt_tokens, sum(u.completion_tokens for u in usages if u))
+
+
+def chat_completion_body(outs: list[Delta], cid: str, created: int, model: str) -> dict:
+    choices = []
+    for i, out in enumerate(outs):
+        message = {"role": "assistant", "content": out.text}
+        if out.reasoning:
+            message["reasoning_content"] = out.reasoning
+        choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": finish_reason(out)})
     return {
         "id": cid,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason(out)}],
-        "usage": usage_dict(out.usage),
+        "choices": choices,
+        "usage": usage_dict(summed_usage([o.usage for o in outs])),
     }
 
 
@@ -144,9 +197,10 @@ def text_completion_body(text: str, out: Delta, cid: str, created: int, model: s
 
 
 async def chat_chunks(
-    deltas: AsyncIterator[Delta], cid: str, model: str, include_usage: bool, deadline: float, metrics: Metrics
+    streams: list[AsyncIterator[Delta]], cid: str, model: str, include_usage: bool, deadline: float, metrics: Metrics
 ) -> AsyncIterator[str]:
-    """The SSE lines of one streamed chat answer; an error after the first byte is sent as an error event."""
+    """The SSE lines of streamed chat answers (n choices interleaved, each chunk naming its `index`); an error after
+    the first byte is sent as an error event."""
     created = int(time.time())
 
     def event(choices: list[dict], usage: dict | None = None) -> str:
@@ -155,24 +209,27 @@ async def chat_chunks(
             chunk["usage"] = usage  # null on every chunk but the last, as OpenAI does
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
-    def choice(delta: dict, finish: str | None = None) -> dict:
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def choice(index: int, delta: dict, finish: str | None = None) -> dict:
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
 
-    yield event([choice({"role": "assistant", "content": ""})])
+    for i in range(len(streams)):
+        yield event([choice(i, {"role": "assistant", "content": ""})])
+    usages: list[Usage | None] = [None] * len(streams)
     try:
-        async with aclosing(within_deadline(deltas, deadline)) as stream:
-            async for d in stream:
+        async with aclosing(merged(streams, deadline)) as stream:
+            async for i, d in stream:
                 piece = {}
                 if d.reasoning:
                     piece["reasoning_content"] = d.reasoning
                 if d.text:
                     piece["content"] = d.text
                 if piece:
-                    yield event([choice(piece)])
+                    yield event([choice(i, piece)])
                 if d.finish_reason is not None:
-                    yield event([choice({}, finish_reason(d))])
-                    if include_usage:
-                        yield event([], usage_dict(d.usage))
+                    usages[i] = d.usage or Usage()
+                    yield event([choice(i, {}, finish_reason(d))])
+        if include_usage and all(u is not None for u in usages):
+            yield event([], usage_dict(summed_usage(usages)))
     except APIError as err:
         yield error_event(err, metrics)
     yield "data: [DONE]\n\n"
