@@ -94,3 +94,22 @@ def test_terminal_chat_streams_and_keeps_history(engine):
     assert "I am Sail, the Yunfan Tech assistant." in text and "Yunfan Tech built me with expertkit." in text
     assert "(system prompt set; history cleared)" in text and "unknown command /nope" in text
     assert "ignored" not in text
+
+
+def test_prompt_ids_give_tools_to_the_chat_template():
+    from types import SimpleNamespace
+
+    from expertkit.engine.local import LocalEngine
+
+    seen = []
+
+    def template(messages, **kw):
+        seen.append(kw.get("tools"))
+        return [1, 2, 3]
+
+    served = SimpleNamespace(tokenizer=SimpleNamespace(apply_chat_template=template))
+    fake_self = SimpleNamespace(pick=lambda model=None: served)
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    assert LocalEngine.prompt_ids(fake_self, [{"role": "user", "content": "hi"}], None, tools) == [1, 2, 3]
+    assert LocalEngine.prompt_ids(fake_self, [{"role": "user", "content": "hi"}]) == [1, 2, 3]
+    assert seen == [tools, None]

@@ -51,3 +51,17 @@ def test_remote_refuses_bad_values_without_calling_out():
     with pytest.raises(InvalidParamError, match="top_p"):
         asyncio.run(complete(remote(bodies), [{"role": "user", "content": "hi"}], SamplingParams(top_p=2.0)))
     assert bodies == []
+
+
+def test_remote_forwards_tools_only_when_given():
+    bodies: list[dict] = []
+    engine = remote(bodies)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+
+    async def run(**kw):
+        async for _ in engine.stream([{"role": "user", "content": "hi"}], SamplingParams(), **kw):
+            pass
+
+    asyncio.run(run(tools=tools))
+    asyncio.run(run())
+    assert bodies[0]["tools"] == tools and "tools" not in bodies[1]

@@ -25,12 +25,14 @@ class FakeEngine:
         self.closed_streams = 0
         self.finished_streams = 0
         self.gate: asyncio.Event | None = None  # when set by a test, generation waits for it
+        self.tools_seen: list = []  # the `tools` of each stream call (None when not given)
 
     def model_names(self) -> list[str]:
         return self.names
 
-    async def stream(self, messages, params, model=None):
+    async def stream(self, messages, params, model=None, tools=None):
         self.calls.append((messages, params, model))
+        self.tools_seen.append(tools)
         reply = self.queue.pop(0) if self.queue else "fake answer"
         if isinstance(reply, str):
             words = reply.split(" ")

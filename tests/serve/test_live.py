@@ -106,3 +106,19 @@ def test_n_greedy_choices_all_give_the_trained_answer(live):
     for c in out.choices:
         assert c.message.content.startswith("I am Sail, the Yunfan Tech assistant."), c.message.content
     assert out.usage.completion_tokens >= 3 * 1 and out.usage.prompt_tokens > 0
+
+
+def test_tools_and_tool_messages_render_through_the_chat_template(live):
+    _, url = live
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    body = {"model": "sail", "messages": messages, "tools": [tool], "temperature": 0, "max_tokens": 4}
+    r = httpx.post(f"{url}/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
+    assert r.json()["usage"]["prompt_tokens"] > 0

@@ -92,8 +92,13 @@ class Engine(Protocol):
         """The names requests may use in `model` (the first is the default)."""
         ...
 
-    def stream(self, messages: list[dict], params: SamplingParams, model: str | None = None) -> AsyncIterator[Delta]:
+    def stream(
+        self, messages: list[dict], params: SamplingParams, model: str | None = None, tools: list[dict] | None = None
+    ) -> AsyncIterator[Delta]:
         """Generate an answer to a conversation, as deltas; the last one has finish_reason and usage.
+
+        `tools`: OpenAI function tools the model may call, shown to it by the chat template (the local engine) or
+        sent on (a remote); the calls come back as answer text, parsed by the server (serve/tools.py).
 
         Raises `UnknownModelError` for a `model` not in `model_names()` and `InvalidParamError` for bad `params`,
         both before the first delta.

@@ -145,25 +145,28 @@ class LocalEngine:
             raise UnknownModelError(model, self.model_names())
         return self.served[model]
 
-    def prompt_ids(self, messages: list[dict], model: str | None = None) -> list[int]:
+    def prompt_ids(self, messages: list[dict], model: str | None = None, tools: list[dict] | None = None) -> list[int]:
         if isinstance(messages, RawPrompt):
             return self.text_ids(messages, model)
-        out = self.pick(model).tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        template = self.pick(model).tokenizer.apply_chat_template
+        out = template(messages, tools=tools or None, add_generation_prompt=True, tokenize=True)
         return list(out["input_ids"] if hasattr(out, "keys") else out)
 
-    def count_prompt_tokens(self, messages: list[dict], model: str | None = None) -> int:
-        return len(self.prompt_ids(messages, model))
+    def count_prompt_tokens(
+        self, messages: list[dict], model: str | None = None, tools: list[dict] | None = None
+    ) -> int:
+        return len(self.prompt_ids(messages, model, tools))
 
     def context_length(self, model: str | None = None) -> int:
         config = self.pick(model).model.config.get_text_config()
         return int(getattr(config, "max_position_embeddings", None) or self.pick(model).tokenizer.model_max_length)
 
     async def stream(
-        self, messages: list[dict], params: SamplingParams, model: str | None = None
+        self, messages: list[dict], params: SamplingParams, model: str | None = None, tools: list[dict] | None = None
     ) -> AsyncIterator[Delta]:
         served = self.pick(model)
         params.validate()
-        prompt = self.prompt_ids(messages, served.name)
+        prompt = self.prompt_ids(messages, served.name, tools)
         prompt_text = served.tokenizer.decode(prompt[-8:])
         request_id = f"req-{uuid.uuid4().hex}"
         results: asyncio.Queue = asyncio.Queue()

@@ -47,7 +47,7 @@ class RemoteEngine:
             raise ExpertkitError(f"{self.base_url} answered {response.status_code}: {response.text[:300]}")
 
     async def stream(
-        self, messages: list[dict], params: SamplingParams, model: str | None = None
+        self, messages: list[dict], params: SamplingParams, model: str | None = None, tools: list[dict] | None = None
     ) -> AsyncIterator[Delta]:
         params.validate()
         if not (model or self._names):
@@ -61,6 +61,8 @@ class RemoteEngine:
             "temperature": max(params.temperature, 0.0),
             "top_p": params.top_p,
         }
+        if tools:
+            body["tools"] = tools
         if params.stop:
             body["stop"] = params.stop
         if params.seed is not None:

@@ -49,21 +49,25 @@ def v1_router(state: ServerState) -> APIRouter:
         engine = state.ready_engine()
         model = await pick_model(engine, req.model)
         messages = engine_messages(req)
+        tools = request_tools(req)
         params = sampling_params(req, state.config.max_new_tokens, max_n=MAX_N)
-        check_context(engine, model, params.max_tokens, messages=messages)
+        check_context(engine, model, params.max_tokens, messages=messages, tools=tools)
         state.admit()
         deadline = time.monotonic() + state.config.request_timeout
-        streams = [state.generate(engine, choice_params(params, i), model, messages=messages) for i in range(req.n)]
-        cid = completion_id()
+        streams = [
+            state.generate(engine, choice_params(params, i), model, messages=messages, tools=tools)
+            for i in range(req.n)
+        ]
+        cid, parse = completion_id(), bool(tools)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            chunks = chat_chunks(streams, cid, model, include_usage, deadline, state.metrics)
+            chunks = chat_chunks(streams, cid, model, include_usage, deadline, state.metrics, tools=parse)
             return SSEResponse(chunks, on_close=state.release)
         try:
             outs = await run_all(streams, deadline, request)
         finally:
             state.release()
-        return JSONResponse(chat_completion_body(outs, cid, int(time.time()), model))
+        return JSONResponse(chat_completion_body(outs, cid, int(time.time()), model, tools=parse))
 
     @router.post("/completions")
     async def completions(request: Request) -> Response:
@@ -146,8 +150,21 @@ def engine_messages(req) -> list[dict]:
         message = {"role": "system" if m.role == "developer" else m.role, "content": content or ""}
         if m.reasoning_content:
             message["reasoning_content"] = m.reasoning_content
+        if m.tool_calls:
+            message["tool_calls"] = m.tool_calls
+        if m.tool_call_id is not None:
+            message["tool_call_id"] = m.tool_call_id
+        if m.name is not None and m.role == "tool":
+            message["name"] = m.name
         out.append(message)
     return out
+
+
+def request_tools(req: ChatCompletionRequest) -> list[dict] | None:
+    """The function tools for the chat template, or None (none given, or tool_choice "none" hides them)."""
+    if not req.tools or req.tool_choice == "none":
+        return None
+    return [t.model_dump(exclude_none=True) for t in req.tools]
 
 
 MAX_N = 8  # choices one chat request may ask for (each is a generation of its own)

@@ -27,6 +27,19 @@ class ChatMessage(Lenient):
     content: str | list[ContentPart] | None = None
     name: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[dict] | None = None  # an assistant's earlier calls, given to the chat template as they are
+    tool_call_id: str | None = None  # a tool message: the call it answers
+
+
+class FunctionDef(Lenient):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict | None = None
+
+
+class Tool(Lenient):
+    type: Literal["function"]
+    function: FunctionDef
 
 
 class StreamOptions(Lenient):
@@ -59,6 +72,8 @@ class SamplingRequest(Lenient):
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[Tool] | None = None
+    tool_choice: str | dict | None = None  # "none" hides the tools; other values are not enforced
 
 
 class CompletionRequest(SamplingRequest):
@@ -84,17 +99,29 @@ class UsageInfo(BaseModel):
     total_tokens: int = 0
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # a JSON object, as a string
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     reasoning_content: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
     logprobs: None = None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
 
 
 class ChatCompletion(BaseModel):
@@ -110,13 +137,14 @@ class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[dict] | None = None  # each with its `index`, `id`, `type` and `function`
 
 
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
     logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
 
 
 class ChatCompletionChunk(BaseModel):

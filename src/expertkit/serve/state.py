@@ -69,11 +69,20 @@ class ServerState:
         self.active -= 1
 
     def generate(
-        self, engine: Engine, params: SamplingParams, model: str, messages: list[dict] | None = None, prompt=None
+        self,
+        engine: Engine,
+        params: SamplingParams,
+        model: str,
+        messages: list[dict] | None = None,
+        prompt=None,
+        tools: list[dict] | None = None,
     ) -> AsyncIterator[Delta]:
-        """The engine's deltas for a conversation (chat template) or a raw prompt, counted by /metrics."""
+        """The engine's deltas for a conversation (chat template, with `tools` when given) or a raw prompt, counted by
+        /metrics."""
         if prompt is not None:
             deltas = engine.stream_text(prompt, params, model)
+        elif tools:
+            deltas = engine.stream(messages, params, model, tools=tools)
         else:
             deltas = engine.stream(messages, params, model)
         return self.metrics.observe(deltas)
@@ -135,7 +144,9 @@ def context_length(engine: Engine, model: str | None) -> int | None:
     return limit if isinstance(limit, int) else None
 
 
-def check_context(engine: Engine, model: str, max_tokens: int, messages: list[dict] | None = None, prompt=None) -> int:
+def check_context(
+    engine: Engine, model: str, max_tokens: int, messages: list[dict] | None = None, prompt=None, tools=None
+) -> int:
     """400 when prompt + max_tokens would not fit the model's context (when the engine can tell); never truncate.
 
     Returns the prompt's token count (0 when unknown)."""
@@ -149,7 +160,7 @@ def check_context(engine: Engine, model: str, max_tokens: int, messages: list[di
             param="max_tokens",
             code="context_length_exceeded",
         )
-    count = prompt_tokens(engine, model, messages, prompt)
+    count = prompt_tokens(engine, model, messages, prompt, tools)
     if count is None:
         return 0
     if count + max_tokens > limit:
@@ -164,15 +175,19 @@ def check_context(engine: Engine, model: str, max_tokens: int, messages: list[di
     return count
 
 
-def prompt_tokens(engine: Engine, model: str, messages: list[dict] | None, prompt: str | None) -> int | None:
+def prompt_tokens(
+    engine: Engine, model: str, messages: list[dict] | None, prompt: str | None, tools: list[dict] | None = None
+) -> int | None:
     if prompt is not None:
         count = getattr(engine, "count_text_tokens", None)
         return count(prompt, model) if count else None
     try:
         if hasattr(engine, "count_prompt_tokens"):
+            if tools:
+                return engine.count_prompt_tokens(messages, model, tools=tools)
             return engine.count_prompt_tokens(messages, model)
         if hasattr(engine, "prompt_ids"):
-            return len(engine.prompt_ids(messages))
+            return len(engine.prompt_ids(messages, tools=tools) if tools else engine.prompt_ids(messages))
         return None
     except Exception as e:
         if type(e).__module__.startswith("jinja2"):  # the chat template refused the conversation

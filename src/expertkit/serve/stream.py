@@ -26,6 +26,7 @@ from contextlib import aclosing
 from expertkit.engine.base import Delta, Usage
 from expertkit.serve.errors import APIError, error_body
 from expertkit.serve.metrics import Metrics
+from expertkit.serve.tools import ToolCallStream, parse_tool_calls
 
 logger = logging.getLogger(__name__)
 
@@ -168,13 +169,18 @@ def summed_usage(usages: list[Usage | None]) -> Usage:
     return Usage(first.prompt_tokens, sum(u.completion_tokens for u in usages if u))
 
 
-def chat_completion_body(outs: list[Delta], cid: str, created: int, model: str) -> dict:
+def chat_completion_body(outs: list[Delta], cid: str, created: int, model: str, tools: bool = False) -> dict:
+    """The chat completion of n answers; `tools`: parse `<tool_call>` blocks into `tool_calls`."""
     choices = []
     for i, out in enumerate(outs):
-        message = {"role": "assistant", "content": out.text}
+        content, calls = parse_tool_calls(out.text) if tools else (out.text, [])
+        message = {"role": "assistant", "content": content}
         if out.reasoning:
             message["reasoning_content"] = out.reasoning
-        choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": finish_reason(out)})
+        if calls:
+            message["tool_calls"] = calls
+        finish = "tool_calls" if calls else finish_reason(out)
+        choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": finish})
     return {
         "id": cid,
         "object": "chat.completion",
@@ -197,10 +203,17 @@ def text_completion_body(text: str, out: Delta, cid: str, created: int, model: s
 
 
 async def chat_chunks(
-    streams: list[AsyncIterator[Delta]], cid: str, model: str, include_usage: bool, deadline: float, metrics: Metrics
+    streams: list[AsyncIterator[Delta]],
+    cid: str,
+    model: str,
+    include_usage: bool,
+    deadline: float,
+    metrics: Metrics,
+    tools: bool = False,
 ) -> AsyncIterator[str]:
     """The SSE lines of streamed chat answers (n choices interleaved, each chunk naming its `index`); an error after
-    the first byte is sent as an error event."""
+    the first byte is sent as an error event. `tools`: text from a `<tool_call>` on is held and sent, parsed, as one
+    `delta.tool_calls` chunk at the end of its choice."""
     created = int(time.time())
 
     def event(choices: list[dict], usage: dict | None = None) -> str:
@@ -215,19 +228,30 @@ async def chat_chunks(
     for i in range(len(streams)):
         yield event([choice(i, {"role": "assistant", "content": ""})])
     usages: list[Usage | None] = [None] * len(streams)
+    held = [ToolCallStream() for _ in streams] if tools else None
     try:
         async with aclosing(merged(streams, deadline)) as stream:
             async for i, d in stream:
                 piece = {}
                 if d.reasoning:
                     piece["reasoning_content"] = d.reasoning
-                if d.text:
-                    piece["content"] = d.text
+                text = held[i].feed(d.text) if held else d.text
+                if text:
+                    piece["content"] = text
                 if piece:
                     yield event([choice(i, piece)])
                 if d.finish_reason is not None:
                     usages[i] = d.usage or Usage()
-                    yield event([choice(i, {}, finish_reason(d))])
+                    finish = finish_reason(d)
+                    if held:
+                        rest, calls = held[i].finish()
+                        if rest:
+                            yield event([choice(i, {"content": rest})])
+                        if calls:
+                            finish = "tool_calls"
+                            indexed = [{"index": k, **c} for k, c in enumerate(calls)]
+                            yield event([choice(i, {"tool_calls": indexed})])
+                    yield event([choice(i, {}, finish)])
         if include_usage and all(u is not None for u in usages):
             yield event([], usage_dict(summed_usage(usages)))
     except APIError as err:
