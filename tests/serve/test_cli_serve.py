@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from expertkit.cli.main import main
 
@@ -20,8 +22,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_prints_url_answers_and_stops_cleanly_on_sigterm(tiny_model):
-    port = free_port()
+def start_serve(tiny_model, port: int) -> tuple[subprocess.Popen, list[str]]:
+    """`expertkit serve` of the tiny model in a subprocess, and its output up to the `serving ...` line."""
     args = ["serve", f"model_name_or_path={tiny_model}", f"port={port}"]
     code = "import sys; from expertkit.cli.main import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen(
@@ -31,20 +33,57 @@ def test_serve_prints_url_answers_and_stops_cleanly_on_sigterm(tiny_model):
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    lines = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if line.startswith("serving") or not line:
+            break
+    return proc, lines
+
+
+def test_serve_prints_url_answers_and_stops_cleanly_on_sigterm(tiny_model):
+    port = free_port()
+    proc, lines = start_serve(tiny_model, port)
     try:
-        lines = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if line.startswith("serving") or not line:
-                break
         assert lines[-1].startswith(f"serving tiny at http://127.0.0.1:{port}/v1"), lines
         r = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10)
         assert [m["id"] for m in r.json()["data"]] == ["tiny"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert "Traceback" not in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_sigterm_lets_open_streams_finish_refuses_new_connections_and_exits_0(tiny_model):
+    port = free_port()
+    proc, lines = start_serve(tiny_model, port)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    body = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 200, "stream": True}
+    try:
+        assert lines[-1].startswith("serving tiny"), lines
+        with httpx.Client(timeout=30) as a, httpx.Client(timeout=30) as b:
+            with a.stream("POST", url, json=body) as ra, b.stream("POST", url, json=body) as rb:
+                streams = [ra.iter_lines(), rb.iter_lines()]
+                seen = [[next(line for line in s if line.startswith("data: "))] for s in streams]
+                assert all('"role": "assistant"' in first[0] for first in seen)
+                proc.send_signal(signal.SIGTERM)
+                time.sleep(0.3)  # uvicorn closes its listening socket at once
+                with pytest.raises(httpx.ConnectError):
+                    httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+                for s, got in zip(streams, seen):
+                    got += [line for line in s if line.startswith("data: ")]
+        for got in seen:
+            assert got[-1] == "data: [DONE]", got[-3:]
+            finish = json.loads(got[-2][6:])["choices"][0]["finish_reason"]
+            assert finish in ("stop", "length"), got[-3:]
+            assert not any('"error"' in line for line in got)
+        assert proc.wait(timeout=30) == 0
+        out = proc.stdout.read()
+        assert "Traceback" not in out and "server stopped" in out
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -33,7 +33,7 @@ from expertkit.serve.guard import Guard
 from expertkit.serve.ollama import ollama_router
 from expertkit.serve.openai_routes import v1_router
 from expertkit.serve.state import RETRY, ServerState, check_context, pick_model
-from expertkit.serve.stream import run_whole
+from expertkit.serve.stream import KeepAlive, run_whole
 
 EngineSource = Engine | Callable[[], Engine]
 
@@ -63,6 +63,7 @@ def build_app(engine: EngineSource, config: ServeConfig | None = None) -> FastAP
     app.include_router(v1_router(state), dependencies=keyed)
     app.include_router(ollama_router(state), dependencies=keyed)
     app.include_router(plain_router(state), dependencies=keyed)
+    app.add_middleware(KeepAlive, interval=config.keepalive_s)
     app.add_middleware(
         Guard,
         max_request_bytes=config.max_request_bytes,

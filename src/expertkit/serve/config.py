@@ -37,6 +37,14 @@ class ServeConfig(EngineConfig):
     request_timeout: float = Field(600.0, gt=0)
     """Seconds a request may take from arrival to its last token; then it is stopped (504, or an error event)."""
 
+    keepalive_s: float = Field(10.0, ge=0)
+    """Seconds a streamed (SSE) answer may stay silent, queued or in prefill, before a `: keep-alive` comment line
+    is sent so proxies and clients don't time out; 0: never."""
+
+    shutdown_timeout: float = Field(30.0, gt=0)
+    """On SIGTERM or Ctrl-C: seconds the open requests get to finish (new connections are refused); then they are
+    cancelled and the server exits."""
+
     max_request_bytes: int = Field(1_048_576, ge=1024)
     """Largest request body accepted, in bytes (1 MiB); larger bodies get 413."""
 

@@ -1,6 +1,8 @@
 """`expertkit serve`: load the config, start uvicorn, print where to connect once the model is ready.
 
-uvicorn owns the signals: Ctrl-C or SIGTERM stops accepting, finishes open responses, closes the engine, exit 0.
+uvicorn owns the signals: Ctrl-C or SIGTERM closes the listening socket (new connections are refused), lets the
+open responses, streams included, finish for up to `shutdown_timeout` seconds (then cancels them), closes the
+engine and exits 0. A second Ctrl-C/SIGTERM stops at once.
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ def run(config: ServeConfig) -> None:
     if not keys and not config.loopback:
         logger.warning("serving on %s without an API key: anyone who can reach this port can use it", config.host)
     app = build_app(lambda: load_engine(config), config)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level="warning",
+            timeout_graceful_shutdown=config.shutdown_timeout,
+        )
+    )
     state = app.state.server
     print(f"loading {config.adapter_name_or_path or config.model_name_or_path or config.base_url} ...", flush=True)
     threading.Thread(target=announce, args=(server, state, config, bool(keys)), daemon=True).start()

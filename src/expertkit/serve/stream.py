@@ -292,3 +292,65 @@ async def completion_chunks(
 def error_event(err: APIError, metrics: Metrics) -> str:
     metrics.count_error(err.type, err.status)
     return f"data: {json.dumps(error_body(err.message, err.type, err.param, err.code))}\n\n"
+
+
+KEEPALIVE = b": keep-alive\n\n"
+
+
+class KeepAlive:
+    """ASGI middleware: while a server-sent-events response stays silent for `interval` seconds (the request waits
+    in the queue or the prompt is being prefilled), send the SSE comment line `: keep-alive`, which clients skip,
+    so proxies and clients don't time out. Once tokens flow the gaps are short and none is sent. Other responses
+    (JSON, Ollama's NDJSON, whose clients don't accept comments) pass untouched; `interval` 0 turns it off."""
+
+    def __init__(self, app, interval: float):
+        self.app = app
+        self.interval = interval
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not self.interval:
+            await self.app(scope, receive, send)
+            return
+        lock = asyncio.Lock()
+        last = time.monotonic()
+        finished = False
+        ticker: asyncio.Task | None = None
+
+        async def tick() -> None:
+            nonlocal last
+            while True:
+                await asyncio.sleep(max(last + self.interval - time.monotonic(), 0))
+                async with lock:
+                    if finished:
+                        return
+                    if time.monotonic() - last >= self.interval:
+                        try:
+                            await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+                        except Exception:  # the client left: the response itself finds out and ends
+                            return
+                        last = time.monotonic()
+
+        async def send_noting(message) -> None:
+            nonlocal last, finished, ticker
+            async with lock:
+                if message["type"] == "http.response.start" and event_stream(message):
+                    ticker = asyncio.ensure_future(tick())
+                elif message["type"] == "http.response.body":
+                    last = time.monotonic()
+                    finished = finished or not message.get("more_body", False)
+                await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting)
+        finally:
+            finished = True
+            if ticker is not None:
+                ticker.cancel()
+                await asyncio.gather(ticker, return_exceptions=True)
+
+
+def event_stream(start_message) -> bool:
+    for name, value in start_message.get("headers", []):
+        if name.lower() == b"content-type":
+            return value.split(b";")[0].strip().lower() == b"text/event-stream"
+    return False
