@@ -113,3 +113,21 @@ def test_prompt_ids_give_tools_to_the_chat_template():
     assert LocalEngine.prompt_ids(fake_self, [{"role": "user", "content": "hi"}], None, tools) == [1, 2, 3]
     assert LocalEngine.prompt_ids(fake_self, [{"role": "user", "content": "hi"}]) == [1, 2, 3]
     assert seen == [tools, None]
+
+
+def test_logprobs_one_per_answer_token(engine):
+    """Greedy: a log probability per generated token (the end token aside), each <= 0 and the best of its top list;
+    sampled at temperature 1 the values are the model's own and some are below 0."""
+    out = asyncio.run(ask(engine, "Who are you?", logprobs=True, top_logprobs=3))
+    assert out.text == QUESTIONS["Who are you?"]
+    ended_by_eos = out.finish_reason == "stop"
+    assert len(out.logprobs) == out.usage.completion_tokens - (1 if ended_by_eos else 0)
+    assert "".join(t.token for t in out.logprobs) == out.text
+    for t in out.logprobs:
+        assert t.logprob <= 0 and t.bytes == list(t.token.encode("utf-8"))
+        assert t.top and t.logprob == max(a.logprob for a in t.top) and t.top[0].token == t.token
+    assert asyncio.run(ask(engine, "Who are you?")).logprobs is None  # not asked for
+    params = SamplingParams(temperature=1.0, seed=1, max_tokens=8, logprobs=True)
+    sampled = asyncio.run(complete(engine, [{"role": "user", "content": "Hi"}], params))
+    assert sampled.logprobs and all(t.logprob <= 0 and t.top == [] for t in sampled.logprobs)
+    assert any(t.logprob < 0 for t in sampled.logprobs)

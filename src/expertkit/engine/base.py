@@ -18,6 +18,9 @@ from expertkit.core.errors import ExpertkitError
 FinishReason = Literal["stop", "length", "error", "cancelled"]
 
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
+
+
 @dataclass
 class SamplingParams:
     temperature: float = 1.0  # 0 = greedy
@@ -27,6 +30,8 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)  # stop strings; the stop text is not returned
     seed: int | None = None
     repetition_penalty: float = 1.0
+    logprobs: bool = False  # report each answer token's log probability (Delta.logprobs)
+    top_logprobs: int = 0  # and up to this many most likely tokens at each position (0..20)
 
     @property
     def greedy(self) -> bool:
@@ -40,6 +45,7 @@ class SamplingParams:
             ("top_k", 0 <= self.top_k, "must be 0 (off) or more"),
             ("max_tokens", 1 <= self.max_tokens, "must be at least 1"),
             ("repetition_penalty", 0.0 < self.repetition_penalty <= 10.0, "must be more than 0 and at most 10"),
+            ("top_logprobs", 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS, f"must be 0 to {MAX_TOP_LOGPROBS}"),
             ("stop", all(isinstance(s, str) for s in self.stop), "must be strings"),
         ]
         for name, ok, rule in checks:
@@ -78,13 +84,28 @@ class Usage:
 
 
 @dataclass
+class TokenLogprob:
+    """One generated token and its log probability; `top`: the most likely tokens at its position (best first)."""
+
+    token: str
+    logprob: float
+    bytes: list[int] = field(default_factory=list)  # the token text as UTF-8
+    top: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
 class Delta:
-    """A piece of a streamed answer: answer text, reasoning text (`<think>`), and at the end why it stopped."""
+    """A piece of a streamed answer: answer text, reasoning text (`<think>`), and at the end why it stopped.
+
+    `logprobs`: with `SamplingParams.logprobs`, one entry per token generated since the last delta (None when not
+    asked for, or the engine cannot tell).
+    """
 
     text: str = ""
     reasoning: str = ""
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    logprobs: list[TokenLogprob] | None = None
 
 
 class Engine(Protocol):
@@ -132,6 +153,8 @@ async def complete(engine: Engine, messages: list[dict], params: SamplingParams,
         out.reasoning += d.reasoning
         out.finish_reason = d.finish_reason or out.finish_reason
         out.usage = d.usage or out.usage
+        if d.logprobs is not None:
+            out.logprobs = (out.logprobs or []) + d.logprobs
     return out
 
 

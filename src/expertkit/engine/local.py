@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from expertkit.core.errors import ExpertkitError
-from expertkit.engine.base import Delta, SamplingParams, UnknownModelError, Usage
+from expertkit.engine.base import Delta, SamplingParams, TokenLogprob, UnknownModelError, Usage
 from expertkit.engine.config import EngineConfig
 from expertkit.engine.text import THINK_OPEN, ReasoningSplitter, StopStrings
 
@@ -184,6 +184,7 @@ class LocalEngine:
         stops = StopStrings(params.stop)
         split = ReasoningSplitter(started_in_reasoning=prompt_text.rstrip().endswith(THINK_OPEN))
         detok = IncrementalDecoder(served.tokenizer)
+        scores = TokenScores(served.tokenizer, served.eos_ids, params.top_logprobs) if params.logprobs else None
         tokens, finished = [], False
         try:
             while not finished:
@@ -191,6 +192,8 @@ class LocalEngine:
                 if out.error:
                     raise RuntimeError(f"generation failed: {out.error}")
                 tokens, finished = out.generated_tokens, out.is_finished()
+                if scores is not None:
+                    scores.update(tokens, out.logprobs)
                 new = detok.step(tokens, finished)
                 if not new and not finished:
                     continue
@@ -199,7 +202,9 @@ class LocalEngine:
                     manager.cancel_request(request_id)
                     finished = True
                 if answer or reasoning:
-                    yield Delta(text=answer, reasoning=reasoning)
+                    yield Delta(
+                        text=answer, reasoning=reasoning, logprobs=scores.take() if scores is not None else None
+                    )
             a, r = split.feed(stops.flush())
             a2, r2 = split.flush()
             length = (
@@ -210,6 +215,7 @@ class LocalEngine:
                 reasoning=r + r2,
                 finish_reason="length" if length else "stop",
                 usage=Usage(len(prompt), len(tokens)),
+                logprobs=scores.take(final=True) if scores is not None else None,
             )
         finally:
             if not finished:  # the client went away: free the slot
@@ -258,6 +264,41 @@ def eos_ids(model, tokenizer) -> list[int]:
     ids = model.generation_config.eos_token_id
     found = ids if isinstance(ids, list) else ([ids] if ids is not None else [])
     return sorted({*found, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])})
+
+
+class TokenScores:
+    """Per-token log probabilities of a growing answer, handed out once each (`take`).
+
+    transformers' continuous batching reports only the chosen token's log probability, taken from the distribution
+    it sampled from (after temperature / top_k / top_p; greedy decoding is top_k=1, so every greedy token reads
+    0.0). It gives no alternatives, so `top` holds the chosen token alone. A final end-of-answer token is left out
+    (it is not answer text).
+    """
+
+    def __init__(self, tokenizer, eos_ids: list[int], top: int = 0):
+        self.tokenizer, self.eos_ids, self.top = tokenizer, set(eos_ids), top
+        self.tokens: list[int] = []
+        self.logprobs: list[float] = []
+        self.sent = 0
+
+    def update(self, tokens: list[int], logprobs: list[float] | None) -> None:
+        self.tokens, self.logprobs = list(tokens), list(logprobs or [])
+
+    def take(self, final: bool = False) -> list[TokenLogprob]:
+        end = min(len(self.tokens), len(self.logprobs))
+        if final and end and end == len(self.tokens) and self.tokens[end - 1] in self.eos_ids:
+            end -= 1
+        out = [self.entry(t, lp) for t, lp in zip(self.tokens[self.sent : end], self.logprobs[self.sent : end])]
+        self.sent = max(self.sent, end)
+        return out
+
+    def entry(self, token_id: int, logprob: float) -> TokenLogprob:
+        text = self.tokenizer.decode([token_id])
+        logprob = min(float(logprob), 0.0)  # float rounding can give a hair above 0 for a certain token
+        chosen = TokenLogprob(text, logprob, list(text.encode("utf-8")))
+        if self.top:
+            chosen.top = [TokenLogprob(chosen.token, chosen.logprob, list(chosen.bytes))]
+        return chosen
 
 
 class IncrementalDecoder:
@@ -315,6 +356,7 @@ def start_manager(config: EngineConfig, served: Served, share: tuple[int, int]):
     on_gpu = served.model.device.type == "cuda"
     cb = ContinuousBatchingConfig(
         per_request_processors=True,
+        return_logprobs=True,  # the chosen token's log probability (a gather on the softmax sampling computes)
         max_requests_per_batch=config.max_concurrency,
         # CPU: small steps (long prompts prefilled in chunks) let decoding requests interleave with a new prompt's
         # prefill: at 16 clients +10% tokens/s and half the time to first token (bench/serve_throughput.py)

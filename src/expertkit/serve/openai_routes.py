@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from expertkit.engine.base import Engine, SamplingParams
+from expertkit.engine.base import MAX_TOP_LOGPROBS, Engine, SamplingParams
 from expertkit.serve.errors import APIError, parse_model
 from expertkit.serve.protocol import (
     ChatCompletionRequest,
@@ -51,6 +51,7 @@ def v1_router(state: ServerState) -> APIRouter:
         messages = engine_messages(req)
         tools = request_tools(req)
         params = sampling_params(req, state.config.max_new_tokens, max_n=MAX_N)
+        params.logprobs, params.top_logprobs = request_logprobs(req)
         check_context(engine, model, params.max_tokens, messages=messages, tools=tools)
         state.admit()
         deadline = time.monotonic() + state.config.request_timeout
@@ -165,6 +166,19 @@ def request_tools(req: ChatCompletionRequest) -> list[dict] | None:
     if not req.tools or req.tool_choice == "none":
         return None
     return [t.model_dump(exclude_none=True) for t in req.tools]
+
+
+def request_logprobs(req: ChatCompletionRequest) -> tuple[bool, int]:
+    """(logprobs, top_logprobs) of a chat request; top_logprobs outside 0..20 is a 400 (counted only with logprobs)."""
+    top = req.top_logprobs or 0
+    if not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise APIError(
+            400,
+            f"top_logprobs={top} must be between 0 and {MAX_TOP_LOGPROBS}",
+            param="top_logprobs",
+            code="invalid_value",
+        )
+    return bool(req.logprobs), top if req.logprobs else 0
 
 
 MAX_N = 8  # choices one chat request may ask for (each is a generation of its own)

@@ -74,6 +74,8 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: list[Tool] | None = None
     tool_choice: str | dict | None = None  # "none" hides the tools; other values are not enforced
+    logprobs: bool | None = None
+    top_logprobs: int | None = None  # 0..20, checked by the route (400 naming top_logprobs)
 
 
 class CompletionRequest(SamplingRequest):
@@ -120,7 +122,7 @@ class AssistantMessage(BaseModel):
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: dict | None = None  # {"content": [...]} when the request asked for logprobs
     finish_reason: Literal["stop", "length", "tool_calls"]
 
 
@@ -143,7 +145,7 @@ class DeltaMessage(BaseModel):
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: dict | None = None  # {"content": [...]} when the request asked for logprobs
     finish_reason: Literal["stop", "length", "tool_calls"] | None = None
 
 

@@ -25,6 +25,7 @@ from contextlib import aclosing
 
 from expertkit.engine.base import Delta, Usage
 from expertkit.serve.errors import APIError, error_body
+from expertkit.serve.logprobs import logprobs_body
 from expertkit.serve.metrics import Metrics
 from expertkit.serve.tools import ToolCallStream, parse_tool_calls
 
@@ -94,6 +95,8 @@ async def run_all(streams: list[AsyncIterator[Delta]], deadline: float, request)
                 out.reasoning += d.reasoning
                 out.finish_reason = d.finish_reason or out.finish_reason
                 out.usage = d.usage or out.usage
+                if d.logprobs is not None:
+                    out.logprobs = (out.logprobs or []) + d.logprobs
         return out
 
     task = asyncio.ensure_future(asyncio.gather(*(join(s) for s in streams)))
@@ -180,7 +183,9 @@ def chat_completion_body(outs: list[Delta], cid: str, created: int, model: str, 
         if calls:
             message["tool_calls"] = calls
         finish = "tool_calls" if calls else finish_reason(out)
-        choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": finish})
+        choices.append(
+            {"index": i, "message": message, "logprobs": logprobs_body(out.logprobs), "finish_reason": finish}
+        )
     return {
         "id": cid,
         "object": "chat.completion",
@@ -222,8 +227,8 @@ async def chat_chunks(
             chunk["usage"] = usage  # null on every chunk but the last, as OpenAI does
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
-    def choice(index: int, delta: dict, finish: str | None = None) -> dict:
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def choice(index: int, delta: dict, finish: str | None = None, logprobs: dict | None = None) -> dict:
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
 
     for i in range(len(streams)):
         yield event([choice(i, {"role": "assistant", "content": ""})])
@@ -238,8 +243,8 @@ async def chat_chunks(
                 text = held[i].feed(d.text) if held else d.text
                 if text:
                     piece["content"] = text
-                if piece:
-                    yield event([choice(i, piece)])
+                if piece or d.logprobs:  # tokens whose text is held (a tool call) still send their logprobs
+                    yield event([choice(i, piece, logprobs=logprobs_body(d.logprobs))])
                 if d.finish_reason is not None:
                     usages[i] = d.usage or Usage()
                     finish = finish_reason(d)
