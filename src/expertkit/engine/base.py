@@ -107,6 +107,15 @@ class Delta:
     usage: Usage | None = None
     logprobs: list[TokenLogprob] | None = None
 
+    def extend(self, d: Delta) -> None:
+        """Append a later delta of the same answer (joining a stream into the whole answer)."""
+        self.text += d.text
+        self.reasoning += d.reasoning
+        self.finish_reason = d.finish_reason or self.finish_reason
+        self.usage = d.usage or self.usage
+        if d.logprobs is not None:
+            self.logprobs = (self.logprobs or []) + d.logprobs
+
 
 class Engine(Protocol):
     def model_names(self) -> list[str]:
@@ -149,12 +158,7 @@ async def complete(engine: Engine, messages: list[dict], params: SamplingParams,
     """The whole answer at once (the deltas joined)."""
     out = Delta()
     async for d in engine.stream(messages, params, model):
-        out.text += d.text
-        out.reasoning += d.reasoning
-        out.finish_reason = d.finish_reason or out.finish_reason
-        out.usage = d.usage or out.usage
-        if d.logprobs is not None:
-            out.logprobs = (out.logprobs or []) + d.logprobs
+        out.extend(d)
     return out
 
 

@@ -91,12 +91,7 @@ async def run_all(streams: list[AsyncIterator[Delta]], deadline: float, request)
         out = Delta()
         async with aclosing(deltas):
             async for d in deltas:
-                out.text += d.text
-                out.reasoning += d.reasoning
-                out.finish_reason = d.finish_reason or out.finish_reason
-                out.usage = d.usage or out.usage
-                if d.logprobs is not None:
-                    out.logprobs = (out.logprobs or []) + d.logprobs
+                out.extend(d)
         return out
 
     task = asyncio.ensure_future(asyncio.gather(*(join(s) for s in streams)))
