@@ -36,6 +36,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from quiet import busy_cpu_seconds, wait_for_idle  # bench/quiet.py, beside this script
+
 DEFAULT_WORK = Path("/tmp/expertkit-bench")
 TOPICS = [
     "tides", "compilers", "photosynthesis", "the printing press", "volcanoes", "TCP handshakes", "bread yeast",
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         with start_server(system, model, args) as url:
             warm_up(url, args.max_tokens, max(args.clients))
             for clients in args.clients:
-                wait_for_idle(args.idle_wait)
+                wait_for_idle(args.idle_wait, own_cpu_seconds, indent="    ", see="see others' CPU")
                 res = asyncio.run(drive(url, system, clients, requests_for(args, clients), args.max_tokens))
                 results.append(res)
                 print(f"  {system:<10} {clients:>2} clients: {res.summary()}", flush=True)
@@ -391,12 +393,8 @@ def warm_up(url: str, max_tokens: int, clients: int) -> None:
 
 def cpu_seconds() -> tuple[float, float] | None:
     """(busy CPU seconds of the whole machine, of this process and its children's subprocess server) or None."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), own_cpu_seconds()
+    busy = busy_cpu_seconds()
+    return None if busy is None else (busy, own_cpu_seconds())
 
 
 def own_cpu_seconds() -> float:
@@ -411,23 +409,6 @@ def own_cpu_seconds() -> float:
         if int(parts[1]) == os.getpid():  # ppid
             total += (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
     return total
-
-
-def wait_for_idle(limit_s: float) -> None:
-    """On 2 cores any other job skews the figures: wait (up to limit_s) for a quiet 2-second window."""
-    deadline, warned = time.monotonic() + limit_s, False
-    while True:
-        before = cpu_seconds()
-        time.sleep(2.0)
-        after = cpu_seconds()
-        if before is None or after is None or ((after[0] - before[0]) - (after[1] - before[1])) / 2.0 < 0.15:
-            return
-        if time.monotonic() > deadline:
-            print("    warning: the machine is still busy; measuring anyway (see others' CPU)", flush=True)
-            return
-        if not warned:
-            print(f"    waiting up to {limit_s:.0f} s for other processes to finish ...", flush=True)
-            warned = True
 
 
 def others_cpu(before: tuple[float, float] | None, wall_s: float) -> float | None:

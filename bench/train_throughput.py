@@ -30,6 +30,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from quiet import busy_cpu_seconds, wait_for_idle  # bench/quiet.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ANCHOR = REPO.parent / "shared" / "anchor-bench"
 DATASET_NAME = "bench_sft"
@@ -365,32 +367,6 @@ def run_system(name: str, spec: dict, model: Path, data: Path, run_dir: Path, ar
     except (OSError, KeyError, IndexError, ValueError) as e:
         result.error = f"could not read the run's figures: {e!r}"
     return result
-
-
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds all processes of the machine have used since boot (/proc/stat; None where there is none)."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user..steal; guest time is inside user
-
-
-def wait_for_idle(limit_s: float) -> None:
-    """On a small machine any other job skews the figures: wait (up to limit_s) for a quiet 2-second window."""
-    deadline, warned = time.monotonic() + limit_s, False
-    while True:
-        before = busy_cpu_seconds()
-        time.sleep(2.0)
-        if before is None or (busy_cpu_seconds() - before) / 2.0 < 0.15:
-            return
-        if time.monotonic() > deadline:
-            print("  warning: the machine is still busy; measuring anyway (see 'other processes' below)", flush=True)
-            return
-        if not warned:
-            print(f"  waiting up to {limit_s:.0f} s for other processes to finish ...", flush=True)
-            warned = True
 
 
 def read_figures(result: RunResult, out: Path, system: str) -> None:
