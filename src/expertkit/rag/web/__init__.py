@@ -1,0 +1,1 @@
+"""The web side of retrieval: search providers, robots.txt, and fetching that refuses internal addresses."""
