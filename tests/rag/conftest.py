@@ -1,5 +1,5 @@
-"""Fixtures for the rag tests: the asyncio backend for anyio, and `site`, a real local website (see site.py)
-shared by the session, with its request log cleared before each test that uses it.
+"""Fixtures for the rag tests: the asyncio backend for anyio; `site`, a real local website (see site.py) shared by
+the session, with its request log cleared before each test that uses it; and no real web search (ddgs.DDGS fails).
 
 site.py is loaded under the name `rag_site` (a module named `site` would be the standard library's): tests import
 its constants with `from rag_site import FACT, LocalSite`.
@@ -44,3 +44,18 @@ def site(local_site):
     """The shared LocalSite with an empty request log."""
     local_site.clear()
     return local_site
+
+
+class _NoRealSearch:
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError("tests must not search the real web: monkeypatch ddgs.DDGS with a fake")
+
+
+@pytest.fixture(autouse=True)
+def no_real_web_search(monkeypatch):
+    """DuckDuckGo is never called from tests; a test that wants it monkeypatches `ddgs.DDGS` with a fake."""
+    try:
+        import ddgs
+    except ImportError:
+        return
+    monkeypatch.setattr(ddgs, "DDGS", _NoRealSearch)

@@ -42,6 +42,7 @@ FACT_GBK = "南岭三号隧道全长4.7公里。"
 BIG_BYTES = 10_000_000
 FORBIDDEN_HOST = "127.0.0.2"
 
+_SEARCH_PREFIXES = ("", "/noisy", "/limited", "/noformat", "/empty", "/brave/res/v1/web")
 RobotsMode = Literal["ok", "missing", "error", "hang", "disallow-all"]
 
 ROBOTS_TXT = """\
@@ -237,7 +238,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, "image/png", _PNG)
         if m := re.fullmatch(r"/status/(\d{3})", path):
             return self._send(int(m[1]), "text/plain", f"status {m[1]}".encode())
-        if path.endswith("/search"):
+        if path.endswith("/search") and path[: -len("/search")] in _SEARCH_PREFIXES:
             return self._search(site, path[: -len("/search")], query)
         return self._send(404, "text/html; charset=utf-8", _html("Not found", "<p>No such page.</p>"))
 
