@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from expertkit.core.errors import DataError, MissingExtraError, Problem
+from expertkit.core.text import guess_encoding
 
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 
@@ -118,21 +119,6 @@ def _read_text(path: Path) -> str:
             hint=f"save the file as UTF-8 (Excel: 'CSV UTF-8'; or `iconv -f {encoding} -t utf-8 {path.name} > "
             f"{path.stem}.utf8{path.suffix}`)",
         ) from None
-
-
-def guess_encoding(raw: bytes) -> str:
-    """The likely encoding of text that is not UTF-8, for the fix in the error (an iconv name)."""
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return "UTF-16"  # Windows PowerShell's `>` and Excel's 'Unicode text'
-    # Japanese first: GB18030 decodes almost any bytes, Shift-JIS rarely yields kana from Chinese text
-    for encoding, low, high in (("SHIFT_JIS", "\u3040", "\u30ff"), ("GB18030", "\u4e00", "\u9fff")):
-        try:
-            text = raw.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-        if any(low <= c <= high for c in text):  # Chinese (GBK is a subset of GB18030) or Japanese kana
-            return encoding
-    return "CP1252"  # Western European Windows / Excel
 
 
 def _read_json_or_lines(path: Path, text: str, limit: int | None) -> list[Record]:

@@ -21,6 +21,7 @@ from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from expertkit.core.errors import DataError, ExpertkitError, MissingExtraError, Problem
+from expertkit.core.text import guess_encoding
 from expertkit.rag.ids import canonical_source
 
 Kind = Literal["md", "txt", "html", "pdf", "docx"]
@@ -267,25 +268,13 @@ def _decode(data: bytes, where: str, charset: str = "", strict: bool = True) -> 
 
 def _encoding_error(data: bytes, where: str, declared: str = "") -> DataError:
     # the same message and guess as expertkit.data.files._read_text (which rag may not import)
-    encoding = _guess_encoding(data)
+    encoding = guess_encoding(data)
     name = Path(where)
     what = f"not valid {declared} text (the charset it declares)" if declared else "not UTF-8 text"
     return DataError(
         f"{where}: {what}; it looks like {encoding}",
         hint=f"save it as UTF-8, e.g. `iconv -f {encoding} -t utf-8 {name.name} > {name.stem}.utf8{name.suffix}`",
     )
-
-
-def _guess_encoding(raw: bytes) -> str:
-    """The likely encoding of text that is not UTF-8 (an iconv name): Japanese, then Chinese, else Western."""
-    for encoding, low, high in (("SHIFT_JIS", "\u3040", "\u30ff"), ("GB18030", "\u4e00", "\u9fff")):
-        try:
-            text = raw.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-        if any(low <= c <= high for c in text):
-            return encoding
-    return "CP1252"
 
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?\n)(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.DOTALL)
