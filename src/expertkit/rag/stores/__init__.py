@@ -1,0 +1,1 @@
+"""The vector store backends behind `expertkit.rag.store.VectorStore`; open them with `open_store`."""
