@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
+import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from rag_site import BIG_BYTES, FACT, FACT_GBK, FACT_ZH, LocalSite
@@ -253,3 +256,80 @@ def test_page_text_decoding():
     assert page(b"\xef\xbb\xbfhello", charset="latin-1").text() == "hello"  # the BOM wins
     assert page(b"caf\xe9 ok").text() == "caf\ufffd ok"  # no charset anywhere: UTF-8 with replacement
     assert page(b"x", charset="no-such-codec").text() == "x"
+
+
+def _self_signed(tmp_path, name: str) -> tuple[str, str]:
+    """A certificate for `name` (its own CA) and its key, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(cert_file), str(key_file)
+
+
+@pytest.fixture
+def tls_site(tmp_path):
+    """(port, server names seen in TLS handshakes, Host headers seen, CA file): HTTPS on 127.0.0.1 as relay.test."""
+    pytest.importorskip("cryptography")
+    cert_file, key_file = _self_signed(tmp_path, "relay.test")
+    names, hosts = [], []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            hosts.append(self.headers["Host"])
+            body = f"<p>{FACT}</p>".encode() if self.path != "/robots.txt" else b""
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    context.sni_callback = lambda sock, name, ctx: names.append(name)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server.server_address[1], names, hosts, cert_file
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+async def test_https_goes_to_the_checked_address_and_verifies_the_name(tls_site):
+    port, names, hosts, ca_file = tls_site
+    guard = NetGuard(LOCAL, resolver=lambda host, p: {"relay.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]}[host])
+    trust = ssl.create_default_context(cafile=ca_file)
+    async with Fetcher(guard, timeout=3.0, verify=trust) as f:
+        page = await bounded(f.fetch(f"https://relay.test:{port}/news"))
+        assert FACT in page.text() and page.url == f"https://relay.test:{port}/news"
+        assert set(names) == {"relay.test"} and set(hosts) == {f"relay.test:{port}"}
+        with pytest.raises(FetchError) as e:  # the certificate is for relay.test only
+            await bounded(f.fetch(f"https://other.test:{port}/news"))
+    assert e.value.reason.startswith("the TLS certificate of other.test could not be verified")
+    assert hosts.count(f"other.test:{port}") == 0

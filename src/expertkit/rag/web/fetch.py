@@ -15,6 +15,7 @@ import asyncio
 import codecs
 import logging
 import re
+import ssl
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import TracebackType
@@ -124,8 +125,10 @@ class Fetcher:
     """Fetches http(s) pages through a NetGuard, `concurrency` at a time, each within `timeout` seconds in all.
 
     Bodies over `max_bytes` are refused after reading at most that much; content types other than html, xhtml,
-    plain text, markdown, pdf and docx are refused before the body is read. Use it inside one event loop, and
-    close it with `aclose()` (or `async with`).
+    plain text, markdown, pdf and docx are refused before the body is read. The timeout covers everything: the
+    DNS lookup, robots.txt (itself held to `robots_timeout`), redirects, headers and body. `verify` is httpx's: a
+    CA bundle path or an `ssl.SSLContext` for a private CA. Use it inside one event loop, and close it with
+    `aclose()` (or `async with`).
     """
 
     def __init__(
@@ -139,6 +142,7 @@ class Fetcher:
         max_redirects: int = 5,
         respect_robots: bool = True,
         robots_timeout: float | None = None,
+        verify: ssl.SSLContext | str | bool = True,
     ):
         self.guard = guard or NetGuard()
         self.user_agent = user_agent
@@ -157,6 +161,7 @@ class Fetcher:
             # no connection reuse: a TLS connection opened for one host name must not carry another's request
             limits=httpx.Limits(max_keepalive_connections=0),
             headers={"User-Agent": user_agent, "Accept": _ACCEPT},
+            verify=verify,
         )
 
     async def fetch(self, url: str) -> Page:
@@ -196,9 +201,9 @@ class Fetcher:
 
     async def _get(self, url: str, max_bytes: int, *, robots: bool, any_type: bool = False) -> Page:
         """GET `url`, following redirects by hand; every hop is guarded (and checked against robots.txt)."""
-        current = url
-        for _ in range(self.max_redirects + 1):
-            refused = f"redirect to {current} refused: " if current != url else ""
+        current = url.strip()
+        for hop in range(self.max_redirects + 1):
+            refused = f"redirect to {current} refused: " if hop else ""
             host, port, ips = await self._check(url, current, refused)
             if robots and self.respect_robots:
                 rule = await self._robots.disallowing_rule(current)
@@ -319,6 +324,8 @@ def _known_encoding(label: str | None) -> str | None:
 def _describe_http_error(e: httpx.HTTPError, host: str) -> str:
     if isinstance(e, httpx.TimeoutException):
         return "the server did not answer in time"
+    if isinstance(e, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in str(e):
+        return f"the TLS certificate of {host} could not be verified ({e})"
     if isinstance(e, httpx.ConnectError):
         return f"could not connect to {host} ({e or 'connection refused'})"
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
