@@ -19,6 +19,7 @@ import warnings
 import typer
 
 from expertkit import __version__
+from expertkit.cli.rag_cmds import ask, kb_app
 from expertkit.core.errors import ExpertkitError
 
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": ["-h", "--help"]}
@@ -36,6 +37,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect and check training da
 config_app = typer.Typer(no_args_is_help=True, help="List config keys and their meaning.")
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
+app.add_typer(kb_app, name="kb")
 
 _state = {"debug": False}
 
@@ -122,17 +124,25 @@ def data_check(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_defau
 
 @config_app.command("keys")
 def config_keys(
-    stage: str = typer.Argument("train", help="Which stage's keys: train, export, chat, serve."),
+    stage: str = typer.Argument("train", help="Which stage's keys: train, export, chat, serve, kb, ask."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the reference page (docs/reference/)."),
 ) -> None:
     """List every config key with its default and meaning."""
     from expertkit.core.config import describe_keys
     from expertkit.engine.config import EngineConfig
     from expertkit.export.config import ExportConfig
+    from expertkit.rag.config import AskConfig, KbCommandConfig
     from expertkit.serve.config import ServeConfig
     from expertkit.train.config import TrainConfig
 
-    stages = {"train": TrainConfig, "export": ExportConfig, "chat": EngineConfig, "serve": ServeConfig}
+    stages = {
+        "train": TrainConfig,
+        "export": ExportConfig,
+        "chat": EngineConfig,
+        "serve": ServeConfig,
+        "kb": KbCommandConfig,
+        "ask": AskConfig,
+    }
     if stage not in stages:
         raise ExpertkitError(f"unknown stage '{stage}'", hint=f"stages: {', '.join(stages)}")
     typer.echo(describe_keys(stages[stage], markdown=markdown, title=f"`expertkit {stage}` keys"), nl=False)
@@ -170,6 +180,9 @@ def serve(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=Fa
 
     path, overrides = split_cli_args(args or [])
     serve_run(load_config(ServeConfig, path, overrides))
+
+
+app.command(context_settings=EXTRA_ARGS)(ask)
 
 
 @app.command()
