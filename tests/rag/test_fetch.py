@@ -16,6 +16,7 @@ from rag_site import BIG_BYTES, FACT, FACT_GBK, FACT_ZH, LocalSite
 
 from expertkit.rag.web.fetch import DEFAULT_USER_AGENT, Fetcher, FetchError, FetchFailure, Page
 from expertkit.rag.web.netguard import NetGuard
+from expertkit.rag.web.robots import RobotsRules
 
 pytestmark = pytest.mark.anyio
 LOCAL = ["127.0.0.1/32"]
@@ -333,3 +334,29 @@ async def test_https_goes_to_the_checked_address_and_verifies_the_name(tls_site)
             await bounded(f.fetch(f"https://other.test:{port}/news"))
     assert e.value.reason.startswith("the TLS certificate of other.test could not be verified")
     assert hosts.count(f"other.test:{port}") == 0
+
+
+@pytest.mark.parametrize(
+    ("robots", "path", "rule"),
+    [
+        ("User-agent: *\nDisallow: /private/", "/private/a.html", "/private/"),
+        ("User-agent: *\nDisallow: /private/", "/privately", None),
+        ("User-agent: *\nAllow: /\nDisallow: /private/", "/private/a", "/private/"),  # longest match, not first
+        ("User-agent: *\nDisallow: /\nAllow: /public/", "/public/a", None),
+        ("User-agent: *\nDisallow: /\nAllow: /public/", "/other", "/"),
+        ("User-agent: *\nDisallow: /a\nAllow: /a", "/a", None),  # a tie goes to Allow
+        ("User-agent: *\nDisallow: /*.pdf$", "/docs/x.pdf", "/*.pdf$"),
+        ("User-agent: *\nDisallow: /*.pdf$", "/docs/x.pdf?download=1", None),
+        ("User-agent: *\nDisallow: /*?sessionid=", "/page?sessionid=42", "/*?sessionid="),
+        ("User-agent: *\nDisallow:", "/anything", None),
+        ("User-agent: *\nDisallow: /", "/robots.txt", None),
+        ("User-agent: *\nDisallow: /caf%C3%A9/", "/café/menu", "/café/"),
+        ("User-agent: OtherBot\nDisallow: /\n\nUser-agent: *\nDisallow: /x/", "/y", None),
+        ("User-agent: ExpertKit\nDisallow: /y\n\nUser-agent: *\nDisallow: /x/", "/x/1", None),  # our group only
+        ("User-agent: ExpertKit\nDisallow: /y\n\nUser-agent: *\nDisallow: /x/", "/y", "/y"),
+    ],
+)
+def test_robots_rules_match_as_rfc_9309_says(robots, path, rule):
+    rules = RobotsRules(robots)
+    assert rules.disallowing_rule("https://example.org" + path, DEFAULT_USER_AGENT) == rule
+    assert RobotsRules(None).disallowing_rule("https://example.org" + path, DEFAULT_USER_AGENT) is None

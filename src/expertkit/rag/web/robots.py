@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 from urllib.robotparser import RobotFileParser
 
 from expertkit.rag.web.netguard import DEFAULT_PORTS
@@ -18,20 +19,40 @@ logger = logging.getLogger(__name__)
 
 
 class RobotsRules:
-    """One site's parsed robots.txt (None: the site has none we could read, so everything is allowed)."""
+    """One site's robots.txt (None: none we could read, so everything is allowed), matched as RFC 9309 says.
+
+    urllib.robotparser reads the groups; matching is ours, because it takes the first rule that matches and knows
+    no wildcards, where RFC 9309 takes the longest match (Allow winning a tie) and supports ``*`` and ``$``:
+    with ``Allow: /`` before ``Disallow: /private/``, /private/ is disallowed.
+    """
 
     def __init__(self, text: str | None):
         self.parser = RobotFileParser()
-        if text is None:
-            self.parser.allow_all = True
-        else:
+        self.allow_all = text is None
+        if text is not None:
             self.parser.parse(text.splitlines())
 
     def disallowing_rule(self, url: str, user_agent: str) -> str | None:
         """The Disallow rule that keeps `user_agent` away from `url` ("/private/"), or None when it may fetch it."""
-        if self.parser.can_fetch(user_agent, url):
+        parts = urlsplit(url)
+        path = unquote(parts.path or "/") + (f"?{unquote(parts.query)}" if parts.query else "")
+        if self.allow_all or path == "/robots.txt":
             return None
-        return _matching_rule(self.parser, url, user_agent) or urlsplit(url).path or "/"
+        group = next((e for e in self.parser.entries if e.applies_to(user_agent)), self.parser.default_entry)
+        best: tuple[int, bool, str] | None = None
+        for line in getattr(group, "rulelines", []):
+            pattern = unquote(line.path)  # robotparser stores rules percent-encoded
+            if pattern and _matches(pattern, path):
+                candidate = (len(pattern), line.allowance, pattern)  # longest wins; on a tie Allow (True) wins
+                best = max(best, candidate) if best else candidate
+        return best[2] if best and not best[1] else None
+
+
+def _matches(pattern: str, path: str) -> bool:
+    """Whether a robots.txt rule covers `path`: a prefix match, ``*`` any characters, a final ``$`` the end."""
+    anchored = pattern.endswith("$")
+    regex = ".*".join(re.escape(piece) for piece in pattern.rstrip("$").split("*"))
+    return re.match(regex + ("$" if anchored else ""), path) is not None
 
 
 class RobotsCache:
@@ -70,15 +91,3 @@ class RobotsCache:
         """Cancel robots.txt requests still running."""
         for task in self._sites.values():
             task.cancel()
-
-
-def _matching_rule(parser: RobotFileParser, url: str, user_agent: str) -> str | None:
-    """The first rule urllib.robotparser applied, read from its entries (it only answers yes or no)."""
-    parts = urlsplit(unquote(url))
-    path = quote(urlunsplit(("", "", parts.path, parts.query, ""))) or "/"
-    entries = [e for e in parser.entries if e.applies_to(user_agent)] or [parser.default_entry]
-    for entry in entries[:1]:
-        for line in getattr(entry, "rulelines", []):
-            if line.applies_to(path):
-                return None if line.allowance else line.path
-    return None
