@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from rag_reader import reader_server
@@ -117,3 +118,53 @@ def test_ask_with_the_tiny_local_model_runs_end_to_end(tiny_model, kb_with_docs,
     result = json.loads(capsys.readouterr().out)
     assert result["sources"] and result["sources"][0]["url"].endswith("relay.md")
     assert isinstance(result["answer"], str)
+
+
+def test_kb_add_urls_reads_what_it_may_and_says_why_not_for_the_rest(tmp_path, site, capsys):
+    kb_dir = f"kb_dir={tmp_path / 'kb'}"
+    urls = [site.url(p) for p in ("/articles/zephyr-relay.html", "/private/salaries.html", "/slow", "/redirect-out")]
+    started = time.monotonic()
+    code = main(["kb", "add", *urls, kb_dir, "allow_networks=127.0.0.1/32", "fetch_timeout=2", "--json"])
+    elapsed = time.monotonic() - started
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["added"] == 1 and result["failed"] == 3
+    status = {r["source"].split(str(site.port), 1)[-1]: r for r in result["results"]}
+    assert status["/articles/zephyr-relay.html"]["chunks"] > 0
+    assert "robots.txt" in status["/private/salaries.html"]["reason"]
+    assert "timed out" in status["/slow"]["reason"]
+    assert "127.0.0.2" in status["/redirect-out"]["reason"]
+    assert site.requested("/private/salaries.html") == 0  # never asked for: the site's own log proves it
+    assert not site.trapped  # nothing reached 127.0.0.2
+    assert elapsed < 15  # the slow page cost its timeout, not more
+    # the same page again: the same chunks, not twice as many
+    assert main(["kb", "add", urls[0], kb_dir, "allow_networks=127.0.0.1/32", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["unchanged"] == 1 and again["chunks"] == result["chunks"]
+
+
+def test_internal_addresses_are_refused_unless_allowed(tmp_path, site, capsys):
+    assert main(["kb", "add", site.url("/articles/zephyr-relay.html"), f"kb_dir={tmp_path / 'kb'}", "--json"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["failed"] == 1 and "loopback address" in result["results"][0]["reason"]
+    assert site.requested("/articles/zephyr-relay.html") == 0
+
+
+def test_ask_web_searches_reads_and_cites_the_page_with_the_answer(tmp_path, site, capsys):
+    kb_dir = tmp_path / "kb"
+    with reader_server() as (engine, url):
+        code = main([
+            "ask", "When was the Zephyr-9 relay decommissioned?", f"kb_dir={kb_dir}", "web=true",
+            "search_provider=searxng", f"searxng_url={site.base_url}", "allow_networks=127.0.0.1/32",
+            "engine=openai", f"base_url={url}", "--json",
+        ])  # fmt: skip
+        assert code == 0
+        result = json.loads(capsys.readouterr().out)
+    assert "14 March 2026" in result["answer"]
+    cited_urls = [s["url"] for s in result["sources"] if s["n"] in result["cited"]]
+    assert cited_urls == [site.url("/articles/zephyr-relay.html")]
+    assert site.requested("/private/salaries.html") == 0
+    # what the web gave is now in the knowledge base, with its URL
+    assert main(["kb", "list", f"kb_dir={kb_dir}", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["sources"]
+    assert site.url("/articles/zephyr-relay.html") in [s["source"] for s in listed]
+    assert all(s.get("fetched_at") for s in listed)
