@@ -57,6 +57,13 @@ class KbConfig(StageConfig):
     """hybrid: keyword (BM25) and vector search fused by reciprocal rank (finds exact names and paraphrases);
     vector or bm25: one of them alone."""
 
+    reranker: str | None = None
+    """Optional cross-encoder that re-orders the retrieved chunks: a local model folder such as one downloaded from
+    BAAI/bge-reranker-v2-m3 (runs on transformers). Unset: the hybrid order."""
+
+    rerank_candidates: int = Field(20, ge=1, le=200)
+    """reranker set: how many retrieved chunks it reads to choose the top_k."""
+
     @model_validator(mode="after")
     def _overlap_below_size(self) -> KbConfig:
         if self.chunk_overlap >= self.chunk_size:

@@ -284,6 +284,14 @@ class KnowledgeBase:
         mode = mode or self.config.retrieval
         if not self.manifest.sources or not query.strip():
             return []
+        if self.config.reranker:
+            from expertkit.rag.rerank import load_reranker
+
+            wide = self.retrieve(query, max(k, self.config.rerank_candidates), mode)
+            return load_reranker(self.config.reranker).rerank(query, wide)[:k]
+        return self.retrieve(query, k, mode)
+
+    def retrieve(self, query: str, k: int, mode: str) -> list[Hit]:
         pool = max(4 * k, 20)
         vector_hits: list[Hit] = []
         if mode in ("hybrid", "vector"):
