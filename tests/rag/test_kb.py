@@ -60,6 +60,7 @@ def open_kb(tmp_path, **keys) -> KnowledgeBase:
 
 def test_tokens_split_chinese_into_words_and_drop_english_stop_words():
     assert tokens("The relay's LoRA 微调需要多少显存？") == ["relay", "lora", "微调", "需要", "多少", "显存"]
+    assert tokens("resume resuming resumes") == ["resum"] * 3
 
 
 def test_add_a_folder_then_again_updates_in_place(tmp_path, docs):

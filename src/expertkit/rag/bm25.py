@@ -1,10 +1,10 @@
 """Keyword relevance (BM25, via bm25s) with a tokenizer that splits Chinese into words.
 
-    tokens("LoRA 微调需要多少显存？")  ->  ['lora', '微调', '需要', '多少', '显存']
+    tokens("Resuming LoRA 微调需要多少显存？")  ->  ['resum', 'lora', '微调', '需要', '多少', '显存']
     index = Bm25Index.build(["first chunk", "second chunk"]);  index.scores("chunk")  ->  array([0.18, 0.18])
 
-Latin text is lowercased and split on word characters (English stop words dropped); runs of CJK characters are
-segmented with jieba, so a Chinese question matches the words of a Chinese page, not single characters.
+Latin text is lowercased, split on word characters and stemmed (English stop words dropped); runs of CJK characters
+are segmented with jieba, so a Chinese question matches the words of a Chinese page, not single characters.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
+TOKENIZER = "words+jieba+snowball-en/1"  # bumped when `tokens` changes: saved indexes are rebuilt
 CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 TOKEN = re.compile(rf"[{CJK}]+|[^\W{CJK}_]+(?:['’][^\W{CJK}_]+)*", re.UNICODE)
 
@@ -27,6 +28,16 @@ def _stopwords() -> frozenset[str]:
 
 
 @lru_cache(maxsize=1)
+def _stem():
+    """English Snowball stemming (PyStemmer), so 'resume', 'resuming' and 'resumes' match; absent: no stemming."""
+    try:
+        import Stemmer
+    except ImportError:
+        return lambda word: word
+    return Stemmer.Stemmer("english").stemWord
+
+
+@lru_cache(maxsize=1)
 def _jieba():
     import jieba
 
@@ -35,15 +46,15 @@ def _jieba():
 
 
 def tokens(text: str) -> list[str]:
-    """Words of `text` for BM25: lowercased Latin words without stop words, and jieba-segmented Chinese."""
+    """Words of `text` for BM25: lowercased, stemmed Latin words without stop words, and jieba-segmented Chinese."""
     out: list[str] = []
-    stop = _stopwords()
+    stop, stem = _stopwords(), _stem()
     for match in TOKEN.finditer(text.lower()):
         word = match.group(0)
         if "\u3400" <= word[0] <= "\ufaff":
             out += [w for w in _jieba().lcut(word) if w.strip()]
         elif word not in stop:
-            out.append(word[:-2] if word.endswith(("'s", "’s")) else word)
+            out.append(stem(word[:-2] if word.endswith(("'s", "’s")) else word))
     return out
 
 
@@ -57,6 +68,7 @@ class Bm25Index:
     def build(cls, texts: list[str]) -> Bm25Index:
         import bm25s
 
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build
         retriever = bm25s.BM25()
         if texts:
             retriever.index([tokens(t) or [""] for t in texts], show_progress=False)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from expertkit.core.errors import ExpertkitError
 from expertkit.core.runs import write_json_atomic
-from expertkit.rag.bm25 import Bm25Index
+from expertkit.rag.bm25 import TOKENIZER, Bm25Index
 from expertkit.rag.chunk import Chunk, split_text
 from expertkit.rag.config import KbConfig
 from expertkit.rag.extract import Document, extract_file, find_files
@@ -320,7 +320,7 @@ class KnowledgeBase:
         if stamp.is_file():
             try:
                 meta = json.loads(stamp.read_text(encoding="utf-8"))
-                if meta.get("generation") == gen:
+                if meta.get("generation") == gen and meta.get("tokenizer") == TOKENIZER:
                     with open(folder / "chunks.jsonl", encoding="utf-8") as fh:
                         rows = [json.loads(line) for line in fh]
                     index = Bm25Index.load(folder / "index", len(rows))
@@ -335,7 +335,7 @@ class KnowledgeBase:
             index.save(tmp / "index")
             with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as fh:
                 fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-            write_json_atomic(tmp / "stamp.json", {"generation": gen, "chunks": len(rows)})
+            write_json_atomic(tmp / "stamp.json", {"generation": gen, "chunks": len(rows), "tokenizer": TOKENIZER})
             shutil.rmtree(folder, ignore_errors=True)
             tmp.rename(folder)
         self._bm25 = (gen, index, rows)
