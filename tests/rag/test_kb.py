@@ -159,3 +159,12 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path, capsys):
     assert "missing.md" in err and "Traceback" not in err
     assert main(["kb", "search", "x", "chunk_size=10", f"kb_dir={tmp_path / 'kb'}"]) == 1
     assert "chunk_size" in capsys.readouterr().err
+
+
+def test_later_commands_reuse_the_embedder_the_kb_was_built_with(tmp_path, docs, capsys):
+    kb_dir = f"kb_dir={tmp_path / 'kb'}"
+    assert main(["kb", "add", str(docs / "relay.md"), kb_dir, "embedder=wordllama:64"]) == 0
+    assert main(["kb", "search", "Zephyr-9 decommissioned", kb_dir, "--json"]) == 0  # embedder left unset
+    assert json.loads(capsys.readouterr().out.split("\n", 2)[-1])["results"]
+    assert main(["kb", "search", "Zephyr-9", kb_dir, "embedder=wordllama"]) == 1
+    assert "leave embedder unset (it is wordllama:64)" in capsys.readouterr().err

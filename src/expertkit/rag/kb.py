@@ -72,6 +72,8 @@ class Manifest:
     dim: int
     chunk_size: int
     chunk_overlap: int
+    embedder_spec: str = ""  # the `embedder=` it was built with, reused when a later command leaves it unset
+    embed_base_url: str | None = None
     created_at: str = field(default_factory=now)
     generation: int = 0  # bumped on every change; the BM25 index is rebuilt when it lags behind
     sources: dict[str, dict] = field(default_factory=dict)
@@ -107,11 +109,17 @@ class KnowledgeBase:
                     hint="choose an empty or new folder for kb_dir",
                 )
             manifest = None
-        embedder = load_embedder(config.embedder, base_url=config.embed_base_url, api_key=config.embed_api_key)
+        spec, base_url = config.embedder, config.embed_base_url
+        if manifest is not None and manifest.embedder_spec and "embedder" not in config.model_fields_set:
+            spec = manifest.embedder_spec
+            base_url = base_url if "embed_base_url" in config.model_fields_set else manifest.embed_base_url
+        embedder = load_embedder(spec, base_url=base_url, api_key=config.embed_api_key)
         backend = config.vector_store
         if manifest is None:
             backend = DEFAULT_BACKEND if backend == "auto" else backend
-            manifest = Manifest(backend, embedder.name, embedder.dim, config.chunk_size, config.chunk_overlap)
+            manifest = Manifest(
+                backend, embedder.name, embedder.dim, config.chunk_size, config.chunk_overlap, spec, base_url
+            )
         else:
             check_same(manifest, config, embedder, root)
         store = open_store(root / manifest.backend, manifest.backend, manifest.dim, chroma_url=config.chroma_url)
@@ -388,7 +396,8 @@ def check_same(manifest: Manifest, config: KbConfig, embedder, root: Path) -> No
         raise ExpertkitError(
             f"the knowledge base '{root}' was built with the embedder {manifest.embedder}, not {embedder.name}; "
             "vectors of two embedders don't compare",
-            hint=f"use embedder={manifest.embedder.split(':')[0]} with it, or a new kb_dir for {config.embedder}",
+            hint=f"leave embedder unset (it is {manifest.embedder_spec or manifest.embedder}), or use a new kb_dir "
+            f"for {config.embedder}",
         )
     if config.vector_store not in ("auto", manifest.backend):
         raise ExpertkitError(
