@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from expertkit.engine.local import IncrementalDecoder
+from expertkit.engine.answer import IncrementalDecoder
 
 
 @pytest.mark.parametrize(

@@ -158,14 +158,24 @@ def chat(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=Fal
     from expertkit.engine.config import EngineConfig
 
     path, overrides = split_cli_args(args or [])
-    sampling = {k: overrides.pop(k) for k in ("temperature", "top_p", "top_k") if k in overrides}
+    sampling = {k: overrides.pop(k) for k in CHAT_SAMPLING_KEYS if k in overrides}
     config = load_config(EngineConfig, path, overrides)
     from expertkit.cli.chat import run_chat
     from expertkit.core.config import parse_override
-    from expertkit.engine.base import SamplingParams, load_engine
+    from expertkit.engine.base import InvalidParamError, SamplingParams, load_engine
 
-    params = SamplingParams(max_tokens=config.max_new_tokens, **{k: parse_override(v) for k, v in sampling.items()})
+    values = {k: parse_override(v) for k, v in sampling.items()}
+    if isinstance(values.get("response_format"), str):  # response_format=json_object
+        values["response_format"] = {"type": values["response_format"]}
+    try:
+        params = SamplingParams(max_tokens=config.max_new_tokens, **values).validate()
+    except InvalidParamError as e:
+        raise ExpertkitError(str(e), hint=f"sampling keys: {', '.join(CHAT_SAMPLING_KEYS)}") from None
     run_chat(load_engine(config), params)
+
+
+# keys of `expertkit chat` that tune each answer rather than the engine
+CHAT_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "seed", "repetition_penalty", "response_format")
 
 
 @app.command(context_settings=EXTRA_ARGS)

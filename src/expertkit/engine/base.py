@@ -32,6 +32,8 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     logprobs: bool = False  # report each answer token's log probability (Delta.logprobs)
     top_logprobs: int = 0  # and up to this many most likely tokens at each position (0..20)
+    # OpenAI's response_format: {"type": "text" | "json_object"} or {"type": "json_schema", "json_schema": {...}}
+    response_format: dict | None = None
 
     @property
     def greedy(self) -> bool:
@@ -47,11 +49,19 @@ class SamplingParams:
             ("repetition_penalty", 0.0 < self.repetition_penalty <= 10.0, "must be more than 0 and at most 10"),
             ("top_logprobs", 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS, f"must be 0 to {MAX_TOP_LOGPROBS}"),
             ("stop", all(isinstance(s, str) for s in self.stop), "must be strings"),
+            ("response_format", response_format_ok(self.response_format), f"type must be one of {RESPONSE_TYPES}"),
         ]
         for name, ok, rule in checks:
             if not ok:
                 raise InvalidParamError(name, f"{name}={getattr(self, name)!r} {rule}")
         return self
+
+
+RESPONSE_TYPES = ("text", "json_object", "json_schema")
+
+
+def response_format_ok(value) -> bool:
+    return value is None or (isinstance(value, dict) and value.get("type", "text") in RESPONSE_TYPES)
 
 
 class InvalidParamError(ValueError):
@@ -98,7 +108,9 @@ class Delta:
     """A piece of a streamed answer: answer text, reasoning text (`<think>`), and at the end why it stopped.
 
     `logprobs`: with `SamplingParams.logprobs`, one entry per token generated since the last delta (None when not
-    asked for, or the engine cannot tell).
+    asked for, or the engine cannot tell). `tool_calls`: function calls the engine returned as such (a remote
+    OpenAI-compatible server's `tool_calls`, OpenAI's shape: `{"id", "type": "function", "function": {"name",
+    "arguments"}}`), whole, on the last delta; None when it gave none (the local engine writes calls as text).
     """
 
     text: str = ""
@@ -106,6 +118,7 @@ class Delta:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     logprobs: list[TokenLogprob] | None = None
+    tool_calls: list[dict] | None = None
 
     def extend(self, d: Delta) -> None:
         """Append a later delta of the same answer (joining a stream into the whole answer)."""
@@ -115,6 +128,8 @@ class Delta:
         self.usage = d.usage or self.usage
         if d.logprobs is not None:
             self.logprobs = (self.logprobs or []) + d.logprobs
+        if d.tool_calls is not None:
+            self.tool_calls = (self.tool_calls or []) + d.tool_calls
 
 
 class Engine(Protocol):
@@ -127,8 +142,9 @@ class Engine(Protocol):
     ) -> AsyncIterator[Delta]:
         """Generate an answer to a conversation, as deltas; the last one has finish_reason and usage.
 
-        `tools`: OpenAI function tools the model may call, shown to it by the chat template (the local engine) or
-        sent on (a remote); the calls come back as answer text, parsed by the server (serve/tools.py).
+        `tools`: OpenAI function tools the model may call, shown to it by the chat template (the local engine: the
+        calls come back as answer text, parsed by the server, serve/tools.py) or sent on (a remote: its structured
+        calls come back in `Delta.tool_calls`).
 
         Raises `UnknownModelError` for a `model` not in `model_names()` and `InvalidParamError` for bad `params`,
         both before the first delta.

@@ -7,24 +7,29 @@ manager: an adapter is merged into a copy of the base at load time, so serving c
 The copies share every weight the adapter did not change (embeddings, norms, layers LoRA did not target); the
 LoRA-targeted layers and the KV cache are paid once per name.
 
+Requests that continuous batching cannot honour (a `seed` when sampling, `repetition_penalty`, `logprobs`, a JSON
+`response_format`) are decoded one by one in worker threads instead (engine/decode.py), at most `max_concurrency`
+at once; engine/answer.py turns either kind of generation into deltas the same way.
+
 Why not one PEFT model with per-request adapters: continuous batching packs all requests into one row of tokens,
 and PEFT's mixed-adapter batches (`adapter_names=`) select an adapter per row, so it cannot mix them here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from expertkit.core.errors import ExpertkitError
-from expertkit.engine.base import Delta, SamplingParams, TokenLogprob, UnknownModelError, Usage
+from expertkit.engine.answer import BatchedJob, OwnLoopJob, answer_deltas
+from expertkit.engine.base import Delta, SamplingParams, UnknownModelError
 from expertkit.engine.config import EngineConfig
-from expertkit.engine.text import THINK_OPEN, ReasoningSplitter, StopStrings
+from expertkit.engine.decode import needs_own_loop
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +120,8 @@ class LocalEngine:
                 if served.manager is not None:
                     served.manager.stop(block=True)
             raise
-        self._warned: set[str] = set()
+        # requests continuous batching cannot serve (engine/decode.py) run here, at most max_concurrency at once
+        self.pool = ThreadPoolExecutor(config.max_concurrency, thread_name_prefix="expertkit-decode")
 
     # the default model's parts, for callers that use a single model
     @property
@@ -167,77 +173,14 @@ class LocalEngine:
         served = self.pick(model)
         params.validate()
         prompt = self.prompt_ids(messages, served.name, tools)
-        prompt_text = served.tokenizer.decode(prompt[-8:])
-        request_id = f"req-{uuid.uuid4().hex}"
-        results: asyncio.Queue = asyncio.Queue()
-        manager = served.manager
-        manager.register_result_handler(request_id, results.put_nowait)  # before adding: no result is missed
-        sampling = self.sampling_kwargs(params, len(served.tokenizer))
-        manager.add_request(
-            prompt,
-            request_id=request_id,
-            max_new_tokens=params.max_tokens,
-            streaming=True,
-            eos_token_id=served.eos_ids,
-            **sampling,
-        )
-        stops = StopStrings(params.stop)
-        split = ReasoningSplitter(started_in_reasoning=prompt_text.rstrip().endswith(THINK_OPEN))
-        detok = IncrementalDecoder(served.tokenizer)
-        scores = TokenScores(served.tokenizer, served.eos_ids, params.top_logprobs) if params.logprobs else None
-        tokens, finished = [], False
-        try:
-            while not finished:
-                out = await results.get()
-                if out.error:
-                    raise RuntimeError(f"generation failed: {out.error}")
-                tokens, finished = out.generated_tokens, out.is_finished()
-                if scores is not None:
-                    scores.update(tokens, out.logprobs)
-                new = detok.step(tokens, finished)
-                if not new and not finished:
-                    continue
-                answer, reasoning = split.feed(stops.feed(new))
-                if stops.stopped and not finished:
-                    manager.cancel_request(request_id)
-                    finished = True
-                if answer or reasoning:
-                    yield Delta(
-                        text=answer, reasoning=reasoning, logprobs=scores.take() if scores is not None else None
-                    )
-            a, r = split.feed(stops.flush())
-            a2, r2 = split.flush()
-            length = (
-                not stops.stopped and len(tokens) >= params.max_tokens and not (tokens and tokens[-1] in served.eos_ids)
-            )
-            yield Delta(
-                text=a + a2,
-                reasoning=r + r2,
-                finish_reason="length" if length else "stop",
-                usage=Usage(len(prompt), len(tokens)),
-                logprobs=scores.take(final=True) if scores is not None else None,
-            )
-        finally:
-            if not finished:  # the client went away: free the slot
-                manager.cancel_request(request_id)
-            forget(manager, request_id)
-
-    def sampling_kwargs(self, params: SamplingParams, vocab_size: int) -> dict:
-        """Per-request temperature / top_k / top_p for the manager's per-request processors.
-
-        Continuous batching has no per-request repetition penalty (its processors see one token per request, not
-        the history), so a penalty other than 1 is ignored with a warning, once.
-        """
-        if params.repetition_penalty != 1.0 and "repetition_penalty" not in self._warned:
-            self._warned.add("repetition_penalty")
-            logger.warning("repetition_penalty is ignored by the local engine (not supported by continuous batching)")
-        if params.greedy:
-            return {"temperature": 1.0, "top_k": 1, "top_p": 1.0}
-        return {
-            "temperature": float(params.temperature),
-            "top_k": int(min(params.top_k, vocab_size) or vocab_size),
-            "top_p": float(params.top_p),
-        }
+        if needs_own_loop(params):
+            job = OwnLoopJob(self.pool, served.model, served.tokenizer, prompt, params, served.eos_ids)
+        else:
+            sampling = sampling_kwargs(params, len(served.tokenizer))
+            job = BatchedJob(served.manager, prompt, params, served.eos_ids, sampling)
+        async with aclosing(answer_deltas(job, served.tokenizer, prompt, params, served.eos_ids)) as deltas:
+            async for delta in deltas:
+                yield delta
 
     def stream_text(self, prompt: str, params: SamplingParams, model: str | None = None) -> AsyncIterator[Delta]:
         """Continue `prompt` as raw text, no chat template (/v1/completions, Ollama's raw generate)."""
@@ -251,6 +194,7 @@ class LocalEngine:
         return len(self.text_ids(prompt, model))
 
     async def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
         for served in self.served.values():
             served.manager.stop(block=True)
 
@@ -266,69 +210,15 @@ def eos_ids(model, tokenizer) -> list[int]:
     return sorted({*found, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])})
 
 
-class TokenScores:
-    """Per-token log probabilities of a growing answer, handed out once each (`take`).
-
-    transformers' continuous batching reports only the chosen token's log probability, taken from the distribution
-    it sampled from (after temperature / top_k / top_p; greedy decoding is top_k=1, so every greedy token reads
-    0.0). It gives no alternatives, so `top` holds the chosen token alone. A final end-of-answer token is left out
-    (it is not answer text).
-    """
-
-    def __init__(self, tokenizer, eos_ids: list[int], top: int = 0):
-        self.tokenizer, self.eos_ids, self.top = tokenizer, set(eos_ids), top
-        self.tokens: list[int] = []
-        self.logprobs: list[float] = []
-        self.sent = 0
-
-    def update(self, tokens: list[int], logprobs: list[float] | None) -> None:
-        self.tokens, self.logprobs = list(tokens), list(logprobs or [])
-
-    def take(self, final: bool = False) -> list[TokenLogprob]:
-        end = min(len(self.tokens), len(self.logprobs))
-        if final and end and end == len(self.tokens) and self.tokens[end - 1] in self.eos_ids:
-            end -= 1
-        out = [self.entry(t, lp) for t, lp in zip(self.tokens[self.sent : end], self.logprobs[self.sent : end])]
-        self.sent = max(self.sent, end)
-        return out
-
-    def entry(self, token_id: int, logprob: float) -> TokenLogprob:
-        text = self.tokenizer.decode([token_id])
-        logprob = min(float(logprob), 0.0)  # float rounding can give a hair above 0 for a certain token
-        chosen = TokenLogprob(text, logprob, list(text.encode("utf-8")))
-        if self.top:
-            chosen.top = [TokenLogprob(chosen.token, chosen.logprob, list(chosen.bytes))]
-        return chosen
-
-
-class IncrementalDecoder:
-    """New text for a growing token list, decoding only a short window per step (not the whole answer).
-
-    The window starts a few tokens back (`prefix`) so that tokenizers whose decoding depends on the previous token
-    (SentencePiece's leading spaces, byte-level pieces of one character) give the same text as a full decode.
-    """
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.prefix = 0  # window start
-        self.read = 0  # tokens already turned into text
-        self.text = ""  # everything returned so far
-
-    def step(self, tokens: list[int], finished: bool) -> str:
-        decode = self.tokenizer.decode
-        before = decode(tokens[self.prefix : self.read], skip_special_tokens=True)
-        after = decode(tokens[self.prefix :], skip_special_tokens=True)
-        if after.endswith("\ufffd") and not finished:
-            return ""  # half of a multi-byte character: wait for the rest
-        after = after.rstrip("\ufffd")  # cut off by max_tokens mid-character
-        if after.startswith(before):
-            new = after[len(before) :]
-        else:  # a tokenizer whose window decode disagrees: fall back to the whole answer once
-            new = decode(tokens, skip_special_tokens=True).rstrip("\ufffd")[len(self.text) :]
-        if new:
-            self.prefix, self.read = self.read, len(tokens)
-            self.text += new
-        return new
+def sampling_kwargs(params: SamplingParams, vocab_size: int) -> dict:
+    """Per-request temperature / top_k / top_p for the manager's per-request processors (greedy: top_k 1)."""
+    if params.greedy:
+        return {"temperature": 1.0, "top_k": 1, "top_p": 1.0}
+    return {
+        "temperature": float(params.temperature),
+        "top_k": int(min(params.top_k, vocab_size) or vocab_size),
+        "top_p": float(params.top_p),
+    }
 
 
 def start_manager(config: EngineConfig, served: Served, share: tuple[int, int]):
@@ -356,7 +246,6 @@ def start_manager(config: EngineConfig, served: Served, share: tuple[int, int]):
     on_gpu = served.model.device.type == "cuda"
     cb = ContinuousBatchingConfig(
         per_request_processors=True,
-        return_logprobs=True,  # the chosen token's log probability (a gather on the softmax sampling computes)
         max_requests_per_batch=config.max_concurrency,
         # CPU: small steps (long prompts prefilled in chunks) let decoding requests interleave with a new prompt's
         # prefill: at 16 clients +10% tokens/s and half the time to first token (bench/serve_throughput.py)
@@ -373,16 +262,3 @@ def start_manager(config: EngineConfig, served: Served, share: tuple[int, int]):
     manager = served.model.init_continuous_batching(generation_config=generation, continuous_batching_config=cb)
     manager.start()
     return manager
-
-
-def forget(manager, request_id: str) -> None:
-    """Drop the result handler of a request we stopped early (stop string, disconnect).
-
-    transformers removes a handler only when it delivers a finished result; a cancelled request may never
-    deliver one, and a handler left behind whose event loop has closed kills the generation thread.
-    """
-    router = getattr(manager, "output_router", None)
-    handlers = getattr(router, "result_handlers", None)
-    if handlers is not None:
-        with router._lock:
-            handlers.pop(request_id, None)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator
 
 from expertkit.core.errors import ExpertkitError, MissingExtraError
-from expertkit.engine.base import Delta, SamplingParams, Usage
+from expertkit.engine.base import Delta, SamplingParams, TokenLogprob, Usage
 from expertkit.engine.config import EngineConfig
 from expertkit.engine.text import ReasoningSplitter
 
@@ -52,27 +53,9 @@ class RemoteEngine:
         params.validate()
         if not (model or self._names):
             await self.refresh_models()
-        body = {
-            "model": model or self._names[0],
-            "messages": messages,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "max_tokens": params.max_tokens,
-            "temperature": max(params.temperature, 0.0),
-            "top_p": params.top_p,
-        }
-        if tools:
-            body["tools"] = tools
-        if params.stop:
-            body["stop"] = params.stop
-        if params.seed is not None:
-            body["seed"] = params.seed
-        # not OpenAI fields: sent only when asked for (vLLM, Ollama, DashScope read them; api.openai.com refuses)
-        if params.top_k:
-            body["top_k"] = params.top_k
-        if params.repetition_penalty != 1.0:
-            body["repetition_penalty"] = params.repetition_penalty
+        body = request_body(messages, params, model or self._names[0], tools)
         split = ReasoningSplitter()
+        calls = ToolCalls()
         finish, usage = None, None
         async with self.client.stream("POST", "/chat/completions", json=body) as response:
             if response.status_code >= 400:
@@ -86,14 +69,94 @@ class RemoteEngine:
                     u = chunk["usage"]
                     usage = Usage(u.get("prompt_tokens", 0), u.get("completion_tokens", 0))
                 for choice in chunk.get("choices", []):
-                    delta = choice.get("delta", {})
+                    delta = choice.get("delta") or {}
                     answer, reasoning = split.feed(delta.get("content") or "")
                     reasoning += delta.get("reasoning_content") or delta.get("reasoning") or ""
+                    calls.add(delta.get("tool_calls"))
                     finish = choice.get("finish_reason") or finish
-                    if answer or reasoning:
-                        yield Delta(text=answer, reasoning=reasoning)
+                    logprobs = token_logprobs(choice.get("logprobs")) if params.logprobs else None
+                    if answer or reasoning or logprobs:
+                        yield Delta(text=answer, reasoning=reasoning, logprobs=logprobs)
         a, r = split.flush()
-        yield Delta(text=a, reasoning=r, finish_reason=finish or "stop", usage=usage or Usage())
+        reason = "length" if finish == "length" else "stop"
+        yield Delta(text=a, reasoning=r, finish_reason=reason, usage=usage or Usage(), tool_calls=calls.whole())
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def request_body(messages: list[dict], params: SamplingParams, model: str, tools: list[dict] | None) -> dict:
+    """The streamed chat request for the remote: every field the request set, and only those beyond OpenAI's."""
+    body = {
+        "model": model,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": params.max_tokens,
+        "temperature": max(params.temperature, 0.0),
+        "top_p": params.top_p,
+    }
+    if tools:
+        body["tools"] = tools
+    if params.stop:
+        body["stop"] = params.stop
+    if params.seed is not None:
+        body["seed"] = params.seed
+    if params.response_format is not None:
+        body["response_format"] = params.response_format
+    if params.logprobs:
+        body["logprobs"] = True
+        if params.top_logprobs:
+            body["top_logprobs"] = params.top_logprobs
+    # not OpenAI fields: sent only when asked for (vLLM, Ollama, DashScope read them; api.openai.com refuses)
+    if params.top_k:
+        body["top_k"] = params.top_k
+    if params.repetition_penalty != 1.0:
+        body["repetition_penalty"] = params.repetition_penalty
+    return body
+
+
+class ToolCalls:
+    """A remote's streamed `delta.tool_calls` pieces joined into whole calls (the id, type and name come once, the
+    arguments in pieces, each piece naming its call's `index`)."""
+
+    def __init__(self):
+        self.calls: dict[int, dict] = {}
+
+    def add(self, pieces: list[dict] | None) -> None:
+        for piece in pieces or []:
+            call = self.calls.setdefault(
+                piece.get("index", len(self.calls)),
+                {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+            )
+            call["id"] = piece.get("id") or call["id"]
+            call["type"] = piece.get("type") or call["type"]
+            function = piece.get("function") or {}
+            call["function"]["name"] += function.get("name") or ""
+            call["function"]["arguments"] += function.get("arguments") or ""
+
+    def whole(self) -> list[dict] | None:
+        """The calls in index order, each with an id (made up when the remote sent none); None when there were none."""
+        if not self.calls:
+            return None
+        calls = [self.calls[i] for i in sorted(self.calls)]
+        for call in calls:
+            call["id"] = call["id"] or f"call_{uuid.uuid4().hex[:24]}"
+        return calls
+
+
+def token_logprobs(logprobs: dict | None) -> list[TokenLogprob] | None:
+    """A remote chunk's `logprobs.content` as TokenLogprobs (None when it sent none)."""
+    if not logprobs or not logprobs.get("content"):
+        return None
+
+    def entry(e: dict) -> TokenLogprob:
+        token = e.get("token", "")
+        return TokenLogprob(token, float(e.get("logprob", 0.0)), list(e.get("bytes") or token.encode("utf-8")))
+
+    out = []
+    for e in logprobs["content"]:
+        t = entry(e)
+        t.top = [entry(a) for a in e.get("top_logprobs") or []]
+        out.append(t)
+    return out

@@ -58,6 +58,7 @@ class OllamaChatRequest(Lenient):
     messages: list[OllamaMessage] = Field(default_factory=list)
     stream: bool = True
     options: OllamaOptions | None = None
+    format: str | dict | None = None  # "json", or a JSON schema: the answer is JSON
     keep_alive: str | int | float | None = None
     think: bool | str | None = None
 
@@ -69,6 +70,7 @@ class OllamaGenerateRequest(Lenient):
     raw: bool = False
     stream: bool = True
     options: OllamaOptions | None = None
+    format: str | dict | None = None
     images: list | None = None
     keep_alive: str | int | float | None = None
     think: bool | str | None = None
@@ -162,8 +164,9 @@ def chat_messages(messages: list[OllamaMessage]) -> list[dict]:
     return out
 
 
-def sampling_params(options: OllamaOptions | None, default_max_tokens: int) -> SamplingParams:
-    """Ollama's options, with Ollama's defaults (temperature 0.8, top_k 40, top_p 0.9) where a request says none."""
+def sampling_params(options: OllamaOptions | None, default_max_tokens: int, format=None) -> SamplingParams:
+    """Ollama's options, with Ollama's defaults (temperature 0.8, top_k 40, top_p 0.9) where a request says none,
+    and its `format`."""
     o = options or OllamaOptions()
     stop = [o.stop] if isinstance(o.stop, str) else list(o.stop or [])
     if len(stop) > 16:
@@ -177,12 +180,24 @@ def sampling_params(options: OllamaOptions | None, default_max_tokens: int) -> S
         stop=stop,
         seed=o.seed,
         repetition_penalty=o.repeat_penalty or 1.0,
+        response_format=response_format(format),
     )
+
+
+def response_format(format: str | dict | None) -> dict | None:
+    """Ollama's `format` as OpenAI's response_format: "json" is json_object, an object is a JSON schema."""
+    if format is None or format == "":
+        return None
+    if format == "json":
+        return {"type": "json_object"}
+    if isinstance(format, dict):
+        return {"type": "json_schema", "json_schema": {"name": "format", "schema": format}}
+    raise APIError(400, f"format '{format[:50]}' is not supported: give \"json\" or a JSON schema object")
 
 
 async def answer(state: ServerState, request, req, engine: Engine, model: str, kind: str, **prompt) -> Response:
     """One /api/chat or /api/generate answer: NDJSON lines (stream, Ollama's default) or one JSON object."""
-    params = sampling_params(req.options, state.config.max_new_tokens)
+    params = sampling_params(req.options, state.config.max_new_tokens, req.format)
     check_context(engine, model, params.max_tokens, **prompt)
     state.admit()
     timer = Timer()

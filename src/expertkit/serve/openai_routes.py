@@ -78,6 +78,7 @@ def v1_router(state: ServerState) -> APIRouter:
         engine = text_engine(state.ready_engine())
         model = await pick_model(engine, req.model)
         params = sampling_params(req, state.config.max_new_tokens)
+        params.logprobs, params.top_logprobs = req.logprobs is not None, req.logprobs or 0
         check_context(engine, model, params.max_tokens, prompt=prompt)
         state.admit()
         deadline = time.monotonic() + state.config.request_timeout
@@ -91,7 +92,7 @@ def v1_router(state: ServerState) -> APIRouter:
             out = await run_whole(deltas, deadline, request)
         finally:
             state.release()
-        return JSONResponse(text_completion_body(echo + out.reasoning + out.text, out, cid, int(time.time()), model))
+        return JSONResponse(text_completion_body(echo, out, cid, int(time.time()), model))
 
     @router.post("/embeddings")
     async def embeddings(request: Request) -> Response:
@@ -204,6 +205,7 @@ def sampling_params(req: SamplingRequest, default_max_tokens: int, max_n: int = 
         stop=stop,
         seed=req.seed,
         repetition_penalty=req.repetition_penalty or 1.0,
+        response_format=req.response_format.model_dump(exclude_none=True) if req.response_format else None,
     )
 
 

@@ -46,6 +46,14 @@ class StreamOptions(Lenient):
     include_usage: bool = False
 
 
+class ResponseFormat(Lenient):
+    """`{"type": "json_object"}`: the answer is a JSON object; `json_schema`: JSON of the schema's top-level type
+    (the rest of the schema is not enforced); `text`: free text."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict | None = None
+
+
 class SamplingRequest(Lenient):
     """The fields chat and text completions share."""
 
@@ -60,6 +68,7 @@ class SamplingRequest(Lenient):
     seed: int | None = None
     n: int = 1
     stop: str | list[str] | None = None
+    response_format: ResponseFormat | None = None
     # accepted and ignored, as most OpenAI-compatible servers do
     user: str | None = None
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
@@ -83,6 +92,7 @@ class CompletionRequest(SamplingRequest):
 
     prompt: str | list[str] = Field(min_length=1)
     echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=20)  # legacy: the log probability of this many top tokens per token
     suffix: str | None = None
     best_of: int | None = None  # accepted when 1 or absent
 

@@ -25,7 +25,7 @@ from contextlib import aclosing
 
 from expertkit.engine.base import Delta, Usage
 from expertkit.serve.errors import APIError, error_body
-from expertkit.serve.logprobs import logprobs_body
+from expertkit.serve.logprobs import completion_logprobs, logprobs_body
 from expertkit.serve.metrics import Metrics
 from expertkit.serve.tools import ToolCallStream, parse_tool_calls
 
@@ -168,10 +168,14 @@ def summed_usage(usages: list[Usage | None]) -> Usage:
 
 
 def chat_completion_body(outs: list[Delta], cid: str, created: int, model: str, tools: bool = False) -> dict:
-    """The chat completion of n answers; `tools`: parse `<tool_call>` blocks into `tool_calls`."""
+    """The chat completion of n answers; `tools`: parse `<tool_call>` blocks into `tool_calls`, unless the engine
+    returned its calls as such (a remote's `tool_calls`)."""
     choices = []
     for i, out in enumerate(outs):
-        content, calls = parse_tool_calls(out.text) if tools else (out.text, [])
+        if out.tool_calls:
+            content, calls = out.text or None, out.tool_calls
+        else:
+            content, calls = parse_tool_calls(out.text) if tools else (out.text, [])
         message = {"role": "assistant", "content": content}
         if out.reasoning:
             message["reasoning_content"] = out.reasoning
@@ -191,13 +195,16 @@ def chat_completion_body(outs: list[Delta], cid: str, created: int, model: str, 
     }
 
 
-def text_completion_body(text: str, out: Delta, cid: str, created: int, model: str) -> dict:
+def text_completion_body(echo: str, out: Delta, cid: str, created: int, model: str) -> dict:
+    """A whole text completion: `echo` (the prompt, when asked for) then the raw text, `<think>` left in it."""
+    logprobs, _ = completion_logprobs(out.logprobs, len(echo))
+    choice = {"index": 0, "text": echo + out.reasoning + out.text, "logprobs": logprobs}
     return {
         "id": cid,
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(out)}],
+        "choices": [{**choice, "finish_reason": finish_reason(out)}],
         "usage": usage_dict(out.usage),
     }
 
@@ -213,7 +220,8 @@ async def chat_chunks(
 ) -> AsyncIterator[str]:
     """The SSE lines of streamed chat answers (n choices interleaved, each chunk naming its `index`); an error after
     the first byte is sent as an error event. `tools`: text from a `<tool_call>` on is held and sent, parsed, as one
-    `delta.tool_calls` chunk at the end of its choice."""
+    `delta.tool_calls` chunk at the end of its choice; calls the engine returned as such (`Delta.tool_calls`, a
+    remote's) are sent the same way, and then held text goes out as content, unparsed."""
     created = int(time.time())
 
     def event(choices: list[dict], usage: dict | None = None) -> str:
@@ -243,14 +251,14 @@ async def chat_chunks(
                 if d.finish_reason is not None:
                     usages[i] = d.usage or Usage()
                     finish = finish_reason(d)
-                    if held:
-                        rest, calls = held[i].finish()
-                        if rest:
-                            yield event([choice(i, {"content": rest})])
-                        if calls:
-                            finish = "tool_calls"
-                            indexed = [{"index": k, **c} for k, c in enumerate(calls)]
-                            yield event([choice(i, {"tool_calls": indexed})])
+                    rest, calls = held[i].finish(parse=not d.tool_calls) if held else ("", [])
+                    calls = d.tool_calls or calls  # the engine's own calls (a remote's) over parsed text
+                    if rest:
+                        yield event([choice(i, {"content": rest})])
+                    if calls:
+                        finish = "tool_calls"
+                        indexed = [{"index": k, **c} for k, c in enumerate(calls)]
+                        yield event([choice(i, {"tool_calls": indexed})])
                     yield event([choice(i, {}, finish)])
         if include_usage and all(u is not None for u in usages):
             yield event([], usage_dict(summed_usage(usages)))
@@ -262,12 +270,15 @@ async def chat_chunks(
 async def completion_chunks(
     deltas: AsyncIterator[Delta], cid: str, model: str, include_usage: bool, deadline: float, metrics: Metrics, echo=""
 ) -> AsyncIterator[str]:
-    """The SSE lines of one streamed text completion (`echo`: the prompt, sent first)."""
+    """The SSE lines of one streamed text completion (`echo`: the prompt, sent first); each chunk carries the legacy
+    `logprobs` of the tokens it brings when they were asked for."""
     created = int(time.time())
+    offset = len(echo)
 
-    def event(text: str | None, finish: str | None = None, usage: dict | None = None) -> str:
-        choices = [] if text is None else [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]
-        chunk = {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": choices}
+    def event(text: str | None, finish: str | None = None, usage: dict | None = None, logprobs=None) -> str:
+        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
+        chunk = {"id": cid, "object": "text_completion", "created": created, "model": model}
+        chunk["choices"] = [] if text is None else [choice]
         if include_usage:
             chunk["usage"] = usage
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
@@ -278,12 +289,13 @@ async def completion_chunks(
         async with aclosing(within_deadline(deltas, deadline)) as stream:
             async for d in stream:
                 text = d.reasoning + d.text  # raw text: no <think> split to report apart
+                logprobs, offset = completion_logprobs(d.logprobs, offset)
                 if d.finish_reason is not None:
-                    yield event(text, finish_reason(d))
+                    yield event(text, finish_reason(d), logprobs=logprobs)
                     if include_usage:
                         yield event(None, usage=usage_dict(d.usage))
-                elif text:
-                    yield event(text)
+                elif text or d.logprobs:
+                    yield event(text, logprobs=logprobs)
     except APIError as err:
         yield error_event(err, metrics)
     yield "data: [DONE]\n\n"

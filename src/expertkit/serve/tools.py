@@ -70,10 +70,11 @@ class ToolCallStream:
         self.pending = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep]
 
-    def finish(self) -> tuple[str, list[dict]]:
-        """(the rest of the content, the tool calls) once the answer is complete."""
+    def finish(self, parse: bool = True) -> tuple[str, list[dict]]:
+        """(the rest of the content, the tool calls) once the answer is complete; `parse` False: the held text is
+        content as it is (the engine gave its calls apart)."""
         rest, self.pending = self.pending, ""
-        if self.held is None:
-            return rest, []
+        if self.held is None or not parse:
+            return rest + (self.held or ""), []
         content, calls = parse_tool_calls(self.held)
         return rest + (content or ""), calls
