@@ -103,8 +103,7 @@ class LocalEngine:
         for name, path in adapters.items():
             check_adapter_path(name, path)
         base = load_base_model(config)
-        # the default model (first in model_names) is the first adapter; the base comes last, which also means
-        # every copy is taken before the base gets its manager (transformers caches it on the model object)
+        # the default model (first in model_names) is the first adapter; the base comes last
         sources = [(name, path) for name, path in adapters.items()] + [(config.base_name(), None)]
         self.served: dict[str, Served] = {}
         try:
@@ -259,6 +258,21 @@ def start_manager(config: EngineConfig, served: Served, share: tuple[int, int]):
         # it all). A bigger cache costs RAM and, measured, time: 256 blocks ran ~10% slower than 64 at 16 clients
         context = min(int(getattr(served.model.config.get_text_config(), "max_position_embeddings", 0) or 1024), 1024)
         cb.num_blocks = config.max_concurrency * -(-context // cb.page_size)
-    manager = served.model.init_continuous_batching(generation_config=generation, continuous_batching_config=cb)
+    model = batching_copy(served.model)
+    manager = model.init_continuous_batching(generation_config=generation, continuous_batching_config=cb)
     manager.start()
     return manager
+
+
+def batching_copy(model):
+    """The model for continuous batching: new module objects and config over the same weights and buffers.
+
+    transformers sets `config.is_causal` for the length of each forward that passes `is_causal` (continuous batching
+    passes False with its own mask) and restores it after; that is not thread-safe, so a plain forward in another
+    thread on the same config (the own decode loop, embeddings) could run bidirectional, and a restore racing with
+    it can leave the config bidirectional for good. Continuous batching gets a config of its own.
+    """
+    import copy
+
+    memo = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return copy.deepcopy(model, memo)
