@@ -35,7 +35,8 @@ class EngineConfig(ModelConfig):
     """Default answer length when a request does not say."""
 
     max_concurrency: int = 16
-    """Requests decoded together in one batch, per served model; more wait in the engine's queue."""
+    """Requests decoded together in one batch, per served model; also how many requests the per-request decode loop
+    (a seed when sampling, repetition_penalty, logprobs, JSON mode) runs at once. More wait in the engine's queue."""
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights dtype: auto is the checkpoint's own on GPU, float32 on CPU."""
