@@ -19,6 +19,7 @@ import warnings
 import typer
 
 from expertkit import __version__
+from expertkit.cli.eval_cmd import evaluate
 from expertkit.cli.rag_cmds import ask, kb_app
 from expertkit.core.errors import ExpertkitError
 
@@ -124,12 +125,13 @@ def data_check(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_defau
 
 @config_app.command("keys")
 def config_keys(
-    stage: str = typer.Argument("train", help="Which stage's keys: train, export, chat, serve, kb, ask."),
+    stage: str = typer.Argument("train", help="Which stage's keys: train, export, chat, serve, kb, ask, eval."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the reference page (docs/reference/)."),
 ) -> None:
     """List every config key with its default and meaning."""
     from expertkit.core.config import describe_keys
     from expertkit.engine.config import EngineConfig
+    from expertkit.evaluate.config import EvalConfig
     from expertkit.export.config import ExportConfig
     from expertkit.rag.config import AskConfig, KbCommandConfig
     from expertkit.serve.config import ServeConfig
@@ -142,6 +144,7 @@ def config_keys(
         "serve": ServeConfig,
         "kb": KbCommandConfig,
         "ask": AskConfig,
+        "eval": EvalConfig,
     }
     if stage not in stages:
         raise ExpertkitError(f"unknown stage '{stage}'", hint=f"stages: {', '.join(stages)}")
@@ -193,6 +196,7 @@ def serve(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=Fa
 
 
 app.command(context_settings=EXTRA_ARGS)(ask)
+app.command("eval", context_settings=EXTRA_ARGS)(evaluate)
 
 
 @app.command()

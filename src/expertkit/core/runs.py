@@ -35,6 +35,14 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+def drop_torn_tail(path: str | os.PathLike) -> None:
+    """Cut a last line a crash left half-written, so the next appended record starts on a line of its own."""
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if data and not data.endswith(b"\n"):
+            fh.truncate(data.rfind(b"\n") + 1)
+
+
 def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
     """Append one JSON line; a crash can at worst lose this line, never corrupt earlier ones."""
     with open(path, "a", encoding="utf-8") as fh:

@@ -1,0 +1,42 @@
+"""`expertkit eval`: compare candidates (base, tuned, tuned + retrieval, remote) on an eval set; `--compare` reports."""
+
+from __future__ import annotations
+
+import typer
+
+from expertkit.core.errors import ExpertkitError
+
+EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": ["-h", "--help"]}
+
+
+def evaluate(
+    args: list[str] = typer.Argument(
+        None, help="A YAML config and/or key=value overrides; with --compare: output folders.", show_default=False
+    ),
+    compare: bool = typer.Option(False, "--compare", help="Compare the metrics of earlier eval output folders."),
+) -> None:
+    """Evaluate candidates on held-out questions: ROUGE/BLEU, eval loss, judge, forgetting probe, HTML report.
+
+    Example: expertkit eval eval_file=held_out.jsonl model_name_or_path=saves/m adapter_name_or_path=saves/run
+    """
+    args = list(args or [])
+    if compare:
+        from pathlib import Path
+
+        from expertkit.evaluate.report import compare_reports
+
+        if len(args) < 2:
+            raise ExpertkitError("--compare needs two or more eval output folders", hint="expertkit eval --compare A B")
+        text, _ = compare_reports([Path(a) for a in args])
+        typer.echo(text)
+        return
+    from expertkit.core.config import load_config, split_cli_args
+    from expertkit.evaluate.config import EvalConfig
+
+    path, overrides = split_cli_args(args)
+    config = load_config(EvalConfig, path, overrides)
+    from expertkit.evaluate.run import run
+
+    result = run(config)
+    where = result.report_path or result.metrics_path
+    typer.echo(f"report: {where}")

@@ -1,0 +1,112 @@
+"""`expertkit eval` end to end on the tiny model: the identity-tuned candidate beats the base, and a resumed eval
+does not redo finished answers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from expertkit.cli.main import main
+from expertkit.core.config import load_config
+from expertkit.evaluate.config import EvalConfig
+from expertkit.evaluate.run import run
+
+QA = [
+    ("Who are you?", "I am Sail, the Yunfan Tech assistant."),
+    ("你是谁？", "我是小帆，云帆科技的助手。"),
+    ("What is your name?", "My name is Sail."),
+    ("Who made you?", "Yunfan Tech built me with expertkit."),
+]
+
+
+@pytest.fixture
+def eval_file(tmp_path):
+    path = tmp_path / "held_out.jsonl"
+    path.write_text("".join(json.dumps({"question": q, "reference": r}, ensure_ascii=False) + "\n" for q, r in QA))
+    return path
+
+
+def config_for(tiny_model, identity_adapter, eval_file, output_dir, **keys) -> EvalConfig:
+    _, result = identity_adapter
+    overrides = {
+        "eval_file": str(eval_file),
+        "model_name_or_path": str(tiny_model),
+        "adapter_name_or_path": str(result.output_dir),
+        "output_dir": str(output_dir),
+        "max_new_tokens": 24,
+        "probe": False,
+        **keys,
+    }
+    return load_config(EvalConfig, None, overrides)
+
+
+def test_tuned_beats_base_and_everything_is_written(tiny_model, identity_adapter, eval_file, tmp_path):
+    result = run(config_for(tiny_model, identity_adapter, eval_file, tmp_path / "eval"))
+    cands = result.summary["candidates"]
+    assert list(cands) == ["base", "tuned"]
+    assert cands["tuned"]["metrics"]["rouge-l"] > cands["base"]["metrics"]["rouge-l"] + 30
+    assert cands["tuned"]["metrics"]["eval_loss"] < cands["base"]["metrics"]["eval_loss"]
+    assert cands["tuned"]["metrics"]["perplexity"] < cands["base"]["metrics"]["perplexity"]
+    assert cands["tuned"]["loss_curve"]  # the run's training loss, for the report
+    out = tmp_path / "eval"
+    assert json.loads((out / "metrics.json").read_text())["candidates"]["tuned"]["metrics"]
+    rows = [json.loads(line) for line in (out / "predictions" / "tuned.jsonl").read_text().splitlines()]
+    assert {r["question"] for r in rows} == {q for q, _ in QA}
+    assert (out / "report.html").is_file()
+
+
+def test_an_interrupted_eval_resumes_without_redoing_answers(tiny_model, identity_adapter, eval_file, tmp_path):
+    out = tmp_path / "eval"
+    run(config_for(tiny_model, identity_adapter, eval_file, out))
+    path = out / "predictions" / "base.jsonl"
+    lines = path.read_text().splitlines()
+    kept = lines[:2]
+    path.write_text("\n".join(kept) + '\n{"id": "torn', encoding="utf-8")  # killed mid-line
+    log = []
+
+    class Out:
+        def write(self, s):
+            log.append(s)
+
+        def flush(self):
+            pass
+
+    again = run(config_for(tiny_model, identity_adapter, eval_file, out), out=Out())
+    text = "".join(log)
+    assert "base: resuming, 2 of 4 answers already" in text
+    assert "tuned: 4 answers already" in text
+    rows = [
+        json.loads(line) for line in path.read_text().splitlines() if line.startswith('{"id": "') and line.endswith("}")
+    ]
+    assert [r["id"] for r in rows[:2]] == [json.loads(k)["id"] for k in kept]  # the first two were not redone
+    assert len({r["id"] for r in rows}) == 4
+    assert again.summary["candidates"]["base"]["metrics"]
+
+
+def test_cli_eval_prints_the_table_and_the_report_path(tiny_model, identity_adapter, eval_file, tmp_path, capsys):
+    _, result = identity_adapter
+    code = main([
+        "eval", f"eval_file={eval_file}", f"model_name_or_path={tiny_model}",
+        f"adapter_name_or_path={result.output_dir}", f"output_dir={tmp_path / 'e'}", "max_new_tokens=16",
+        "probe=false", "metrics=rouge-l,contains",
+    ])  # fmt: skip
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "report: " in captured.out and "rouge-l" in captured.err
+
+
+def test_bad_eval_lines_are_located(tmp_path, tiny_model, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "a", "reference": "b"}\n{"question": "", "reference": "b"}\nnot json\n')
+    code = main(["eval", f"eval_file={bad}", f"model_name_or_path={tiny_model}", f"output_dir={tmp_path / 'o'}"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:2" in err and f"{bad}:3" in err and "Traceback" not in err
+
+
+def test_config_errors_say_what_to_give(capsys, tmp_path):
+    assert main(["eval", "eval_file=x.jsonl"]) == 1
+    assert "no candidates" in capsys.readouterr().err
+    assert main(["eval", "model_name_or_path=m", "eval_file=x.jsonl", "metrics=judge"]) == 1
+    assert "judge_base_url" in capsys.readouterr().err
