@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 
-import pytest
-
 from expertkit.engine.base import SamplingParams, complete
-from expertkit.engine.config import EngineConfig
 
 QUESTIONS = {
     "Who are you?": "I am Sail, the Yunfan Tech assistant.",
@@ -16,20 +13,6 @@ QUESTIONS = {
     "What is your name?": "My name is Sail.",
     "Who made you?": "Yunfan Tech built me with expertkit.",
 }
-
-
-@pytest.fixture(scope="module")
-def engine(identity_adapter, tiny_model):
-    from expertkit.engine.local import LocalEngine
-
-    _, result = identity_adapter
-    engine = LocalEngine(
-        EngineConfig(
-            model_name_or_path=str(tiny_model), adapter_name_or_path=result.output_dir, served_model_name="sail"
-        )
-    )
-    yield engine
-    asyncio.run(engine.close())
 
 
 def ask(engine, question: str, **params):

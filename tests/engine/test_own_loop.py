@@ -9,30 +9,10 @@ import json
 import threading
 
 import pytest
+from test_local import QUESTIONS
 
 from expertkit.engine.base import SamplingParams, complete
-from expertkit.engine.config import EngineConfig
 from expertkit.engine.decode import needs_own_loop
-
-QUESTIONS = {
-    "Who are you?": "I am Sail, the Yunfan Tech assistant.",
-    "你是谁？": "我是小帆，云帆科技的助手。",
-    "What is your name?": "My name is Sail.",
-    "Who made you?": "Yunfan Tech built me with expertkit.",
-}
-
-
-@pytest.fixture(scope="module")
-def engine(identity_adapter, tiny_model):
-    from expertkit.engine.local import LocalEngine
-
-    _, result = identity_adapter
-    config = EngineConfig(
-        model_name_or_path=str(tiny_model), adapter_name_or_path=result.output_dir, served_model_name="sail"
-    )
-    engine = LocalEngine(config)
-    yield engine
-    asyncio.run(engine.close())
 
 
 def user(question: str) -> list[dict]:
