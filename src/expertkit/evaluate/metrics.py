@@ -15,10 +15,10 @@
 How this compares with LLaMA-Factory (`ComputeSimilarity` in `train/sft/metric.py`, `scripts/eval_bleu_rouge.py`):
 it also segments with jieba and scores ROUGE on those words (`rouge-chinese`), and scores BLEU-4 on characters with
 NLTK's `sentence_bleu` and smoothing method 3. The differences: our ROUGE drops punctuation and whitespace tokens
-and lowercases (LLaMA-Factory counts "，" and "。" as words, which lifts any two Chinese sentences, and "Paris" does
-not match "paris"); our BLEU splits Chinese into characters too, with the same smoothing, but Latin text into words,
-not letters (letter 4-grams flatter English answers). On Chinese text the two BLEU-4 figures agree (a test checks
-it against NLTK). LLaMA-Factory has no exact or contains match.
+and lowercases Latin words (LLaMA-Factory counts "，" and "。" as words, which lifts the overlap of any two Chinese
+sentences); our BLEU also splits Chinese into characters, with the same smoothing, but Latin text into words rather
+than letters, so an English answer earns no credit for sharing letters. On Chinese-only text the two BLEU-4 figures
+agree (a test checks one pair against NLTK). LLaMA-Factory has no exact or contains match.
 """
 
 from __future__ import annotations
