@@ -89,11 +89,13 @@ def test_cli_eval_prints_the_table_and_the_report_path(tiny_model, identity_adap
     code = main([
         "eval", f"eval_file={eval_file}", f"model_name_or_path={tiny_model}",
         f"adapter_name_or_path={result.output_dir}", f"output_dir={tmp_path / 'e'}", "max_new_tokens=16",
-        "probe=false", "metrics=rouge-l,contains",
+        "metrics=rouge-l,contains",
     ])  # fmt: skip
     assert code == 0
     captured = capsys.readouterr()
-    assert "report: " in captured.out and "rouge-l" in captured.err
+    assert "report: " in captured.out and "rouge-l" in captured.err and "probe (general)" in captured.err
+    summary = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert set(summary["candidates"]["tuned"]["probe"]) >= {"overall", "en", "zh"}
 
 
 def test_bad_eval_lines_are_located(tmp_path, tiny_model, capsys):

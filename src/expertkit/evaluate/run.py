@@ -60,8 +60,10 @@ def run(config: EvalConfig, out=None) -> EvalResult:
     candidates = config.resolved_candidates()
     probe = load_probe_items() if config.probe else []
     say(out, f"eval: {len(items)} questions, {len(candidates)} candidates ({', '.join(c.name for c in candidates)})")
-    answers, probes, losses = asyncio.run(answer_all(config, candidates, items, probe, output, out))
+    answers, probes, losses, timings = asyncio.run(answer_all(config, candidates, items, probe, output, out))
     summary = score(config, candidates, items, answers, probes, losses, probe)
+    for name, seconds in timings.items():
+        summary["candidates"][name]["answer_seconds"] = seconds
     if any(m in config.metrics for m in ("judge", "pairwise", "hallucination")):
         from expertkit.evaluate.judging import judge_all
 
@@ -215,6 +217,7 @@ async def answer_all(config, candidates, items, probe, output: Path, out):
     answers: dict[str, dict[str, dict]] = {}
     probes: dict[str, dict[str, dict]] = {}
     losses: dict[str, tuple[float, int]] = {}
+    timings: dict[str, float] = {}  # seconds each candidate spent answering the eval set (model load excluded)
     by_name = {c.name: c for c in candidates}
     for engine_config, served in engine_groups(candidates, config):
         engine = await asyncio.to_thread(load_engine, engine_config)
@@ -222,7 +225,9 @@ async def answer_all(config, candidates, items, probe, output: Path, out):
             for name, model in served.items():
                 c = by_name[name]
                 path = output / PREDICTIONS / f"{name}.jsonl"
+                started = loop_time()
                 answers[name] = await answer_set(config, c, engine, model, items, path, out)
+                timings[name] = round(loop_time() - started, 3)
                 if probe:
                     probes[name] = await answer_set(
                         config, c.model_copy(update={"kb_dir": None, "web": False}), engine, model, probe,
@@ -232,7 +237,7 @@ async def answer_all(config, candidates, items, probe, output: Path, out):
                     losses[name] = await asyncio.to_thread(reference_loss, engine, model, items)
         finally:
             await engine.close()
-    return answers, probes, losses
+    return answers, probes, losses, timings
 
 
 def spec_hash(config: EvalConfig, c: Candidate, items: list[EvalItem]) -> str:
