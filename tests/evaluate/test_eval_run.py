@@ -112,3 +112,20 @@ def test_config_errors_say_what_to_give(capsys, tmp_path):
     assert "no candidates" in capsys.readouterr().err
     assert main(["eval", "model_name_or_path=m", "eval_file=x.jsonl", "metrics=judge"]) == 1
     assert "judge_base_url" in capsys.readouterr().err
+
+
+def test_judge_metrics_through_a_live_judge(tiny_model, identity_adapter, eval_file, tmp_path):
+    from judge_server import MODEL, judge_server
+
+    with judge_server() as (_, url):
+        keys = {"metrics": "rouge-l,judge,pairwise,hallucination", "judge_base_url": url, "judge_model": MODEL}
+        result = run(config_for(tiny_model, identity_adapter, eval_file, tmp_path / "eval", **keys))
+    summary = result.summary
+    tuned, base = summary["candidates"]["tuned"]["metrics"], summary["candidates"]["base"]["metrics"]
+    assert tuned["judge_accuracy"] == 10 and base["judge_accuracy"] == 1  # the base answers blank lines: scored 1
+    assert tuned["hallucination_rate"] == 0  # the answers are in the reference
+    assert summary["pairwise"] == [{"a": "tuned", "b": "base", "win": 4, "tie": 0, "loss": 0}]
+    assert summary["judge"]["errors"] == 0
+    # verdicts are cached: a second run asks the judge nothing (the judge server is gone)
+    again = run(config_for(tiny_model, identity_adapter, eval_file, tmp_path / "eval", **keys))
+    assert again.summary["pairwise"] == summary["pairwise"] and again.summary["judge"]["errors"] == 0
