@@ -111,10 +111,14 @@ def test_sdk_gets_the_remotes_logprobs_and_response_format_is_forwarded(proxy, r
 
 
 def test_chat_command_passes_its_sampling_keys(remote, monkeypatch):
+    import expertkit.cli.chat as chat
     from expertkit.cli.main import main
 
     url, bodies = remote
-    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n/exit\n"))
+    run_chat = chat.run_chat  # its stdin default was bound at import: hand it one line and /exit
+    monkeypatch.setattr(
+        chat, "run_chat", lambda e, p: run_chat(e, p, stdin=io.StringIO("hi\n/exit\n"), out=io.StringIO())
+    )
     args = ["chat", "engine=openai", f"base_url={url}", f"served_model_name={MODEL}"]
     sampling = ["seed=5", "repetition_penalty=1.2", "temperature=0.3", "response_format=json_object"]
     assert main(args + sampling) == 0
