@@ -168,3 +168,13 @@ def test_later_commands_reuse_the_embedder_the_kb_was_built_with(tmp_path, docs,
     assert json.loads(capsys.readouterr().out.split("\n", 2)[-1])["results"]
     assert main(["kb", "search", "Zephyr-9", kb_dir, "embedder=wordllama"]) == 1
     assert "leave embedder unset (it is wordllama:64)" in capsys.readouterr().err
+
+
+def test_searches_from_many_threads_at_once(tmp_path, docs):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with open_kb(tmp_path) as kb:
+        kb.add([str(docs)])  # the BM25 index is built by the first search: all of them race for it
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _: kb.search("Zephyr-9 decommissioned", k=1)[0].source, range(16)))
+    assert len(set(results)) == 1 and results[0].endswith("relay.md")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -84,6 +85,7 @@ class KnowledgeBase:
         self.config, self.manifest, self.embedder, self.store = config, manifest, embedder, store
         self.dir = Path(config.kb_dir)
         self._bm25: tuple[int, Bm25Index, list[dict]] | None = None
+        self._lock = threading.RLock()  # searches may come from several threads (eval, the server)
 
     # -- opening ---------------------------------------------------------------------------------------------
 
@@ -300,6 +302,10 @@ class KnowledgeBase:
         return self.retrieve(query, k, mode)
 
     def retrieve(self, query: str, k: int, mode: str) -> list[Hit]:
+        with self._lock:
+            return self._retrieve(query, k, mode)
+
+    def _retrieve(self, query: str, k: int, mode: str) -> list[Hit]:
         pool = max(4 * k, 20)
         vector_hits: list[Hit] = []
         if mode in ("hybrid", "vector"):
