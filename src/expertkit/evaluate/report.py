@@ -13,8 +13,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from expertkit.core.errors import ExpertkitError
-from expertkit.core.runs import write_text_atomic
+from expertkit.core.runs import write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +51,7 @@ def write_report(output_dir: Path, summary: dict) -> Path:
         if name not in charts:
             (output_dir / CHARTS_DIR / name).unlink(missing_ok=True)
     for name, png in charts.items():
-        _write_bytes_atomic(output_dir / CHARTS_DIR / name, png)
+        write_bytes_atomic(output_dir / CHARTS_DIR / name, png)
     path = output_dir / REPORT_FILE
     write_text_atomic(path, build_html(summary, charts))
     log.info("eval report written to %s", path)
@@ -518,17 +516,3 @@ def _loss_chart(ax, curves: dict[str, list], evals: dict[str, list]) -> None:
     ax.set_title("training loss")
     ax.legend()
     ax.grid(alpha=0.3)
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
