@@ -266,3 +266,31 @@ def test_chroma_server_unreachable(tmp_path):
     with pytest.raises(ExpertkitError, match="cannot reach the Chroma server") as e:
         open_store(tmp_path / "s", "chroma", DIM, chroma_url=url)
     assert "chroma run" in e.value.hint
+
+
+def test_repeated_queries_agree_and_see_every_write(backend, tmp_path):
+    """sqlite-vec answers the first query with vec0 and later ones from a copy in memory: both, and fresh."""
+    a = open_store(tmp_path / "s", backend, DIM)
+    vectors = fill(a)
+    runs = [[(h.id, round(h.score, 5)) for h in a.query(vectors[3], 5)] for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]
+    b = open_store(tmp_path / "s", backend, DIM) if backend != "chroma" else a  # Chroma: one client per folder
+    b.upsert(["other"], unit(1, seed=42), ["from the other connection"], [{"source": "other.md"}])
+    assert a.query(unit(1, seed=42)[0], 1)[0].id == "other"
+    a.delete_source("other.md")
+    assert a.query(unit(1, seed=42)[0], 1)[0].id != "other"
+    assert a.query(unit(1, seed=42)[0], 1)[0].id != "other"
+    if b is not a:
+        b.close()
+    a.close()
+
+
+def test_sqlite_vec_copy_is_used_and_refreshed(tmp_path):
+    store = open_store(tmp_path / "s", "sqlite-vec", DIM)
+    vectors = fill(store)
+    store.query(vectors[0], 1)
+    assert store._copy is None  # one query: sqlite-vec's KNN, no copy
+    assert store.query(vectors[9], 1)[0].id == "doc0.md#9" and store._copy is not None
+    store.upsert(["z"], unit(1, seed=5), ["z"], [{"source": "z"}])
+    assert store.query(unit(1, seed=5)[0], 1)[0].id == "z"  # stale copy dropped, vec0 answers
+    store.close()
