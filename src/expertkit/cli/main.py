@@ -21,6 +21,7 @@ import typer
 from expertkit import __version__
 from expertkit.cli.eval_cmd import evaluate
 from expertkit.cli.rag_cmds import ask, kb_app
+from expertkit.cli.webui_cmd import webui
 from expertkit.core.errors import ExpertkitError
 
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": ["-h", "--help"]}
@@ -197,6 +198,7 @@ def serve(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=Fa
 
 app.command(context_settings=EXTRA_ARGS)(ask)
 app.command("eval", context_settings=EXTRA_ARGS)(evaluate)
+app.command("webui", context_settings=EXTRA_ARGS)(webui)
 
 
 @app.command()

@@ -1,0 +1,281 @@
+"""The conversation and feedback store: chats, thumbs up / down and edited answers, kept for the next training round.
+
+    store = FeedbackStore("~/.expertkit/feedback.sqlite")
+    conversation = store.start_conversation(model="sail", system="You are Sail.")
+    store.add_message(conversation, "user", "Who are you?")
+    answer = store.add_message(conversation, "assistant", "I am Sail.", model="sail")
+    store.record_feedback(answer, rating=1)                               # thumbs up
+    store.record_feedback(answer, edited_content="I am Sail, by Yunfan.")  # "edit the answer"
+    store.export_jsonl("saves/feedback.jsonl")                            # OpenAI `messages` rows to train on
+
+One SQLite file, written by the web UI (and meant for the server too). The schema grows by ordered migrations, as
+simonw/llm does: each migration runs once, in order, and its name is recorded in `_migrations`, so an old file is
+brought up to date when it is opened and a new column never needs a hand-written upgrade.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from expertkit.core.errors import ExpertkitError
+from expertkit.core.runs import write_text_atomic
+
+FEEDBACK_DB = "feedback.sqlite"
+
+Rating = Literal[-1, 0, 1]
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
+
+
+def migration(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
+    """Register a schema change; they run in the order they are defined, each exactly once per database."""
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_initial(db: sqlite3.Connection) -> None:
+    db.execute(
+        """CREATE TABLE conversations (
+            id TEXT PRIMARY KEY,
+            created TEXT NOT NULL,
+            source TEXT NOT NULL,
+            model TEXT,
+            system TEXT
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE messages (
+            id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id),
+            position INTEGER NOT NULL,
+            role TEXT NOT NULL,
+            content TEXT NOT NULL,
+            reasoning TEXT,
+            model TEXT,
+            options TEXT,
+            created TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX messages_conversation ON messages(conversation_id, position)")
+    db.execute(
+        """CREATE TABLE feedback (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            message_id TEXT NOT NULL REFERENCES messages(id),
+            rating INTEGER,
+            edited_content TEXT,
+            comment TEXT,
+            created TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX feedback_message ON feedback(message_id, id)")
+
+
+def default_feedback_db() -> Path:
+    """~/.expertkit/feedback.sqlite: shared by every web UI the user starts (tests point HOME elsewhere)."""
+    return Path.home() / ".expertkit" / FEEDBACK_DB
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class FeedbackStore:
+    """Conversations, their messages and the feedback on them, in one SQLite file (safe to share between threads)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path).expanduser()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")  # readers (an export) never block the chat writing
+        except (OSError, sqlite3.Error) as e:
+            raise ExpertkitError(
+                f"cannot open the feedback store '{self.path}': {e}", hint="set feedback_db to a file you can write"
+            ) from None
+        self._lock = threading.Lock()
+        self.migrate()
+
+    def migrate(self) -> list[str]:
+        """Run the migrations this database has not seen yet; return their names."""
+        with self._transaction():
+            self._db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied TEXT NOT NULL)")
+            done = {row[0] for row in self._db.execute("SELECT name FROM _migrations")}
+            ran = []
+            for fn in MIGRATIONS:
+                if fn.__name__ not in done:
+                    fn(self._db)
+                    self._db.execute("INSERT INTO _migrations VALUES (?, ?)", (fn.__name__, now()))
+                    ran.append(fn.__name__)
+        return ran
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One writer at a time, all or nothing (the connection is shared by the UI's threads)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, args: tuple | list = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def start_conversation(self, model: str | None = None, system: str | None = None, source: str = "webui") -> str:
+        """A new conversation; returns its id."""
+        cid = uuid.uuid4().hex
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO conversations VALUES (?, ?, ?, ?, ?)", (cid, now(), source, model, system or None)
+            )
+        return cid
+
+    def add_message(
+        self,
+        conversation_id: str,
+        role: str,
+        content: str,
+        reasoning: str | None = None,
+        model: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> str:
+        """Append a message (user or assistant) to a conversation; returns its id."""
+        mid = uuid.uuid4().hex
+        with self._transaction():
+            (position,) = self._db.execute(
+                "SELECT COALESCE(MAX(position) + 1, 0) FROM messages WHERE conversation_id = ?", (conversation_id,)
+            ).fetchone()
+            self._db.execute(
+                "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    mid,
+                    conversation_id,
+                    position,
+                    role,
+                    content,
+                    reasoning or None,
+                    model,
+                    json.dumps(options) if options else None,
+                    now(),
+                ),
+            )
+        return mid
+
+    def update_message(self, message_id: str, content: str) -> None:
+        """Change a message's text in place (a user who corrected their own question)."""
+        with self._transaction():
+            self._db.execute("UPDATE messages SET content = ? WHERE id = ?", (content, message_id))
+
+    def record_feedback(
+        self,
+        message_id: str,
+        rating: Rating | None = None,
+        edited_content: str | None = None,
+        comment: str | None = None,
+    ) -> int:
+        """Store a thumbs up (1), down (-1) or its removal (0), and/or an edited answer; the latest one counts.
+
+        A rating keeps the message's earlier edit and an edit keeps its earlier rating: each call adds a row that
+        carries both forward, so the history stays and the newest row says where the message stands.
+        """
+        if rating not in (None, -1, 0, 1):
+            raise ValueError(f"rating must be -1, 0 or 1, not {rating!r}")
+        with self._transaction():
+            if self._db.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone() is None:
+                raise ExpertkitError(f"no message '{message_id}' in the feedback store {self.path}")
+            last = self._db.execute(
+                "SELECT rating, edited_content FROM feedback WHERE message_id = ? ORDER BY id DESC LIMIT 1",
+                (message_id,),
+            ).fetchone() or (None, None)
+            cur = self._db.execute(
+                "INSERT INTO feedback (message_id, rating, edited_content, comment, created) VALUES (?, ?, ?, ?, ?)",
+                (
+                    message_id,
+                    last[0] if rating is None else rating,
+                    last[1] if edited_content is None else edited_content,
+                    comment,
+                    now(),
+                ),
+            )
+            return int(cur.lastrowid)
+
+    def feedback(self, message_id: str) -> dict[str, Any] | None:
+        """Where a message stands now: {"rating", "edited_content", "comment", "created"}, or None."""
+        rows = self._read(
+            "SELECT rating, edited_content, comment, created FROM feedback WHERE message_id = ? ORDER BY id DESC "
+            "LIMIT 1",
+            (message_id,),
+        )
+        return dict(zip(("rating", "edited_content", "comment", "created"), rows[0])) if rows else None
+
+    def training_rows(self, min_rating: int = 1, with_reasoning: bool = True) -> Iterator[dict[str, Any]]:
+        """OpenAI `messages` rows, one per kept answer: the conversation up to it, the answer last.
+
+        Kept: answers rated at least `min_rating`, and every edited answer (the edit is what the model should
+        have said, so it is the answer in the row, whatever the rating). Earlier turns are taken as stored,
+        with their own edits applied.
+        """
+        latest = (
+            "SELECT f.message_id, f.rating, f.edited_content FROM feedback f JOIN "
+            "(SELECT message_id, MAX(id) AS id FROM feedback GROUP BY message_id) l ON f.id = l.id"
+        )
+        state = {mid: (rating, edit) for mid, rating, edit in self._read(latest)}
+        kept = [mid for mid, (rating, edit) in state.items() if edit is not None or (rating or 0) >= min_rating]
+        if not kept:
+            return
+        marks = ",".join("?" * len(kept))
+        targets = self._read(
+            f"SELECT m.id, m.conversation_id, m.position, c.system FROM messages m JOIN conversations c "
+            f"ON c.id = m.conversation_id WHERE m.id IN ({marks}) AND m.role = 'assistant' "
+            "ORDER BY m.conversation_id, m.position",
+            kept,
+        )
+        for mid, cid, position, system in targets:
+            turns = self._read(
+                "SELECT id, role, content, reasoning FROM messages WHERE conversation_id = ? AND position <= ? "
+                "ORDER BY position",
+                (cid, position),
+            )
+            messages = [{"role": "system", "content": system}] if system else []
+            for tid, role, content, reasoning in turns:
+                edit = state.get(tid, (None, None))[1]
+                if edit is not None:
+                    content = edit
+                elif role == "assistant" and reasoning and with_reasoning and tid == mid:
+                    content = f"<think>\n{reasoning}\n</think>\n\n{content}"
+                messages.append({"role": role, "content": content})
+            yield {"messages": messages}
+
+    def export_jsonl(self, path: str | os.PathLike, min_rating: int = 1, with_reasoning: bool = True) -> int:
+        """Write the kept answers as OpenAI `messages` JSONL (a file `expertkit train dataset=...` reads); count."""
+        rows = list(self.training_rows(min_rating=min_rating, with_reasoning=with_reasoning))
+        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        return len(rows)
+
+    def counts(self) -> dict[str, int]:
+        """How many conversations, messages, and answers rated up / down / edited (latest feedback)."""
+        latest = "SELECT * FROM feedback WHERE id IN (SELECT MAX(id) FROM feedback GROUP BY message_id)"
+        queries = {
+            "conversations": "SELECT COUNT(*) FROM conversations",
+            "messages": "SELECT COUNT(*) FROM messages",
+            "up": f"SELECT COUNT(*) FROM ({latest}) WHERE rating = 1",
+            "down": f"SELECT COUNT(*) FROM ({latest}) WHERE rating = -1",
+            "edited": f"SELECT COUNT(*) FROM ({latest}) WHERE edited_content IS NOT NULL",
+        }
+        return {name: self._read(sql)[0][0] for name, sql in queries.items()}

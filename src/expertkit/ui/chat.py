@@ -1,0 +1,184 @@
+"""The chat tab: a served model, streamed answers with the reasoning folded away, feedback into the store.
+
+Each page keeps its conversation in a `ChatState`; every message is also written to the feedback store as it is
+sent or answered, so a thumbs up or an edit refers to a stored message and survives the page.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from expertkit.core.errors import ExpertkitError
+from expertkit.core.feedback import FeedbackStore
+from expertkit.ui.client import ChatClient, split_reasoning
+from expertkit.ui.jobs import shown_command
+
+
+@dataclass
+class ChatState:
+    conversation_id: str | None = None
+    turns: list[dict[str, str]] = field(default_factory=list)  # {"role", "content", "id"}: what the model sees
+    display: list[dict[str, Any]] = field(default_factory=list)  # the Chatbot's messages, reasoning included
+    ids: list[str | None] = field(default_factory=list)  # the stored message id of each display message
+
+
+class Chat:
+    """What the chat tab does, apart from drawing it (tested without a browser)."""
+
+    def __init__(self, client: ChatClient | None, store: FeedbackStore, labels: dict[str, str]):
+        self.client = client
+        self.store = store
+        self.L = labels
+
+    def respond(
+        self, text: str, state: ChatState, model: str, system: str, **sampling: Any
+    ) -> Iterator[tuple[list[dict[str, Any]], ChatState]]:
+        """Append the user's message, then yield the display as the answer streams in; store both."""
+        text = (text or "").strip()
+        if not text:
+            return
+        if self.client is None:
+            raise ExpertkitError(self.L["no_server"])
+        if not model:
+            raise ExpertkitError("choose a model first", hint="press Refresh if the list is empty")
+        if state.conversation_id is None:
+            state.conversation_id = self.store.start_conversation(model=model, system=system)
+        user_id = self.store.add_message(state.conversation_id, "user", text)
+        state.turns.append({"role": "user", "content": text, "id": user_id})
+        state.display.append({"role": "user", "content": text})
+        state.ids.append(user_id)
+        yield state.display, state
+
+        messages = ([{"role": "system", "content": system}] if system.strip() else []) + [
+            {"role": t["role"], "content": t["content"]} for t in state.turns
+        ]
+        base = len(state.display)
+        reasoning_part, content = "", ""
+        started = time.monotonic()
+        for delta in self.client.stream(model, messages, **sampling):
+            reasoning_part += delta.reasoning
+            content += delta.content
+            state.display[base:] = self._answer_messages(reasoning_part, content, time.monotonic() - started)
+            yield state.display, state
+        inline, answer, _ = split_reasoning(content)
+        reasoning = "\n".join(p for p in (reasoning_part.strip(), inline) if p)
+        answer_id = self.store.add_message(
+            state.conversation_id, "assistant", answer, reasoning=reasoning, model=model, options=sampling
+        )
+        state.turns.append({"role": "assistant", "content": answer, "id": answer_id})
+        state.display[base:] = self._answer_messages(reasoning_part, content, time.monotonic() - started, done=True)
+        state.ids[base:] = [None] * (len(state.display) - base - 1) + [answer_id]
+        yield state.display, state
+
+    def _answer_messages(self, reasoning: str, content: str, seconds: float, done: bool = False) -> list[dict]:
+        inline, answer, thinking = split_reasoning(content)
+        reasoning = "\n".join(p for p in (reasoning.strip(), inline) if p)
+        messages = []
+        if reasoning:
+            status = "pending" if (thinking or not answer) and not done else "done"
+            meta = {"title": self.L["reasoning"], "status": status, "duration": round(seconds, 1)}
+            messages.append({"role": "assistant", "content": reasoning, "metadata": meta})
+        messages.append({"role": "assistant", "content": answer})
+        return messages
+
+    def like(self, state: ChatState, index: int, liked: Any) -> None:
+        """👍 (1) / 👎 (-1) / taken back (0) on the message at `index` of the display."""
+        message_id = _id_at(state, index)
+        if message_id is not None:
+            rating = 1 if liked is True else -1 if liked is False else 0
+            self.store.record_feedback(message_id, rating=rating)
+
+    def edit(self, state: ChatState, index: int, value: Any) -> ChatState:
+        """An edited answer is stored as feedback (what the model should have said) and used from now on."""
+        message_id = _id_at(state, index)
+        if message_id is None:
+            return state
+        text = _text_of(value)
+        turn = next(t for t in state.turns if t["id"] == message_id)
+        if turn["role"] == "assistant":
+            self.store.record_feedback(message_id, edited_content=text)
+        else:
+            self.store.update_message(message_id, text)
+        turn["content"] = text
+        state.display[index] = {**state.display[index], "content": text}
+        return state
+
+    def export_feedback(self, saves_dir: str) -> str:
+        path = Path(saves_dir) / "feedback" / f"feedback-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+        n = self.store.export_jsonl(path)
+        command = shown_command(["train", f"dataset={path}", "model_name_or_path=..."])
+        return self.L["feedback_exported"].format(n=n, path=path, command=command)
+
+
+def _id_at(state: ChatState, index: Any) -> str | None:
+    if isinstance(index, (list, tuple)):
+        index = index[0]
+    if not isinstance(index, int) or not 0 <= index < len(state.ids):
+        return None
+    return state.ids[index]
+
+
+def _text_of(value: Any) -> str:
+    if isinstance(value, list):  # Gradio's content parts
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in value)
+    if isinstance(value, dict):
+        return str(value.get("text") or value.get("content") or "")
+    return str(value or "")
+
+
+def build_chat_tab(chat: Chat, models_source, config, L: dict[str, str]) -> dict[str, Any]:
+    """Draw the tab inside the current Blocks; returns the components the page wires up on load."""
+    state = gr.State(ChatState())
+    with gr.Row():
+        with gr.Column(scale=1, min_width=260):
+            model = gr.Dropdown(label=L["model"], choices=[], value=None, allow_custom_value=True, elem_id="chat-model")
+            refresh = gr.Button(L["refresh"], size="sm")
+            server = gr.Markdown(elem_id="chat-server")
+            system = gr.Textbox(label=L["system"], lines=3, elem_id="chat-system")
+            temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label=L["temperature"])
+            top_p = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label=L["top_p"])
+            max_tokens = gr.Slider(16, 8192, value=512, step=16, label=L["max_tokens"])
+            new_chat = gr.Button(L["new_chat"], elem_id="chat-new")
+            export = gr.Button(L["export_feedback"], size="sm", elem_id="chat-export-feedback")
+            exported = gr.Textbox(show_label=False, lines=3, visible=True, interactive=False)
+            gr.Markdown(L["later"])
+        with gr.Column(scale=3):
+            chatbot = gr.Chatbot(height=520, editable="all", elem_id="chat-bot", buttons=["copy"], label=L["chat"])
+            gr.Markdown(L["feedback_hint"])
+            with gr.Row():
+                message = gr.Textbox(
+                    show_label=False, placeholder=L["message_placeholder"], scale=5, elem_id="chat-input", lines=1
+                )
+                send = gr.Button(L["send"], variant="primary", scale=1, elem_id="chat-send")
+
+    def respond(text, st, model_name, system_prompt, temp, top, max_new):
+        try:
+            for display, new_state in chat.respond(
+                text, st, model_name, system_prompt or "", temperature=temp, top_p=top, max_tokens=int(max_new)
+            ):
+                yield "", display, new_state
+        except ExpertkitError as e:
+            raise gr.Error(str(e)) from None
+
+    inputs = [message, state, model, system, temperature, top_p, max_tokens]
+    message.submit(respond, inputs, [message, chatbot, state])
+    send.click(respond, inputs, [message, chatbot, state])
+
+    def on_like(st, data: gr.LikeData):
+        chat.like(st, data.index, data.liked)
+
+    def on_edit(st, data: gr.EditData):
+        return chat.edit(st, data.index, data.value)
+
+    chatbot.like(on_like, [state], None)
+    chatbot.edit(on_edit, [state], [state])
+    new_chat.click(lambda: ([], ChatState()), None, [chatbot, state])
+    export.click(lambda: chat.export_feedback(config.saves_dir), None, [exported])
+    refresh.click(models_source, None, [model, server])
+    return {"model": model, "server": server}

@@ -1,0 +1,83 @@
+"""Keys of `expertkit webui`: where to listen, which model to chat with, where runs and feedback live."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from expertkit.core.config import StageConfig
+
+
+class WebUIConfig(StageConfig):
+    host: str = "127.0.0.1"
+    """Address to listen on. 127.0.0.1 (the default) is this machine only; 0.0.0.0 is every interface (the UI can
+    start training runs and read files: expose it only behind your own authentication)."""
+
+    port: int = Field(7860, ge=1, le=65535)
+    """TCP port of the web UI."""
+
+    share: bool = False
+    """Gradio share links (a public tunnel through a third-party relay): always off in expertkit."""
+
+    lang: Literal["en", "zh"] = "en"
+    """Language of the labels: en (English) or zh (中文)."""
+
+    server_url: str | None = None
+    """Chat with this OpenAI-compatible /v1 URL (a running `expertkit serve`, Ollama, vLLM, ...). Unset with
+    model_name_or_path: the UI starts `expertkit serve` itself."""
+
+    api_key: str | None = Field(None, repr=False)
+    """The key server_url expects (or set EXPERTKIT_API_KEY / OPENAI_API_KEY). Never logged."""
+
+    model_name_or_path: str | None = None
+    """Chat with this model: the UI starts `expertkit serve` on a free 127.0.0.1 port and stops it on exit. Also the
+    model the train, eval and export forms start with."""
+
+    adapter_name_or_path: str | None = None
+    """With model_name_or_path: LoRA adapters to serve beside the base (a comma list, `name=path` or a run folder)."""
+
+    template: str | None = None
+    """With model_name_or_path: the chat template (unset: the tokenizer's own)."""
+
+    saves_dir: str = "saves"
+    """Where training runs are listed from (any folder below holding a run), and where the UI puts its own jobs."""
+
+    dataset_dir: str = "data"
+    """The dataset_dir the train form starts with (its dataset_info.json fills the dataset picker)."""
+
+    feedback_db: str | None = None
+    """SQLite file for chats, thumbs up / down and edited answers (unset: ~/.expertkit/feedback.sqlite)."""
+
+    @field_validator("share")
+    @classmethod
+    def _no_share(cls, v: bool) -> bool:
+        if v:
+            raise ValueError(
+                "share links are off in expertkit: they publish the UI (which can start jobs and read files) "
+                "through a public relay; use host=0.0.0.0 behind your own proxy instead"
+            )
+        return v
+
+    @field_validator("server_url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL ending in /v1, e.g. http://127.0.0.1:8000/v1")
+        return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _one_chat_model(self) -> WebUIConfig:
+        if self.server_url and (self.adapter_name_or_path or self.template):
+            raise ValueError(
+                "server_url chats with a running server: adapter_name_or_path and template belong to the model it "
+                "serves (drop them, or drop server_url and let the UI start `expertkit serve`)"
+            )
+        if (self.adapter_name_or_path or self.template) and not self.model_name_or_path:
+            raise ValueError("adapter_name_or_path and template need model_name_or_path (the base model)")
+        return self
+
+    @property
+    def starts_server(self) -> bool:
+        """Whether the UI starts its own `expertkit serve` for the chat tab."""
+        return bool(self.model_name_or_path) and not self.server_url

@@ -1,0 +1,142 @@
+"""Forms whose fields are a stage config's keys: same names, same defaults, the field docstrings as help.
+
+The form's values become the same flat YAML a user would write (only the keys that differ from the defaults),
+checked by the config class itself before a job starts, so a mistake shows in the page, not in a log.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import yaml
+
+from expertkit.core.config import StageConfig, load_config, parse_override
+
+Kind = Literal["choice", "bool", "tristate", "int", "float", "list", "text"]
+UNSET = "unset"  # the tri-state choice for `bool | None` keys left to their automatic default
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    kind: Kind
+    default: Any
+    doc: str
+    choices: tuple[str, ...] = ()
+    optional: bool = False
+    required: bool = False
+    parsed: bool = False  # a text key that also takes true/false or numbers (resume_from_checkpoint)
+
+    def form_value(self, value: Any = None) -> Any:
+        """A config value as the form shows it (the default when value is None and not optional)."""
+        value = self.default if value is None else value
+        if self.kind == "tristate":
+            return UNSET if value is None else str(bool(value)).lower()
+        if self.kind == "list":
+            return ", ".join(map(str, value or []))
+        if self.kind == "text":
+            return "" if value is None else (str(value).lower() if isinstance(value, bool) else str(value))
+        return value
+
+    def config_value(self, value: Any) -> Any:
+        """A form value as the config key takes it."""
+        if self.kind == "bool":
+            return bool(value)
+        if self.kind == "tristate":
+            return None if value in (None, "", UNSET) else value == "true"
+        if self.kind in ("int", "float"):
+            if value is None or value == "":
+                return None
+            return int(value) if self.kind == "int" and float(value).is_integer() else value
+        if self.kind == "list":
+            items = value if isinstance(value, list) else str(value or "").split(",")  # a multiselect, or text
+            return [str(x).strip() for x in items if str(x).strip()]
+        if self.kind == "choice":
+            return value if value not in ("", None) else self.default
+        text = str(value if value is not None else "").strip()
+        if not text:
+            return None if self.optional else ""
+        return parse_override(text) if self.parsed else text
+
+
+def field_specs(cls: type[StageConfig], exclude: tuple[str, ...] = ()) -> list[FieldSpec]:
+    """One spec per key of cls, in the class's order."""
+    specs = []
+    for name, field in cls.model_fields.items():
+        if name in exclude:
+            continue
+        kind, choices, optional = _kind_of(field.annotation)
+        parsed = kind == "text" and _takes_non_str(field.annotation)
+        required = field.is_required()
+        default = None if required else field.get_default(call_default_factory=True)
+        doc = " ".join((field.description or "").split())
+        specs.append(FieldSpec(name, kind, default, doc, choices, optional, required, parsed))
+    return specs
+
+
+def _kind_of(annotation: Any) -> tuple[Kind, tuple[str, ...], bool]:
+    args = typing.get_args(annotation)
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    optional = union and type(None) in args
+    inner = [a for a in args if a is not type(None)] if union else [annotation]
+    if len(inner) == 1:
+        one = inner[0]
+        if typing.get_origin(one) is Literal:
+            return "choice", tuple(str(c) for c in typing.get_args(one)), optional
+        if one is bool:
+            return ("tristate" if optional else "bool"), (), optional
+        if one is int:
+            return "int", (), optional
+        if one is float:
+            return "float", (), optional
+        if typing.get_origin(one) is list:
+            return "list", (), optional
+    return "text", (), optional
+
+
+def _takes_non_str(annotation: Any) -> bool:
+    args = typing.get_args(annotation) or (annotation,)
+    return any(a not in (str, type(None)) for a in args)
+
+
+def form_to_values(specs: list[FieldSpec], form: dict[str, Any]) -> dict[str, Any]:
+    """The keys a user would write: required ones, and those whose form value differs from the default."""
+    values = {}
+    for spec in specs:
+        if spec.name not in form:
+            continue
+        value = spec.config_value(form[spec.name])
+        if spec.required or value != spec.default:
+            values[spec.name] = value
+    return values
+
+
+def check_values(cls: type[StageConfig], values: dict[str, Any]) -> StageConfig:
+    """Validate as `expertkit CMD` would: every problem at once, as an ExpertkitError."""
+    return load_config(cls, None, values)
+
+
+def values_to_yaml(values: dict[str, Any], header: str = "") -> str:
+    """Flat YAML in LLaMA-Factory's style: lists as comma strings (`dataset: a,b`)."""
+    flat = {
+        k: ",".join(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v for k, v in values.items()
+    }
+    text = yaml.safe_dump(flat, sort_keys=False, allow_unicode=True)
+    return (header + "\n" if header else "") + text
+
+
+def values_to_args(values: dict[str, Any]) -> list[str]:
+    """The same values as `key=value` command-line overrides."""
+    args = []
+    for key, value in values.items():
+        if isinstance(value, list):
+            value = ",".join(map(str, value))
+        elif isinstance(value, bool):
+            value = str(value).lower()
+        elif value is None:
+            value = "null"
+        args.append(f"{key}={value}")
+    return args

@@ -1,0 +1,250 @@
+"""The train tab: TrainConfig as a form, a dataset picker with a preview, start / stop / resume, runs and progress.
+
+A run's state is read from its folder on every refresh (see `expertkit.ui.runs`), never kept in the page.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from expertkit.core.config import load_config
+from expertkit.core.errors import ExpertkitError
+from expertkit.core.runs import RESOLVED_CONFIG
+from expertkit.train.config import TrainConfig
+from expertkit.ui.datasets import dataset_names, preview_rows, rows_table
+from expertkit.ui.forms import field_specs, form_to_values, values_to_args
+from expertkit.ui.jobs import STOP_GRACE_S, expertkit_command, shown_command, start_job, stop_job
+from expertkit.ui.runs import FINISHED_MARKER, list_runs, read_progress, run_status, train_job
+from expertkit.ui.widgets import FormValues, build_form, command_text, error_text, yaml_text
+
+COMMON = [
+    "model_name_or_path",
+    "template",
+    "dataset",
+    "dataset_dir",
+    "finetuning_type",
+    "output_dir",
+    "lora_rank",
+    "lora_alpha",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "cutoff_len",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+]
+REFRESH_S = 2.0
+LOG_BYTES = 12_000
+
+
+def fresh_output_dir(saves_dir: str, model: str | None) -> str:
+    """saves/<model>/lora/train-YYYYmmdd-HHMMSS: a new folder per page load, as LLaMA-Factory's UI does."""
+    name = Path((model or "model").rstrip("/")).name or "model"
+    return str(Path(saves_dir) / name / "lora" / f"train-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def build_train_tab(config, L: dict[str, str]) -> dict[str, Any]:
+    specs = field_specs(TrainConfig)
+    initial = {
+        "model_name_or_path": config.model_name_or_path or "",
+        "template": config.template,
+        "dataset_dir": config.dataset_dir,
+        "output_dir": fresh_output_dir(config.saves_dir, config.model_name_or_path),
+    }
+
+    def dataset_picker(spec, value):
+        names = dataset_names(config.dataset_dir)
+        return gr.Dropdown(
+            choices=names,
+            value=[],
+            multiselect=True,
+            allow_custom_value=True,
+            label=spec.name,
+            info=spec.doc,
+            elem_id="train-dataset",
+        )
+
+    with gr.Row():
+        with gr.Column(scale=3):
+            fields = build_form(specs, COMMON, initial, L["advanced"], "train", custom={"dataset": dataset_picker})
+            with gr.Accordion(L["dataset_preview"], open=False, elem_id="train-preview-box"):
+                preview_note = gr.Markdown()
+                preview = gr.Dataframe(interactive=False, wrap=True, elem_id="train-preview")
+                check = gr.Button(L["check_data"], size="sm")
+            with gr.Row():
+                show_yaml = gr.Button(L["show_yaml"], elem_id="train-show-yaml")
+                show_cmd = gr.Button(L["show_command"], elem_id="train-show-command")
+                start = gr.Button(L["start"], variant="primary", elem_id="train-start")
+            message = gr.Markdown(elem_id="train-message")
+            code = gr.Code(language="yaml", interactive=False, elem_id="train-code", label=L["yaml"])
+        with gr.Column(scale=2):
+            gr.Markdown(f"### {L['runs']}")
+            runs_table = gr.Dataframe(
+                headers=["run", "status", "step", "loss"], interactive=False, elem_id="train-runs", wrap=True
+            )
+            with gr.Row():
+                run = gr.Dropdown(label=L["run"], choices=[], allow_custom_value=True, elem_id="train-run", scale=4)
+                refresh = gr.Button(L["runs_refresh"], size="sm", scale=1)
+            with gr.Row():
+                stop = gr.Button(L["stop"], variant="stop", elem_id="train-stop")
+                resume = gr.Button(L["resume"], elem_id="train-resume")
+            progress = gr.Markdown(L["no_run"], elem_id="train-progress")
+            plot = gr.LinePlot(
+                pd.DataFrame({"step": [], "loss": [], "series": []}),
+                x="step",
+                y="loss",
+                color="series",
+                label=L["loss"],
+                elem_id="train-loss-plot",
+                height=260,
+            )
+            log = gr.Code(label=L["log"], interactive=False, elem_id="train-log", lines=12, max_lines=12)
+    plotted = gr.State(-1)
+    timer = gr.Timer(REFRESH_S)
+    form = FormValues(TrainConfig, specs, fields)
+
+    def preview_dataset(dataset_dir, names):
+        if not names:
+            return "", None
+        rows, note = preview_rows(dataset_dir or ".", names[0])
+        headers, cells = rows_table(rows)
+        return note, pd.DataFrame(cells, columns=headers) if rows else None
+
+    def check_data(*values):
+        try:
+            _, vals = form.checked(*values)
+        except ExpertkitError as e:
+            return error_text(e), gr.update()
+        args = ["data", "check", *values_to_args(vals)]
+        try:
+            r = subprocess.run(expertkit_command(args), capture_output=True, text=True, timeout=900)
+        except subprocess.TimeoutExpired:
+            return "`expertkit data check` took more than 15 minutes", gr.update()
+        return f"`{shown_command(args)}`", gr.update(value=(r.stdout + r.stderr).strip(), label="data check")
+
+    def on_show_yaml(*values):
+        try:
+            cfg, vals = form.checked(*values)
+        except ExpertkitError as e:
+            return error_text(e), gr.update()
+        return "", gr.update(value=yaml_text("train", train_job(cfg.output_dir), vals), language="yaml")
+
+    def on_show_command(*values):
+        try:
+            cfg, vals = form.checked(*values)
+        except ExpertkitError as e:
+            return error_text(e), gr.update()
+        return "", gr.update(value=command_text("train", train_job(cfg.output_dir), vals), language="shell")
+
+    def on_start(*values):
+        try:
+            cfg, vals = form.checked(*values)
+            refuse_existing(cfg)
+            job = train_job(cfg.output_dir)
+            start_job(job, ["train", str(job.config_path)], yaml_text("train", job, vals))
+        except ExpertkitError as e:
+            return error_text(e), gr.update(), gr.update()
+        text = L["started"].format(command=shown_command(["train", str(job.config_path)]))
+        return text, gr.update(value=yaml_text("train", job, vals), language="yaml"), runs_choices(cfg.output_dir)
+
+    def on_stop(selected):
+        if not selected or not stop_job(train_job(selected)):
+            return L["not_running"]
+        return L["stopping"].format(grace=STOP_GRACE_S)
+
+    def on_resume(selected):
+        try:
+            job = resume_run(selected)
+        except ExpertkitError as e:
+            return error_text(e)
+        return L["started"].format(command=shown_command(["train", str(job.config_path)]))
+
+    def runs_choices(selected=None):
+        runs = list_runs(config.saves_dir)
+        choices = [str(r.path) for r in runs]
+        if selected is None:
+            running = [str(r.path) for r in runs if r.status == "running"]
+            selected = (running or choices or [None])[0]
+        return gr.update(choices=choices, value=selected)
+
+    def tick(selected, last_plotted):
+        runs = list_runs(config.saves_dir)
+        table = pd.DataFrame(
+            [[str(r.path), L[r.status], f"{r.progress.step}/{r.progress.total}", _loss(r.progress.loss)] for r in runs],
+            columns=["run", "status", "step", "loss"],
+        )
+        if not selected:
+            return table, L["no_run"], gr.update(), "", last_plotted
+        folder = Path(selected)
+        p = read_progress(folder)
+        status = L[run_status(folder)]
+        line = L["progress_line"].format(
+            status=status,
+            step=p.step,
+            total=p.total or "?",
+            percent=p.percent,
+            loss=_loss(p.loss),
+            elapsed=p.elapsed or "-",
+            remaining=p.remaining or "-",
+        )
+        signature = hash((selected, len(p.points)))
+        points = pd.DataFrame(p.points or [], columns=["step", "loss", "series"])
+        plot_update = gr.update() if signature == last_plotted else points
+        return table, line, plot_update, train_job(folder).tail(LOG_BYTES), signature
+
+    values = form.components
+    names = fields["dataset"]
+    names.change(preview_dataset, [fields["dataset_dir"], names], [preview_note, preview])
+    fields["dataset_dir"].change(lambda d: gr.update(choices=dataset_names(d or ".")), [fields["dataset_dir"]], [names])
+    check.click(check_data, values, [preview_note, code])
+    show_yaml.click(on_show_yaml, values, [message, code])
+    show_cmd.click(on_show_command, values, [message, code])
+    start.click(on_start, values, [message, code, run])
+    stop.click(on_stop, [run], [message])
+    resume.click(on_resume, [run], [message])
+    refresh.click(runs_choices, None, [run])
+    tick_io = ([run, plotted], [runs_table, progress, plot, log, plotted])
+    timer.tick(tick, *tick_io)
+    run.change(tick, *tick_io)
+    return {
+        "runs": (runs_choices, [run]),
+        "output_dir": (lambda: fresh_output_dir(config.saves_dir, config.model_name_or_path), fields["output_dir"]),
+    }
+
+
+def _loss(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None else "-"
+
+
+def refuse_existing(config: TrainConfig) -> None:
+    """What `expertkit train` would refuse, said before a process starts: a finished run or checkpoints there."""
+    out = Path(config.output_dir)
+    if config.resume_from_checkpoint or config.overwrite_output_dir or not out.is_dir():
+        return
+    if (out / FINISHED_MARKER).is_file() or any(out.glob("checkpoint-*")):
+        raise ExpertkitError(
+            f"output_dir '{out}' already holds a run",
+            hint="choose another output_dir, select the run on the right and press Resume, "
+            "or set overwrite_output_dir (advanced)",
+        )
+
+
+def resume_run(folder: str | None):
+    """Start the run in `folder` again from its newest complete checkpoint, with the config it was started with."""
+    if not folder:
+        raise ExpertkitError("no run selected", hint="pick one in the runs list")
+    job = train_job(folder)
+    resolved = Path(folder) / RESOLVED_CONFIG
+    if not resolved.is_file():
+        raise ExpertkitError(f"'{folder}' has no {RESOLVED_CONFIG}: it never started training", hint="start it anew")
+    config = load_config(TrainConfig, resolved, {"resume_from_checkpoint": True})
+    specs = field_specs(TrainConfig)
+    values = form_to_values(specs, {s.name: s.form_value(getattr(config, s.name)) for s in specs})
+    start_job(job, ["train", str(job.config_path)], yaml_text("train", job, values))
+    return job

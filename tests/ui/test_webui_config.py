@@ -1,0 +1,43 @@
+"""`expertkit webui` keys: safe defaults, share links refused, chat model choices that contradict each other refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from expertkit.cli.main import main
+from expertkit.core.config import describe_keys, load_config
+from expertkit.core.errors import ConfigError
+from expertkit.ui.config import WebUIConfig
+
+
+def test_defaults_are_local_and_every_key_is_documented():
+    config = WebUIConfig()
+    assert (config.host, config.port, config.share, config.lang) == ("127.0.0.1", 7860, False, "en")
+    assert not config.starts_server
+    assert "sk-secret" not in repr(WebUIConfig(api_key="sk-secret"))
+    text = describe_keys(WebUIConfig)
+    assert all(name in text for name in WebUIConfig.model_fields)
+    assert load_config(WebUIConfig, None, {"model_name_or_path": "m", "lang": "zh"}).starts_server
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"share": "true"}, "share links are off"),
+        ({"server_url": "http://127.0.0.1:8000/v1", "adapter_name_or_path": "a"}, "server_url chats with"),
+        ({"template": "qwen"}, "need model_name_or_path"),
+        ({"server_url": "127.0.0.1:8000"}, "http(s) URL"),
+        ({"lang": "fr"}, "lang"),
+        ({"prot": "1"}, "did you mean 'port'"),
+    ],
+)
+def test_mistakes_are_explained(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(WebUIConfig, None, overrides)
+    assert message in str(e.value)
+
+
+def test_cli_refuses_share_without_a_traceback(capsys):
+    assert main(["webui", "share=true"]) == 1
+    err = capsys.readouterr().err
+    assert "share links are off" in err and "Traceback" not in err
