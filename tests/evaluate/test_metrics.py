@@ -56,22 +56,9 @@ def test_chinese_reordered_sentence():
 
 
 def test_chinese_is_not_scored_zero_by_mistake():
-    from rouge_score import rouge_scorer
-
-    default = rouge_scorer.RougeScorer(["rouge1"]).score("我喜欢吃苹果", "我喜欢吃苹果")["rouge1"].fmeasure
-    assert default == 0  # the trap: rouge-score's own tokenizer drops every Chinese character
     assert score_pair("我喜欢吃苹果", "我喜欢吃苹果")["rouge-1"] == 100
     # 我 喜欢 吃 苹果 / 我 爱 吃 苹果: 3 of 4 words -> 75
     assert score_pair("我喜欢吃苹果", "我爱吃苹果")["rouge-1"] == pytest.approx(75.0)
-
-
-def test_english_words_are_rouge_scores_own():
-    from rouge_score import rouge_scorer
-
-    pred, ref = "Paris is the capital of France, isn't it?", "The capital of France is Paris."
-    theirs = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"]).score(ref, pred)
-    ours = score_pair(pred, ref, ["rouge-1", "rouge-2", "rouge-l"])
-    assert ours == pytest.approx({k: 100 * theirs[k.replace("-", "").replace("l", "L")].fmeasure for k in ours})
 
 
 def test_bleu_matches_llama_factory_character_bleu_on_chinese():
@@ -135,3 +122,40 @@ def test_mistakes_are_explained():
     with pytest.raises(ExpertkitError, match="unknown metric 'rougel'") as e:
         score_pair("a", "a", ["rougel"])
     assert "rouge-l" in e.value.hint
+
+
+def test_rouge_equals_rouge_score_on_english(tmp_path):
+    """Our ROUGE is rouge-score's numbers (checked in a subprocess: rouge-score's absl logging breaks pytest's
+    captured stderr when imported in-process)."""
+    import json
+    import random
+    import subprocess
+    import sys
+
+    from expertkit.evaluate.metrics import score_pair
+
+    rng = random.Random(0)
+    vocab = "the relay was decommissioned in march after fibre ring replaced it a claim needs reviewer".split()
+    pairs = [(" ".join(rng.choices(vocab, k=rng.randint(3, 12))), " ".join(rng.choices(vocab, k=rng.randint(3, 12))))
+             for _ in range(30)]  # fmt: skip
+    pairs.append(("Paris is the capital of France, isn't it?", "The capital of France is Paris."))
+    ours = [[score_pair(p, r)[m] for m in ("rouge-1", "rouge-2", "rouge-l")] for p, r in pairs]
+    code = (
+        "import json, sys\nfrom rouge_score import rouge_scorer\n"
+        "s = rouge_scorer.RougeScorer(['rouge1', 'rouge2', 'rougeL'])\n"
+        "pairs = json.loads(sys.stdin.read())\n"
+        "keys = ('rouge1', 'rouge2', 'rougeL')\n"
+        "print(json.dumps([[100 * s.score(r, p)[k].fmeasure for k in keys] for p, r in pairs]))"
+    )
+    try:
+        import rouge_score  # noqa: F401
+    except ImportError:
+        import pytest
+
+        pytest.skip("rouge-score is not installed")
+    done = subprocess.run([sys.executable, "-c", code], input=json.dumps(pairs), capture_output=True, text=True)
+    theirs = json.loads(done.stdout)
+    for a, b, (p, r) in zip(ours, theirs, pairs):
+        if p.split() == r.split():
+            continue  # identical texts: 100 for all three here, also for one word (rouge-score gives rouge-2 0)
+        assert all(abs(x - y) < 1e-9 for x, y in zip(a, b)), (p, r, a, b)

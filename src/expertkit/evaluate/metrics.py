@@ -3,8 +3,8 @@
     rows, means = score_all(["北京是中国的首都。"], ["中国的首都是北京"])
     rows[0]["rouge-1"], means["bleu-4"], means["bleu-4-corpus"]   # every score is 0..100
 
-- ROUGE-1/2/L: F1 of `rouge_score`'s scorer on `tokens_for_rouge` words (jieba for Chinese, lowercased Latin words,
-  punctuation dropped).
+- ROUGE-1/2/L: F1 as rouge-score defines it (n-gram overlap, longest common subsequence) on `tokens_for_rouge`
+  words (jieba for Chinese, lowercased Latin words, punctuation dropped).
 - BLEU-4: sacrebleu's `sentence_bleu` with the `zh` tokenizer when either side has Chinese/Japanese/Korean
   characters (each character a token, other text as 13a), else `13a`; `exp` smoothing (NIST geometric smoothing,
   method 3 of Chen & Cherry 2014) so one missing 4-gram does not zero a sentence. `score_all` also gives
@@ -27,6 +27,7 @@ import difflib
 import functools
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Sequence
 from statistics import fmean
 
@@ -53,8 +54,8 @@ def score_pair(prediction: str, reference: str, metrics: Sequence[str] = TEXT_ME
     if rouge_types and words and words == tokens_for_rouge(reference):
         scores.update({m: 100.0 for m in metrics if m in ROUGE_KEYS})  # one-word answers have no bigram to match
     elif rouge_types:
-        found = rouge_scorer(tuple(rouge_types)).score(reference, prediction)  # rouge_score wants (target, prediction)
-        scores.update({m: 100.0 * found[ROUGE_KEYS[m]].fmeasure for m in metrics if m in ROUGE_KEYS})
+        ref_words = tokens_for_rouge(reference)
+        scores.update({m: 100.0 * rouge_f1(m, words, ref_words) for m in metrics if m in ROUGE_KEYS})
     if "bleu-4" in metrics:
         scores["bleu-4"] = sentence_bleu4(prediction, reference)
     if "exact" in metrics:
@@ -114,20 +115,38 @@ def is_punctuation(c: str) -> bool:
     return unicodedata.category(c).startswith("P")
 
 
-class RougeTokenizer:
-    """The object rouge_score's `RougeScorer(tokenizer=...)` calls."""
+def rouge_f1(metric: str, prediction: list[str], reference: list[str]) -> float:
+    """ROUGE F1 (0..1) on word lists, as rouge-score defines it: rouge-1/2 from clipped n-gram overlap, rouge-l
+    from the longest common subsequence. Written here rather than calling rouge-score: that package pulls in
+    absl logging, whose handler closes whatever stderr it captured at import (pytest's, a notebook's)."""
+    if metric == "rouge-l":
+        overlap = lcs_length(prediction, reference)
+        p_total, r_total = len(prediction), len(reference)
+    else:
+        n = 1 if metric == "rouge-1" else 2
+        pred, ref = ngrams(prediction, n), ngrams(reference, n)
+        overlap = sum((pred & ref).values())
+        p_total, r_total = sum(pred.values()), sum(ref.values())
+    if not overlap or not p_total or not r_total:
+        return 0.0
+    precision, recall = overlap / p_total, overlap / r_total
+    return 2 * precision * recall / (precision + recall)
 
-    def tokenize(self, text: str) -> list[str]:
-        return tokens_for_rouge(text)
+
+def ngrams(words: list[str], n: int) -> Counter:
+    return Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
 
 
-@functools.lru_cache(maxsize=8)
-def rouge_scorer(rouge_types: tuple[str, ...]):
-    try:
-        from rouge_score import rouge_scorer as rs
-    except ImportError:
-        raise MissingExtraError("rouge-score", "eval") from None
-    return rs.RougeScorer(list(rouge_types), use_stemmer=False, tokenizer=RougeTokenizer())
+def lcs_length(a: list[str], b: list[str]) -> int:
+    """Length of the longest common subsequence (dynamic programming, one row at a time)."""
+    if len(a) < len(b):
+        a, b = b, a
+    row = [0] * (len(b) + 1)
+    for x in a:
+        prev = 0
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], prev + 1 if x == y else max(row[j], row[j - 1])
+    return row[-1]
 
 
 @functools.lru_cache(maxsize=1)
