@@ -67,8 +67,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def reader_server(port: int | None = None):
-    """(engine, base_url) of a live server on 127.0.0.1:port answering with `ReaderEngine`."""
+def reader_server(port: int | None = None, **keys):
+    """(engine, base_url) of a live server on 127.0.0.1:port answering with `ReaderEngine`; `keys`: more
+    ServeConfig keys (kb_dir=..., web=True, ...)."""
     import httpx
     import uvicorn
 
@@ -77,7 +78,7 @@ def reader_server(port: int | None = None):
 
     engine = ReaderEngine()
     port = port or free_port()
-    config = ServeConfig(engine="openai", base_url="http://unused/v1", served_model_name="reader", port=port)
+    config = ServeConfig(engine="openai", base_url="http://unused/v1", served_model_name="reader", port=port, **keys)
     app = build_app(lambda: engine, config)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -10,11 +10,12 @@ from pydantic import Field, field_validator
 
 from expertkit.core.errors import ConfigError
 from expertkit.engine.config import EngineConfig
+from expertkit.rag.config import WebConfig
 
 API_KEY_ENV = "EXPERTKIT_API_KEY"
 
 
-class ServeConfig(EngineConfig):
+class ServeConfig(WebConfig, EngineConfig):
     host: str = "127.0.0.1"
     """Address to listen on. 127.0.0.1 (the default) is this machine only; 0.0.0.0 is every interface."""
 
@@ -44,6 +45,17 @@ class ServeConfig(EngineConfig):
     shutdown_timeout: float = Field(30.0, gt=0)
     """On SIGTERM or Ctrl-C: seconds the open requests get to finish (new connections are refused); then they are
     cancelled and the server exits."""
+
+    kb_dir: str | None = None
+    """A knowledge base (`expertkit kb add ... kb_dir=DIR`) for chat requests that ask for retrieval with
+    `"retrieval": true`; they get the numbered `sources` with the answer. Unset: retrieval requests get 400."""
+
+    top_k: int = Field(5, ge=1, le=50)
+    """Chunks retrieved per grounded request (a request's `retrieval.top_k` overrides it)."""
+
+    web: bool = False
+    """Let grounded requests also search the web (`"retrieval": {"web": true}`); the search and fetch keys below
+    apply. Off: such requests get 400."""
 
     max_request_bytes: int = Field(1_048_576, ge=1024)
     """Largest request body accepted, in bytes (1 MiB); larger bodies get 413."""

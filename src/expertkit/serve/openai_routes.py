@@ -49,6 +49,10 @@ def v1_router(state: ServerState) -> APIRouter:
         engine = state.ready_engine()
         model = await pick_model(engine, req.model)
         messages = engine_messages(req)
+        sources = None
+        if req.retrieval:
+            messages, sources = await state.grounding.apply(messages, req.retrieval)
+            sources = [s.to_json() for s in sources]
         tools = request_tools(req)
         params = sampling_params(req, state.config.max_new_tokens, max_n=MAX_N)
         params.logprobs, params.top_logprobs = request_logprobs(req)
@@ -62,13 +66,15 @@ def v1_router(state: ServerState) -> APIRouter:
         cid, parse = completion_id(), bool(tools)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            chunks = chat_chunks(streams, cid, model, include_usage, deadline, state.metrics, tools=parse)
+            chunks = chat_chunks(
+                streams, cid, model, include_usage, deadline, state.metrics, tools=parse, sources=sources
+            )
             return SSEResponse(chunks, on_close=state.release)
         try:
             outs = await run_all(streams, deadline, request)
         finally:
             state.release()
-        return JSONResponse(chat_completion_body(outs, cid, int(time.time()), model, tools=parse))
+        return JSONResponse(chat_completion_body(outs, cid, int(time.time()), model, tools=parse, sources=sources))
 
     @router.post("/completions")
     async def completions(request: Request) -> Response:

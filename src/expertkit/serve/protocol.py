@@ -78,8 +78,18 @@ class SamplingRequest(Lenient):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
+class RetrievalOption(BaseModel):
+    """expertkit's extension: answer from the server's knowledge base (kb) and/or a web search (web)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kb: bool = True
+    web: bool = False
+    top_k: int | None = Field(None, ge=1, le=50)
+
+
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
+    retrieval: bool | RetrievalOption | None = None  # not OpenAI's: grounds the answer, returns `sources`
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: list[Tool] | None = None
     tool_choice: str | dict | None = None  # "none" hides the tools; other values are not enforced

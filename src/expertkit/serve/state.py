@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from expertkit.engine.base import Delta, Engine, SamplingParams
 from expertkit.serve.config import ServeConfig
 from expertkit.serve.errors import APIError
+from expertkit.serve.grounding import Grounding
 from expertkit.serve.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class ServerState:
         self.unknown_fields_seen: set[str] = set()
         self.metrics = Metrics()
         self.embed_lock = asyncio.Lock()
+        self.grounding = Grounding(config)
 
     def load(self, factory: Callable[[], Engine]) -> None:
         try:

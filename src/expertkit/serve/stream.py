@@ -167,9 +167,11 @@ def summed_usage(usages: list[Usage | None]) -> Usage:
     return Usage(first.prompt_tokens, sum(u.completion_tokens for u in usages if u))
 
 
-def chat_completion_body(outs: list[Delta], cid: str, created: int, model: str, tools: bool = False) -> dict:
+def chat_completion_body(
+    outs: list[Delta], cid: str, created: int, model: str, tools: bool = False, sources: list[dict] | None = None
+) -> dict:
     """The chat completion of n answers; `tools`: parse `<tool_call>` blocks into `tool_calls`, unless the engine
-    returned its calls as such (a remote's `tool_calls`)."""
+    returned its calls as such (a remote's `tool_calls`); `sources`: a grounded answer's numbered sources."""
     choices = []
     for i, out in enumerate(outs):
         if out.tool_calls:
@@ -192,7 +194,7 @@ def chat_completion_body(outs: list[Delta], cid: str, created: int, model: str, 
         "model": model,
         "choices": choices,
         "usage": usage_dict(summed_usage([o.usage for o in outs])),
-    }
+    } | ({"sources": sources} if sources is not None else {})
 
 
 def text_completion_body(echo: str, out: Delta, cid: str, created: int, model: str) -> dict:
@@ -217,6 +219,7 @@ async def chat_chunks(
     deadline: float,
     metrics: Metrics,
     tools: bool = False,
+    sources: list[dict] | None = None,
 ) -> AsyncIterator[str]:
     """The SSE lines of streamed chat answers (n choices interleaved, each chunk naming its `index`); an error after
     the first byte is sent as an error event. `tools`: text from a `<tool_call>` on is held and sent, parsed, as one
@@ -224,8 +227,10 @@ async def chat_chunks(
     remote's) are sent the same way, and then held text goes out as content, unparsed."""
     created = int(time.time())
 
-    def event(choices: list[dict], usage: dict | None = None) -> str:
+    def event(choices: list[dict], usage: dict | None = None, first: bool = False) -> str:
         chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices}
+        if first and sources is not None:
+            chunk["sources"] = sources  # a grounded answer's numbered sources, before its text
         if include_usage:
             chunk["usage"] = usage  # null on every chunk but the last, as OpenAI does
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
@@ -234,7 +239,7 @@ async def chat_chunks(
         return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
 
     for i in range(len(streams)):
-        yield event([choice(i, {"role": "assistant", "content": ""})])
+        yield event([choice(i, {"role": "assistant", "content": ""})], first=i == 0)
     usages: list[Usage | None] = [None] * len(streams)
     held = [ToolCallStream() for _ in streams] if tools else None
     try:
