@@ -129,3 +129,11 @@ def test_judge_metrics_through_a_live_judge(tiny_model, identity_adapter, eval_f
     # verdicts are cached: a second run asks the judge nothing (the judge server is gone)
     again = run(config_for(tiny_model, identity_adapter, eval_file, tmp_path / "eval", **keys))
     assert again.summary["pairwise"] == summary["pairwise"] and again.summary["judge"]["errors"] == 0
+
+
+def test_the_report_goes_into_the_run_folder_by_default(tmp_path):
+    config = load_config(EvalConfig, None, {"eval_file": "x.jsonl", "model_name_or_path": "m",
+                                            "adapter_name_or_path": str(tmp_path / "run")})  # fmt: skip
+    assert config.resolved_output_dir() == tmp_path / "run" / "eval"
+    assert load_config(EvalConfig, None, {"eval_file": "x.jsonl", "model_name_or_path": "m"}).resolved_output_dir() \
+        == __import__("pathlib").Path("saves/eval")

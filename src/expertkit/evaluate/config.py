@@ -121,9 +121,10 @@ class EvalConfig(StageConfig):
     judge_api_key: str | None = Field(None, repr=False)
     """The judge's key (or OPENAI_API_KEY)."""
 
-    output_dir: str = "saves/eval"
+    output_dir: str | None = None
     """Where metrics.json, predictions/<candidate>.jsonl (written as they come: an interrupted eval resumes),
-    report.html and charts/ go. Put it inside the run folder to keep the eval with the run."""
+    report.html and charts/ go. Unset: `eval/` inside the run folder of the first candidate with an adapter (the
+    eval stays with the run), else saves/eval."""
 
     max_new_tokens: int = Field(256, ge=1)
     """Longest answer per question."""
@@ -171,6 +172,12 @@ class EvalConfig(StageConfig):
         if judged and not self.judge_base_url:
             raise ValueError(f"metrics {', '.join(judged)} need a judge: set judge_base_url=http://.../v1")
         return self
+
+    def resolved_output_dir(self) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir)
+        run = next((c.adapter_name_or_path for c in self.resolved_candidates() if c.adapter_name_or_path), None)
+        return Path(run) / "eval" if run else Path("saves/eval")
 
     def resolved_candidates(self) -> list[Candidate]:
         if self.candidates:

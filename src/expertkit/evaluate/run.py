@@ -54,7 +54,7 @@ class EvalResult:
 def run(config: EvalConfig, out=None) -> EvalResult:
     out = out or sys.stderr
     items = load_eval_set(config)
-    output = Path(config.output_dir)
+    output = config.resolved_output_dir()
     (output / PREDICTIONS).mkdir(parents=True, exist_ok=True)
     save_config(config, output / RESOLVED)
     candidates = config.resolved_candidates()
