@@ -80,23 +80,14 @@ def identity_adapter(tiny_model, identity_dir, tmp_path_factory):
 LIVE_KEY = "sk-test-local"  # the API key of the live server
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from live_server import free_port  # noqa: E402  (tests import it from here too)
 
 
 @pytest.fixture(scope="session")
 def live_server(tiny_model, identity_adapter):
     """(app, "http://127.0.0.1:PORT") of a real server (uvicorn in a thread) with key LIVE_KEY serving the identity
     adapter as 'sail' (and the base); shared by every test that needs a live server."""
-    import threading
-    import time
-
-    import httpx
-    import uvicorn
+    from live_server import serve_app
 
     from expertkit.engine.base import load_engine
     from expertkit.serve.app import build_app
@@ -111,21 +102,5 @@ def live_server(tiny_model, identity_adapter):
         api_key=LIVE_KEY,
     )
     app = build_app(lambda: load_engine(config), config)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{config.port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    else:
-        pytest.fail("the server did not become healthy in 60 s")
-    yield app, url
-    server.should_exit = True
-    thread.join(30)
-    assert not thread.is_alive()
+    with serve_app(app, config.port) as url:
+        yield app, url

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-import time
 from contextlib import contextmanager
 
 from expertkit.engine.base import Delta, Usage
@@ -79,41 +77,11 @@ class JudgeEngine:
         pass
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def judge_server(api_key: str | None = None):
     """(engine, base_url) of a live server on 127.0.0.1 answering with `JudgeEngine`."""
-    import httpx
-    import uvicorn
-
-    from expertkit.serve.app import build_app
-    from expertkit.serve.config import ServeConfig
+    from live_server import serve_engine
 
     engine = JudgeEngine()
-    port = free_port()
-    keys = [api_key] if api_key else []
-    config = ServeConfig(engine="openai", base_url="http://unused/v1", served_model_name=MODEL, port=port, api_key=keys)
-    app = build_app(engine, config)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.05)
-    try:
+    with serve_engine(engine, served_model_name=MODEL, api_key=[api_key] if api_key else []) as url:
         yield engine, url + "/v1"
-    finally:
-        server.should_exit = True
-        thread.join(10)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from judge_server import MODEL, free_port, judge_server
+from judge_server import MODEL, judge_server
+from live_server import free_port
 
 from expertkit.core.errors import ExpertkitError
 from expertkit.evaluate.judge import (

@@ -8,8 +8,6 @@ the question, followed by that source's citation `[n]`; "I don't know." when no 
 from __future__ import annotations
 
 import re
-import threading
-import time
 from contextlib import contextmanager
 
 from expertkit.engine.base import Delta, Usage
@@ -58,41 +56,12 @@ class ReaderEngine:
         pass
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
-def reader_server(port: int | None = None, **keys):
-    """(engine, base_url) of a live server on 127.0.0.1:port answering with `ReaderEngine`; `keys`: more
-    ServeConfig keys (kb_dir=..., web=True, ...)."""
-    import httpx
-    import uvicorn
-
-    from expertkit.serve.app import build_app
-    from expertkit.serve.config import ServeConfig
+def reader_server(**keys):
+    """(engine, base_url) of a live server on 127.0.0.1 answering with `ReaderEngine`; `keys`: more ServeConfig
+    keys (kb_dir=..., web=True, ...)."""
+    from live_server import serve_engine
 
     engine = ReaderEngine()
-    port = port or free_port()
-    config = ServeConfig(engine="openai", base_url="http://unused/v1", served_model_name="reader", port=port, **keys)
-    app = build_app(lambda: engine, config)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.05)
-    try:
+    with serve_engine(engine, served_model_name="reader", **keys) as url:
         yield engine, url + "/v1"
-    finally:
-        server.should_exit = True
-        thread.join(10)

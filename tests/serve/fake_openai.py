@@ -5,14 +5,10 @@ arguments arrive in pieces."""
 from __future__ import annotations
 
 import json
-import threading
-import time
-from contextlib import contextmanager
 
-import httpx
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
+from live_server import free_port, serve_app  # noqa: F401  (free_port: the tests import it from here)
 
 MODEL = "remote-m"
 CALLS = [
@@ -74,28 +70,6 @@ def build_fake_openai(bodies: list[dict]) -> FastAPI:
     return app
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
 def running(app, port: int):
     """`app` served on 127.0.0.1:port for the length of the block."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    while time.monotonic() < deadline and httpx.get(url + "/health", timeout=5).status_code == 503:
-        time.sleep(0.05)  # our server loads its engine at startup (the fake has no /health: 404)
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    return serve_app(app, port, ready_timeout=30)
