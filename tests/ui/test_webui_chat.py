@@ -94,3 +94,15 @@ def test_client_streams_from_the_live_tiny_model(live_server, tmp_path):
     assert state.turns[-1]["content"] == "".join(d.content for d in deltas)  # greedy: the same answer
     with pytest.raises(ExpertkitError, match="cannot reach"):
         ChatClient("http://127.0.0.1:9/v1").models(timeout=2)
+
+
+def test_a_thumbs_up_given_while_the_answer_streams_is_kept(tmp_path):
+    store = FeedbackStore(tmp_path / "f.sqlite")
+    chat = Chat(ScriptedClient([Delta(content="I am "), Delta(content="Sail.")]), store, labels("en"))
+    state = ChatState()
+    frames = chat.respond("Who are you?", state, "sail", "")
+    next(frames), next(frames)  # the question, then the first token
+    chat.like(state, 1, True)
+    list(frames)
+    assert store.feedback(state.ids[1])["rating"] == 1
+    assert next(store.training_rows())["messages"][-1]["content"] == "I am Sail."

@@ -41,3 +41,16 @@ def test_cli_refuses_share_without_a_traceback(capsys):
     assert main(["webui", "share=true"]) == 1
     err = capsys.readouterr().err
     assert "share links are off" in err and "Traceback" not in err
+
+
+def test_the_ui_loads_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, expertkit.ui.app, expertkit.ui.chat, expertkit.ui.train_tab, expertkit.ui.stage_tabs; "
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'datasets') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

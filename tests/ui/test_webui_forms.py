@@ -68,3 +68,15 @@ def test_problems_are_reported_all_at_once():
         check_values(TrainConfig, form_to_values(specs, form))
     fields = {p.field for p in e.value.problems}
     assert {"dataset", "learning_rate", "lora_rank"} <= fields
+
+
+def test_optional_numbers_are_text_where_empty_means_unset():
+    specs, form = defaults_form(TrainConfig, model_name_or_path="m", dataset="identity", lora_alpha="", eval_steps=" ")
+    assert form_to_values(specs, form) == {"model_name_or_path": "m", "dataset": ["identity"]}
+    form.update(lora_alpha="32", max_samples="100")
+    assert form_to_values(specs, form) == {
+        "model_name_or_path": "m",
+        "dataset": ["identity"],
+        "max_samples": 100,
+        "lora_alpha": 32,
+    }

@@ -177,10 +177,12 @@ class FeedbackStore:
             )
         return mid
 
-    def update_message(self, message_id: str, content: str) -> None:
-        """Change a message's text in place (a user who corrected their own question)."""
+    def update_message(self, message_id: str, content: str, reasoning: str | None = None) -> None:
+        """Change a message's text in place: an answer once streamed, a question its user corrected."""
         with self._transaction():
             self._db.execute("UPDATE messages SET content = ? WHERE id = ?", (content, message_id))
+            if reasoning is not None:
+                self._db.execute("UPDATE messages SET reasoning = ? WHERE id = ?", (reasoning or None, message_id))
 
     def record_feedback(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -81,7 +82,9 @@ def run(config: WebUIConfig) -> None:
         import gradio  # noqa: F401
     except ImportError:
         raise MissingExtraError("gradio", "ui") from None
+    check_port_free(config.host, config.port)
     server = start_chat_server(config) if config.starts_server else None
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops like Ctrl-C: the chat server with it
     try:
         url = f"http://127.0.0.1:{server[1]}/v1" if server else None
         demo = build_app(config, server_url=url)
@@ -99,8 +102,26 @@ def run(config: WebUIConfig) -> None:
             theme=None,
         )
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if server:
             stop_process(server[0])
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt  # Gradio closes its server on it and launch() returns
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Say which port is taken before anything starts (Gradio's own message names an environment variable)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ExpertkitError(
+                f"cannot listen on {host}:{port}: {e.strerror}",
+                hint=f"another program (an earlier webui?) uses port {port}: stop it, or choose another with port=...",
+            ) from None
 
 
 def free_port() -> int:

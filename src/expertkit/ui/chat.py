@@ -59,21 +59,24 @@ class Chat:
             {"role": t["role"], "content": t["content"]} for t in state.turns
         ]
         base = len(state.display)
+        # stored before the first token, so a thumbs up given while it streams has a message to land on
+        answer_id = self.store.add_message(state.conversation_id, "assistant", "", model=model, options=sampling)
         reasoning_part, content = "", ""
         started = time.monotonic()
-        for delta in self.client.stream(model, messages, **sampling):
-            reasoning_part += delta.reasoning
-            content += delta.content
-            state.display[base:] = self._answer_messages(reasoning_part, content, time.monotonic() - started)
-            yield state.display, state
-        inline, answer, _ = split_reasoning(content)
-        reasoning = "\n".join(p for p in (reasoning_part.strip(), inline) if p)
-        answer_id = self.store.add_message(
-            state.conversation_id, "assistant", answer, reasoning=reasoning, model=model, options=sampling
-        )
-        state.turns.append({"role": "assistant", "content": answer, "id": answer_id})
-        state.display[base:] = self._answer_messages(reasoning_part, content, time.monotonic() - started, done=True)
-        state.ids[base:] = [None] * (len(state.display) - base - 1) + [answer_id]
+        try:
+            for delta in self.client.stream(model, messages, **sampling):
+                reasoning_part += delta.reasoning
+                content += delta.content
+                state.display[base:] = self._answer_messages(reasoning_part, content, time.monotonic() - started)
+                state.ids[base:] = [None] * (len(state.display) - base - 1) + [answer_id]
+                yield state.display, state
+        finally:  # an answer cut short is stored (and kept in the history) as far as it came
+            inline, answer, _ = split_reasoning(content)
+            reasoning = "\n".join(p for p in (reasoning_part.strip(), inline) if p)
+            self.store.update_message(answer_id, answer, reasoning=reasoning)
+            state.turns.append({"role": "assistant", "content": answer, "id": answer_id})
+            state.display[base:] = self._answer_messages(reasoning_part, content, time.monotonic() - started, True)
+            state.ids[base:] = [None] * (len(state.display) - base - 1) + [answer_id]
         yield state.display, state
 
     def _answer_messages(self, reasoning: str, content: str, seconds: float, done: bool = False) -> list[dict]:

@@ -37,7 +37,7 @@ class FieldSpec:
             return UNSET if value is None else str(bool(value)).lower()
         if self.kind == "list":
             return ", ".join(map(str, value or []))
-        if self.kind == "text":
+        if self.kind == "text" or (self.optional and self.kind in ("int", "float")):
             return "" if value is None else (str(value).lower() if isinstance(value, bool) else str(value))
         return value
 
@@ -48,9 +48,13 @@ class FieldSpec:
         if self.kind == "tristate":
             return None if value in (None, "", UNSET) else value == "true"
         if self.kind in ("int", "float"):
-            if value is None or value == "":
+            if isinstance(value, str):  # an optional number is a text box: empty is unset
+                value = parse_override(value) if value.strip() else None
+            if value is None:
                 return None
-            return int(value) if self.kind == "int" and float(value).is_integer() else value
+            if self.kind == "int" and isinstance(value, float) and value.is_integer():
+                return int(value)
+            return value
         if self.kind == "list":
             items = value if isinstance(value, list) else str(value or "").split(",")  # a multiselect, or text
             return [str(x).strip() for x in items if str(x).strip()]

@@ -29,7 +29,8 @@ EN = {
     "server_waiting": "waiting for the server at {url} ...",
     "server_ready": "{n} model(s) at {url}",
     "no_server": "no chat server: start the UI with model_name_or_path=... or server_url=...",
-    "feedback_hint": "Rate answers with 👍 / 👎 and edit an answer (✏️) to teach the next training round.",
+    "feedback_hint": "Rate answers with thumbs up / down under them, or edit an answer (the pencil): both are stored "
+    "for the next training round.",
     "export_feedback": "Export feedback as training data",
     "feedback_exported": "{n} conversation(s) -> {path}\ntrain on them with: {command}",
     "later": "Knowledge base and web search in the chat come later (the server has no retrieval option yet); "
@@ -95,7 +96,7 @@ ZH = {
     "server_waiting": "正在等待服务 {url} ……",
     "server_ready": "{url} 上有 {n} 个模型",
     "no_server": "没有对话服务：启动时请指定 model_name_or_path=... 或 server_url=...",
-    "feedback_hint": "用 👍 / 👎 评价回答，或编辑回答（✏️），用于下一轮训练。",
+    "feedback_hint": "用回答下方的赞 / 踩评价回答，或编辑回答（铅笔图标）：都会保存，用于下一轮训练。",
     "export_feedback": "导出反馈为训练数据",
     "feedback_exported": "{n} 条对话 -> {path}\n用它训练：{command}",
     "later": "对话中的知识库与联网搜索稍后提供（服务端暂无检索选项）；目前请使用 `expertkit ask`。",

@@ -96,10 +96,9 @@ def build_train_tab(config, L: dict[str, str]) -> dict[str, Any]:
                 resume = gr.Button(L["resume"], elem_id="train-resume")
             progress = gr.Markdown(L["no_run"], elem_id="train-progress")
             plot = gr.LinePlot(
-                pd.DataFrame({"step": [], "loss": [], "series": []}),
+                pd.DataFrame({"step": [], "loss": []}),
                 x="step",
                 y="loss",
-                color="series",
                 label=L["loss"],
                 elem_id="train-loss-plot",
                 height=260,
@@ -194,7 +193,8 @@ def build_train_tab(config, L: dict[str, str]) -> dict[str, Any]:
             remaining=p.remaining or "-",
         )
         signature = hash((selected, len(p.points)))
-        points = pd.DataFrame(p.points or [], columns=["step", "loss", "series"])
+        train_points = [(pt["step"], pt["loss"]) for pt in p.points if pt["series"] == "loss"]
+        points = pd.DataFrame(train_points, columns=["step", "loss"])
         plot_update = gr.update() if signature == last_plotted else points
         return table, line, plot_update, train_job(folder).tail(LOG_BYTES), signature
 

@@ -23,7 +23,7 @@ def build_component(spec: FieldSpec, value: Any, elem_id: str) -> gr.components.
         return gr.Checkbox(value=bool(shown), **common)
     if spec.kind == "tristate":
         return gr.Dropdown(choices=[UNSET, "true", "false"], value=shown, **common)
-    if spec.kind in ("int", "float"):
+    if spec.kind in ("int", "float") and not spec.optional:  # gr.Number shows "unset" as 0: optional ones are text
         return gr.Number(value=shown, precision=0 if spec.kind == "int" else None, **common)
     return gr.Textbox(value=shown, placeholder="unset" if spec.optional else None, **common)
 

@@ -1,0 +1,221 @@
+"""The web UI in a real browser, as a user drives it: Debian's chromium (playwright) against `expertkit webui` on
+127.0.0.1 with the tiny model.
+
+Chat streams a reply and the thumbs up and an edit land in the feedback store; a training run started from the
+form draws its loss and finishes; an export of that run from the export tab writes a model. Each tab is
+screenshotted: into docs/images/ with EXPERTKIT_SCREENSHOTS=docs/images, into the test's folder otherwise. The
+page may load nothing but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - the dev extra installs it
+    sync_playwright = None
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run does)"),
+    pytest.mark.skipif(sync_playwright is None, reason="needs playwright (pip install -e '.[dev]')"),
+]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 90_000
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def webui(tiny_model, identity_dir, tmp_path_factory):
+    """(url, work folder) of `expertkit webui` serving the tiny model; stopped with SIGTERM (and its chat server)."""
+    work = tmp_path_factory.mktemp("webui")
+    port = free_port()
+    env = {
+        **os.environ,
+        "HOME": str(work / "home"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }
+    args = [
+        f"model_name_or_path={tiny_model}",
+        f"dataset_dir={identity_dir}",
+        f"port={port}",
+        "saves_dir=saves",
+        "feedback_db=feedback.sqlite",
+    ]
+    log = open(work / "webui.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "expertkit", "webui", *args], cwd=work, env=env, stdout=log, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    else:
+        log.close()
+        pytest.fail(f"the web UI did not start:\n{(work / 'webui.log').read_text(errors='replace')[-3000:]}")
+    yield url, work
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True).stdout
+    proc.terminate()
+    try:
+        proc.wait(30)
+    finally:
+        log.close()
+    assert proc.returncode == 0, (work / "webui.log").read_text(errors="replace")[-3000:]
+    for pid in children.split():  # its chat server stopped with it
+        _wait(lambda pid=pid: not Path(f"/proc/{pid}").exists(), timeout=30)
+
+
+@pytest.fixture(scope="module")
+def page(webui):
+    """One browser page; every request that leaves 127.0.0.1 is refused and recorded."""
+    url, _ = webui
+    outside: list[str] = []
+
+    def only_local(route):
+        if route.request.url.startswith(("http://127.0.0.1", "data:", "blob:")):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(WAIT_MS)
+        page.route("**/*", only_local)
+        page.goto(url)
+        page.wait_for_selector("#chat-input textarea")
+        yield page
+        browser.close()
+    assert not outside, f"the page tried to load from outside: {outside}"
+
+
+def screenshot(page, name: str, fallback: Path) -> None:
+    folder = Path(os.environ.get("EXPERTKIT_SCREENSHOTS") or fallback)
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / name))
+
+
+def fill(page, elem_id: str, value) -> None:
+    page.locator(f"#{elem_id} input, #{elem_id} textarea").first.fill(str(value))
+
+
+def test_chat_streams_a_reply_and_feedback_lands_in_the_store(page, webui):
+    _, work = webui
+    page.wait_for_selector("#chat-server:has-text('model(s)')")
+    page.evaluate(
+        """() => { window.lengths = []; const bot = document.querySelector('#chat-bot');
+        new MutationObserver(() => { const m = bot.querySelectorAll('[data-testid=bot]');
+          if (m.length) window.lengths.push(m[m.length - 1].innerText.length); window.changed = Date.now(); })
+        .observe(bot, {subtree: true, childList: true, characterData: true}); }"""
+    )
+    fill(page, "chat-system", "You are Sail, the Yunfan Tech assistant.")
+    fill(page, "chat-input", "Who are you?")
+    page.click("#chat-send")
+    page.wait_for_selector("#chat-bot button[aria-label=Like]")
+    page.wait_for_function("window.changed && Date.now() - window.changed > 1500")  # the answer is complete
+    lengths = [n for n in page.evaluate("window.lengths") if n]
+    assert len(set(lengths)) >= 2, lengths  # the answer grew on the page: streamed, not one block
+
+    page.locator("#chat-bot button[aria-label=Like]").last.click()
+    db = sqlite3.connect(work / "feedback.sqlite")
+    rating = "SELECT m.role, f.rating FROM feedback f JOIN messages m ON m.id = f.message_id ORDER BY f.id DESC"
+    _wait(lambda: db.execute(rating).fetchone() == ("assistant", 1))
+
+    page.locator("#chat-bot button[aria-label=Edit]").last.click()
+    page.locator("#chat-bot textarea").fill("I am Sail, the Yunfan Tech assistant.")
+    page.locator("#chat-bot button[aria-label=Submit]").click()
+    edited = "SELECT rating, edited_content FROM feedback ORDER BY id DESC"
+    _wait(lambda: db.execute(edited).fetchone() == (1, "I am Sail, the Yunfan Tech assistant."))
+    screenshot(page, "webui-chat.png", work)
+
+
+def _wait(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_training_from_the_form_draws_its_loss_and_finishes(page, webui):
+    _, work = webui
+    page.click("button[role=tab]:has-text('Train')")
+    page.click("#train-dataset input")
+    page.click("#train-dataset li[aria-label=identity]")
+    page.click("#train-preview-box >> text=Dataset preview")
+    page.wait_for_selector("#train-preview:has-text('Yunfan Tech')")  # the dataset's first rows
+    page.click("#train-preview-box >> text=Dataset preview")
+    for key, value in {"max_steps": 6, "cutoff_len": 128, "gradient_accumulation_steps": 1, "lora_rank": 4}.items():
+        fill(page, f"train-{key}", value)
+    page.click("#train-advanced >> text=Advanced settings")
+    page.wait_for_selector("#train-logging_steps input")
+    page.wait_for_timeout(300)  # the accordion's fields get their values as it opens: fill them after that
+    fill(page, "train-logging_steps", 1)
+    fill(page, "train-learning_check_samples", 1)
+    page.click("#train-show-yaml")
+    page.wait_for_selector("#train-code:has-text('logging_steps: 1')")  # what will run, as YAML
+    page.click("#train-advanced >> text=Advanced settings")  # folded again for the screenshot
+    page.click("#train-start")
+    page.wait_for_selector("#train-message:has-text('started: expertkit train')")
+    page.wait_for_selector("#train-progress:has-text('finished: step 6/6')", timeout=WAIT_MS)
+    page.wait_for_selector("#train-loss-plot canvas, #train-loss-plot svg")
+    page.wait_for_selector("#train-runs:has-text('finished')")
+    run = next((work / "saves").rglob("expertkit_finished")).parent
+    assert (run / "webui_train.log").is_file() and (run / "adapter_config.json").is_file()
+    assert "loss" in page.inner_text("#train-loss-plot")
+    page.evaluate("window.scrollTo(0, 0)")
+    screenshot(page, "webui-train.png", work)
+
+
+def test_export_the_run_from_its_tab_and_show_the_eval_form(page, webui):
+    _, work = webui
+    run = next((work / "saves").rglob("expertkit_finished")).parent
+    page.click("button[role=tab]:has-text('Export')")
+    fill(page, "export-adapter_name_or_path", run)
+    fill(page, "export-export_dir", work / "saves" / "merged")
+    page.click("#export-start")
+    page.wait_for_selector("#export-result:has-text('exported to')", timeout=WAIT_MS)
+    assert (work / "saves" / "merged" / "config.json").is_file()
+    screenshot(page, "webui-export.png", work)
+
+    page.click("button[role=tab]:has-text('Evaluate')")
+    fill(page, "eval-adapter_name_or_path", run)
+    fill(page, "eval-eval_dataset", "identity")
+    page.click("#eval-show-command")
+    page.wait_for_selector("#eval-code:has-text('expertkit eval')")
+    screenshot(page, "webui-eval.png", work)
