@@ -202,7 +202,7 @@ def test_training_from_the_form_draws_its_loss_and_finishes(page, webui):
     screenshot(page, "webui-train.png", work)
 
 
-def test_export_the_run_from_its_tab_and_show_the_eval_form(page, webui):
+def test_export_the_run_from_its_tab(page, webui):
     _, work = webui
     run = next((work / "saves").rglob("expertkit_finished")).parent
     page.click("button[role=tab]:has-text('Export')")
@@ -213,9 +213,22 @@ def test_export_the_run_from_its_tab_and_show_the_eval_form(page, webui):
     assert (work / "saves" / "merged" / "config.json").is_file()
     screenshot(page, "webui-export.png", work)
 
+
+def test_evaluate_base_vs_tuned_from_its_tab_and_see_the_report(page, webui):
+    _, work = webui
+    run = next((work / "saves").rglob("expertkit_finished")).parent
     page.click("button[role=tab]:has-text('Evaluate')")
     fill(page, "eval-adapter_name_or_path", run)
     fill(page, "eval-eval_dataset", "identity")
+    fill(page, "eval-metrics", "rouge-l, bleu-4, contains")
+    page.locator("#eval-probe input").uncheck()
     page.click("#eval-show-command")
     page.wait_for_selector("#eval-code:has-text('expertkit eval')")
+    page.click("#eval-start")
+    page.wait_for_selector("#eval-metrics-table:has-text('rouge-l')", timeout=WAIT_MS)
+    assert "tuned" in page.inner_text("#eval-metrics-table")
+    frame = page.frame_locator("#eval-report iframe")
+    frame.locator("body").wait_for()
+    assert "rouge-l" in frame.locator("body").inner_text()
+    page.locator("#eval-metrics-table").scroll_into_view_if_needed()
     screenshot(page, "webui-eval.png", work)

@@ -54,3 +54,14 @@ def test_the_ui_loads_no_torch():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_guide_lists_every_key_and_shows_every_tab():
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "webui.md").read_text(encoding="utf-8")
+    table = describe_keys(WebUIConfig, markdown=True).split("|---|---|---|\n", 1)[1]
+    assert table.strip() in guide, "docs/webui.md: paste `describe_keys(WebUIConfig, markdown=True)`'s table again"
+    for tab in ("chat", "train", "eval", "export"):
+        image = Path(__file__).resolve().parents[2] / "docs" / "images" / f"webui-{tab}.png"
+        assert f"images/webui-{tab}.png" in guide and image.is_file()

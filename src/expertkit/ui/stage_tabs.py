@@ -16,7 +16,7 @@ import gradio as gr
 import pandas as pd
 import yaml
 
-from expertkit.core.config import StageConfig
+from expertkit.core.config import StageConfig, load_config
 from expertkit.core.errors import ExpertkitError
 from expertkit.evaluate.config import EvalConfig
 from expertkit.export.config import ExportConfig
@@ -166,14 +166,17 @@ def build_eval_tab(config, L: dict[str, str]) -> dict[str, Any]:
 
     def draw():
         with gr.Row():
-            metrics = gr.Dataframe(label=L["metrics"], interactive=False, elem_id="eval-metrics")
+            metrics = gr.Dataframe(label=L["metrics"], interactive=False, elem_id="eval-metrics-table")
         report = gr.HTML(elem_id="eval-report")
         return [metrics, report]
 
     def show(job: Job) -> tuple:
         if job.state() != "finished":
             return gr.update(), ""
-        out = Path(str(job_values(job).get("output_dir") or "saves/eval"))
+        try:  # where this eval wrote: its output_dir, or (unset) the one the eval picks itself
+            out = load_config(EvalConfig, job.config_path).resolved_output_dir()
+        except ExpertkitError:
+            return None, ""
         return metrics_table(out), report_frame(out, L)
 
     return build_job_tab("eval", EvalConfig, specs, EVAL_COMMON, initial, config, L, draw, show)
