@@ -65,3 +65,15 @@ def test_the_guide_lists_every_key_and_shows_every_tab():
     for tab in ("chat", "train", "eval", "export"):
         image = Path(__file__).resolve().parents[2] / "docs" / "images" / f"webui-{tab}.png"
         assert f"images/webui-{tab}.png" in guide and image.is_file()
+
+
+@pytest.mark.parametrize("lang, words", [("en", ["Chat", "Train", "Evaluate"]), ("zh", ["对话", "训练", "评估"])])
+def test_the_page_is_built_in_each_language(tmp_path, lang, words):
+    import json
+
+    from expertkit.ui.app import build_app
+
+    config = WebUIConfig(lang=lang, feedback_db=str(tmp_path / "f.sqlite"), saves_dir=str(tmp_path / "saves"))
+    page = json.dumps(build_app(config).config, ensure_ascii=False, default=str)
+    assert all(word in page for word in words)
+    assert '"label": "lora_rank"' in page  # the train form's fields keep their YAML names in every language

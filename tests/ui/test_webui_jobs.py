@@ -101,3 +101,29 @@ def test_runs_are_found_under_saves_dir_with_status_and_progress(tmp_path):
     assert [pt["loss"] for pt in p.points] == [2.0, 1.5, 1.0]
     assert list_runs(tmp_path / "missing") == []
     assert run_status(tmp_path / "saves" / "other") == "stopped"
+
+
+def test_resume_restarts_a_run_with_its_own_config_and_a_used_folder_is_refused(tmp_path, fake_command):
+    from expertkit.core.config import load_config, save_config
+    from expertkit.train.config import TrainConfig
+    from expertkit.ui.train_tab import refuse_existing, resume_run
+
+    fake_command("pass")
+    with pytest.raises(ExpertkitError, match="no run selected"):
+        resume_run(None)
+    run = tmp_path / "run"
+    config = TrainConfig(model_name_or_path="m", dataset=["identity"], output_dir=str(run), lora_rank=4)
+    with pytest.raises(ExpertkitError, match="never started"):
+        resume_run(str(run))
+    save_config(config, run / "expertkit_config.yaml")
+    refuse_existing(config)  # a config but no checkpoint or finished marker: fine
+    (run / "checkpoint-2").mkdir()
+    with pytest.raises(ExpertkitError, match="already holds a run"):
+        refuse_existing(config)
+    refuse_existing(config.model_copy(update={"resume_from_checkpoint": True}))
+
+    job = resume_run(str(run))
+    wait_for(lambda: job.state() == "finished")
+    assert job.record()["command"] == f"expertkit train {job.config_path}"
+    resumed = load_config(TrainConfig, job.config_path)
+    assert resumed.resume_from_checkpoint is True and resumed.lora_rank == 4 and resumed.dataset == ["identity"]
