@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from expertkit.core.errors import ExpertkitError, MissingExtraError
 from expertkit.core.feedback import FeedbackStore, default_feedback_db
@@ -97,9 +96,7 @@ def run(config: WebUIConfig) -> None:
             inbrowser=False,
             quiet=True,
             show_error=True,
-            footer_links=[],
-            allowed_paths=[str(Path(config.saves_dir).resolve())],
-            theme=None,
+            footer_links=[],  # no links to gradio.app or the API page
         )
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -21,7 +21,7 @@ from expertkit.core.errors import ExpertkitError
 from expertkit.evaluate.config import EvalConfig
 from expertkit.export.config import ExportConfig
 from expertkit.ui.forms import FieldSpec, field_specs
-from expertkit.ui.jobs import Job, shown_command, start_job, stop_job
+from expertkit.ui.jobs import STOP_GRACE_S, Job, shown_command, start_job, stop_job
 from expertkit.ui.runs import list_runs
 from expertkit.ui.widgets import FormValues, build_form, command_text, error_text, yaml_text
 
@@ -136,7 +136,7 @@ def build_job_tab(
         return started, gr.update(value=yaml_text(name, job, ok[1]), language="yaml")
 
     def on_stop():
-        return L["stopping"].format(grace=0) if stop_job(job, grace_s=10) else L["not_running"]
+        return L["stopping"].format(grace=STOP_GRACE_S) if stop_job(job) else L["not_running"]
 
     def tick():
         state = job.state()
