@@ -179,11 +179,15 @@ async def complete(engine: Engine, messages: list[dict], params: SamplingParams,
 
 
 def load_engine(config) -> Engine:
-    """The engine a config asks for (`engine` key): local transformers or a remote OpenAI-compatible URL."""
+    """The engine a config asks for (`engine` key): local transformers, a remote OpenAI-compatible URL, or vLLM."""
     if config.engine == "openai":
         from expertkit.engine.remote import RemoteEngine
 
         return RemoteEngine(config)
+    if config.engine == "vllm":
+        from expertkit.engine.vllm_engine import VllmEngine
+
+        return VllmEngine(config)
     from expertkit.engine.local import LocalEngine
 
     return LocalEngine(config)

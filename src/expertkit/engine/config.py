@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from expertkit.model.config import ModelConfig
 
@@ -14,8 +14,9 @@ class EngineConfig(ModelConfig):
     model_name_or_path: str = ""
     """Base model folder (or hub id), or a merged export. Leave empty with engine=openai."""
 
-    engine: Literal["transformers", "openai"] = "transformers"
-    """transformers: run the model here (continuous batching); openai: forward to an OpenAI-compatible URL."""
+    engine: Literal["transformers", "openai", "vllm"] = "transformers"
+    """transformers: run the model here (continuous batching); openai: forward to an OpenAI-compatible URL; vllm: run
+    it here on vLLM (a GPU machine with `pip install vllm`; adapters become vLLM LoRA modules)."""
 
     base_url: str | None = None
     """engine=openai: the server's /v1 URL (Ollama http://127.0.0.1:11434/v1, DeepSeek, another expertkit ...)."""
@@ -25,7 +26,8 @@ class EngineConfig(ModelConfig):
 
     adapter_name_or_path: str | None = None
     """LoRA adapters to serve beside the base, as a comma list: `sail=saves/sail,legal=saves/legal/lora/sft`.
-    A bare path is named by its folder. Each is merged into its own copy of the base (memory: one model per name)."""
+    A bare path is named by its folder. Each is merged into its own copy of the base (memory: one model per name);
+    engine=vllm keeps one base and applies each as a LoRA module per request."""
 
     served_model_name: str | None = None
     """The name of the default model (the first adapter, else the base) in `model`; unset: its folder name, or the
@@ -36,10 +38,21 @@ class EngineConfig(ModelConfig):
 
     max_concurrency: int = 16
     """Requests decoded together in one batch, per served model; also how many requests the per-request decode loop
-    (a seed when sampling, repetition_penalty, logprobs, JSON mode) runs at once. More wait in the engine's queue."""
+    (a seed when sampling, repetition_penalty, logprobs, JSON mode) runs at once. More wait in the engine's queue.
+    engine=vllm: vLLM's max_num_seqs (on a GPU, 64 or more is usual)."""
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weights dtype: auto is the checkpoint's own on GPU, float32 on CPU."""
+    """Weights dtype: auto is the checkpoint's own on GPU, float32 on CPU (engine=vllm: vLLM's auto, 16-bit)."""
+
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    """engine=vllm: the share of each GPU's memory vLLM may take for weights, activations and its KV cache."""
+
+    tensor_parallel_size: int = Field(1, ge=1)
+    """engine=vllm: GPUs to split the model over (tensor parallel), on this machine."""
+
+    max_model_len: int | None = Field(None, ge=1)
+    """engine=vllm: the longest prompt + answer, in tokens; unset: the model's own context. Lower it when vLLM says
+    the KV cache cannot hold one full-length request."""
 
     @field_validator("max_new_tokens", "max_concurrency")
     @classmethod
@@ -71,11 +84,11 @@ class EngineConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _model_or_url(self) -> EngineConfig:
-        if self.engine == "transformers" and not self.model_name_or_path:
+        if self.engine in ("transformers", "vllm") and not self.model_name_or_path:
             raise ValueError("model_name_or_path is required (or engine=openai with base_url=...)")
         if self.engine == "openai" and not self.base_url:
             raise ValueError("engine=openai needs base_url, e.g. base_url=http://127.0.0.1:11434/v1")
-        if self.engine == "transformers" and self.adapter_name_or_path:
+        if self.engine in ("transformers", "vllm") and self.adapter_name_or_path:
             names = list(self.adapters())
             if self.base_name() in names or len(set(names)) < len(names):
                 raise ValueError(

@@ -1,0 +1,495 @@
+"""vLLM behind the `Engine` protocol (`engine=vllm`): the same API on a GPU server, adapters as vLLM LoRA modules.
+
+    engine = load_engine(EngineConfig(engine="vllm", model_name_or_path="Qwen/Qwen2.5-7B-Instruct",
+                                      adapter_name_or_path="legal=saves/legal/lora/sft"))
+
+Written against the Python API of vLLM 0.33.0 (read from its wheel's sources; it is not run in CI, which has no
+GPU: `bench/vllm_check.py` is how to check it on one):
+
+- the V1 engine `vllm.v1.engine.async_llm.AsyncLLM` (`vllm.AsyncLLMEngine` is an alias of it), built by
+  `AsyncLLM.from_engine_args(AsyncEngineArgs(model=..., enable_lora=True, max_loras=..., max_lora_rank=...))`;
+- `engine.generate(prompt, sampling_params, request_id, lora_request=...)`: an async generator of `RequestOutput`s;
+  with `SamplingParams(output_kind=RequestOutputKind.DELTA)` each holds only the new token ids and their logprobs,
+  and the last has `finished` and `outputs[0].finish_reason` ("stop", "length", "abort");
+- the prompt as token ids: `vllm.inputs.tokens_input(ids)` (an already rendered input: vLLM tokenizes nothing),
+  or `TokensPrompt(prompt_token_ids=ids)` where `tokens_input` does not exist yet;
+- `SamplingParams(temperature (0 = greedy), top_p, top_k (0 = off), max_tokens, seed, repetition_penalty,
+  stop_token_ids, logprobs (the chosen token + that many most likely), detokenize, structured_outputs=
+  StructuredOutputsParams(json_object=True | json=schema))`; before vLLM 0.10.2 the last was `guided_decoding=
+  GuidedDecodingParams(...)`, used when StructuredOutputsParams is missing;
+- `LoRARequest(lora_name, lora_int_id, lora_path)` (ids from 1), `await engine.abort(request_id)`,
+  `engine.shutdown()`.
+
+Who does what. vLLM schedules and batches (continuous batching, paged KV cache, prefix caching, tensor parallel)
+and samples: temperature, top-p / top-k, a per-request seed, the repetition penalty, log probabilities, JSON through
+its structured outputs. Everything around the tokens is ours and the same as the local engine's: the prompt is
+rendered by our chat template (the tokenizer `load_chat_tokenizer` gives: an adapter's own when it saved one, and
+`template`), sent as token ids, and vLLM sends token ids back (`detokenize=False`); engine/answer.py turns them into
+deltas: detokenisation, stop strings (vLLM never sees them: the request is aborted at the first one), `<think>`
+reasoning, usage, the finish reason, and aborting the request when its reader goes away. The answer ends at the
+same end-of-answer tokens as locally (`stop_token_ids`: the generation config's and the tokenizer's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from expertkit.core.errors import ExpertkitError
+from expertkit.engine.answer import answer_deltas
+from expertkit.engine.base import Delta, SamplingParams, TokenLogprob, UnknownModelError
+from expertkit.engine.config import EngineConfig
+from expertkit.engine.decode import Step, token_entry
+from expertkit.engine.json_output import Vocabulary
+from expertkit.engine.local import RawPrompt, check_adapter_path, load_chat_tokenizer
+
+logger = logging.getLogger(__name__)
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts (MaxLoRARanks)
+FINISH = {"stop": "stop", "length": "length"}  # vLLM's finish reasons that end an answer normally
+INSTALL_HINT = (
+    "on a Linux machine with an NVIDIA GPU: pip install vllm (it brings its own CUDA build of torch); without a GPU "
+    "use engine=transformers, or run vLLM elsewhere and point engine=openai base_url=http://HOST:PORT/v1 at it"
+)
+
+
+def import_vllm() -> SimpleNamespace:
+    """The parts of vLLM this engine uses, or an ExpertkitError that says how to get vLLM (never a traceback)."""
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")  # private by default: vLLM reports usage unless told not to
+    try:
+        return vllm_parts()
+    except ImportError as e:
+        if not vllm_installed():
+            message = "engine=vllm needs vLLM, which is not installed here (it runs on a GPU machine)"
+        else:
+            message = f"engine=vllm: vLLM is installed but does not import ({type(e).__name__}: {e})"
+        raise ExpertkitError(message, hint=INSTALL_HINT) from None
+    except Exception as e:  # noqa: BLE001 - a broken install (CUDA libraries, torch version) is the user's to fix
+        raise ExpertkitError(
+            f"engine=vllm: vLLM is installed but does not import ({type(e).__name__}: {e})", hint=INSTALL_HINT
+        ) from None
+
+
+def vllm_installed() -> bool:
+    try:
+        return importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def vllm_parts() -> SimpleNamespace:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.lora.request import LoRARequest
+    from vllm.sampling_params import RequestOutputKind
+    from vllm.sampling_params import SamplingParams as VllmSamplingParams
+
+    try:
+        from vllm.v1.engine.async_llm import AsyncLLM
+    except ImportError as e:  # releases before the V1 engine: the V0 class has the same generate / abort
+        if not (e.name or "").startswith("vllm.v1"):
+            raise
+        from vllm.engine.async_llm_engine import AsyncLLMEngine as AsyncLLM
+    try:
+        from vllm.sampling_params import StructuredOutputsParams
+
+        structured = ("structured_outputs", StructuredOutputsParams)
+    except ImportError:  # before 0.10.2
+        from vllm.sampling_params import GuidedDecodingParams
+
+        structured = ("guided_decoding", GuidedDecodingParams)
+    try:
+        from vllm.inputs import tokens_input
+
+        def prompt_of(ids: list[int]):
+            return tokens_input(ids)
+
+    except ImportError:
+        from vllm.inputs import TokensPrompt
+
+        def prompt_of(ids: list[int]):
+            return TokensPrompt(prompt_token_ids=ids)
+
+    return SimpleNamespace(
+        AsyncEngineArgs=AsyncEngineArgs,
+        AsyncLLM=AsyncLLM,
+        LoRARequest=LoRARequest,
+        RequestOutputKind=RequestOutputKind,
+        SamplingParams=VllmSamplingParams,
+        structured=structured,
+        prompt_of=prompt_of,
+    )
+
+
+# ---- the pure parts: what we ask vLLM for (tested without vLLM) -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One served adapter as vLLM's LoRA request: its served name, the id vLLM keys it by (1, 2, ... in the order of
+    `adapter_name_or_path`), its folder (absolute) or hub id, and its rank (None: unknown, a hub id)."""
+
+    name: str
+    int_id: int
+    path: str
+    rank: int | None = None
+
+
+def lora_specs(adapters: dict[str, str]) -> list[LoraSpec]:
+    """The LoRA requests for `EngineConfig.adapters()` (name -> path), in order; a folder that is not an adapter, or
+    an adapter vLLM cannot serve, is an ExpertkitError (now, not at its first request, when vLLM would load it)."""
+    specs = []
+    for i, (name, path) in enumerate(adapters.items(), start=1):
+        check_adapter_path(name, path)
+        folder = Path(path).expanduser()
+        if not (folder / "adapter_config.json").is_file():  # a hub id: vLLM downloads it
+            specs.append(LoraSpec(name, i, path))
+            continue
+        try:
+            config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ExpertkitError(
+                f"adapter '{name}': {folder / 'adapter_config.json'} is not readable JSON ({e})"
+            ) from None
+        whole = [m for m in config.get("modules_to_save") or [] if m not in ("classifier", "score")]
+        if whole:  # vLLM's LoRA applies low-rank deltas only (and a classifier head)
+            raise ExpertkitError(
+                f"adapter '{name}' also trains whole modules ({', '.join(whole)}), which vLLM's LoRA cannot serve",
+                hint="merge it into the base (expertkit export) and serve the export with engine=vllm, "
+                "or serve it with engine=transformers",
+            )
+        specs.append(LoraSpec(name, i, str(folder.resolve()), lora_rank(config)))
+    return specs
+
+
+def lora_rank(adapter_config: dict) -> int | None:
+    """The largest LoRA rank of an adapter_config.json (`r` and any `rank_pattern`)."""
+    pattern = adapter_config.get("rank_pattern") or {}
+    ranks = [adapter_config.get("r"), *(pattern.values() if isinstance(pattern, dict) else [])]
+    return max((int(r) for r in ranks if isinstance(r, int | float) and r > 0), default=None)
+
+
+def max_lora_rank(specs: list[LoraSpec]) -> int:
+    """vLLM's `max_lora_rank` for these adapters: the largest rank, rounded up to a value vLLM accepts (16 when no
+    rank is known: vLLM itself refuses an adapter above it, naming the rank)."""
+    largest = max((s.rank for s in specs if s.rank), default=16)
+    for allowed in VLLM_LORA_RANKS:
+        if largest <= allowed:
+            return allowed
+    raise ExpertkitError(
+        f"an adapter has LoRA rank {largest}; vLLM serves ranks up to {VLLM_LORA_RANKS[-1]}",
+        hint="merge it into the base (expertkit export) and serve the merged model, or use engine=transformers",
+    )
+
+
+def engine_args_kwargs(config: EngineConfig, specs: list[LoraSpec]) -> dict:
+    """vLLM's `AsyncEngineArgs` for a config: the model and how much of the GPU(s) it may take, plus LoRA when adapters
+    are served (room for all of them in one batch)."""
+    kwargs: dict[str, Any] = {
+        "model": config.model_name_or_path,
+        "dtype": config.dtype,
+        "trust_remote_code": config.trust_remote_code,
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "gpu_memory_utilization": config.gpu_memory_utilization,
+        "max_num_seqs": config.max_concurrency,
+        "disable_log_stats": True,  # the server's /metrics reports throughput; vLLM's log would interleave with chat
+    }
+    if config.max_model_len:
+        kwargs["max_model_len"] = config.max_model_len
+    if specs:
+        kwargs.update(enable_lora=True, max_loras=len(specs), max_lora_rank=max_lora_rank(specs))
+    return kwargs
+
+
+def vllm_sampling_kwargs(params: SamplingParams, eos_ids: list[int]) -> dict:
+    """vLLM's `SamplingParams` keywords for ours (plain values; `structured_outputs` as the keywords of
+    `StructuredOutputsParams`). Stop strings are not among them: answer.py applies them, as for the local engine.
+
+    Greedy (`temperature` 0 or `top_k` 1) is vLLM's `temperature=0`. `top_k` 0 is off in both. `logprobs`: vLLM's
+    count of alternatives, returned with the chosen token (raw log-softmax by default, as ours)."""
+    greedy = params.greedy
+    kwargs: dict[str, Any] = {
+        "n": 1,
+        "max_tokens": int(params.max_tokens),
+        "temperature": 0.0 if greedy else float(params.temperature),
+        "top_p": 1.0 if greedy else float(params.top_p),
+        "top_k": 0 if greedy else int(params.top_k),
+        "repetition_penalty": float(params.repetition_penalty),
+        "stop_token_ids": list(eos_ids),
+        "detokenize": False,  # answer.py detokenizes (and applies stop strings) as for the local engine
+    }
+    if params.seed is not None:
+        kwargs["seed"] = int(params.seed)
+    if params.logprobs:
+        kwargs["logprobs"] = int(params.top_logprobs)
+    constraint = structured_output(params.response_format)
+    if constraint is not None:
+        kwargs["structured_outputs"] = constraint
+    return kwargs
+
+
+def structured_output(response_format: dict | None) -> dict | None:
+    """vLLM's structured-output keywords for an OpenAI `response_format` (None: free text).
+
+    json_object: any JSON object. json_schema: the schema, enforced whole by vLLM (not only its top-level type, as the
+    local engine does); a json_schema without a schema is a JSON object."""
+    kind = (response_format or {}).get("type", "text")
+    if kind == "json_object":
+        return {"json_object": True}
+    if kind != "json_schema":
+        return None
+    spec = response_format.get("json_schema") or {}
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    return {"json": schema} if isinstance(schema, dict) and schema else {"json_object": True}
+
+
+def token_logprobs(tokenizer, vocab: Vocabulary, tokens: list[int], positions, top: int, eos: set[int]):
+    """Our TokenLogprobs for new tokens from vLLM's per-position logprobs (`{token id: Logprob(logprob, rank)}`,
+    the chosen token and the `top` most likely); the end-of-answer token gets none, as locally."""
+    out: list[TokenLogprob] = []
+    for token, position in zip(tokens, positions or []):
+        chosen = position.get(token) if position else None
+        if token in eos or chosen is None:
+            continue
+        entry = token_entry(tokenizer, vocab, token, float(chosen.logprob))
+        if top:
+            best = sorted(position.items(), key=lambda item: -item[1].logprob)[:top]
+            entry.top = [token_entry(tokenizer, vocab, int(t), float(lp.logprob)) for t, lp in best]
+        out.append(entry)
+    return out
+
+
+# ---- the served names: our tokenizers and chat templates -----------------------------------------------------------
+
+
+@dataclass
+class VllmServed:
+    """One name clients can ask for: its chat tokenizer, end-of-answer tokens and LoRA adapter (None: the base)."""
+
+    name: str
+    tokenizer: Any
+    eos_ids: list[int]
+    lora: LoraSpec | None = None
+    model = None  # no local model object (the server's embeddings and model details need one)
+
+    def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """The conversation rendered by our chat template, as the local engine renders it."""
+        if isinstance(messages, RawPrompt):
+            return self.text_ids(messages)
+        template = self.tokenizer.apply_chat_template
+        out = template(messages, tools=tools or None, add_generation_prompt=True, tokenize=True)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+    def text_ids(self, prompt: str) -> list[int]:
+        """A raw prompt's ids (with BOS where the tokenizer adds one)."""
+        return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+
+def load_served(config: EngineConfig, specs: list[LoraSpec]) -> dict[str, VllmServed]:
+    """The served names in `model_names()` order (the adapters, then the base), each with the tokenizer the local
+    engine would use for it."""
+    found = generation_eos_ids(config)
+    served: dict[str, VllmServed] = {}
+    for spec in specs:
+        tokenizer = load_chat_tokenizer(config, spec.path)
+        served[spec.name] = VllmServed(spec.name, tokenizer, eos_ids(found, tokenizer), spec)
+    tokenizer = load_chat_tokenizer(config)
+    served[config.base_name()] = VllmServed(config.base_name(), tokenizer, eos_ids(found, tokenizer))
+    return served
+
+
+def generation_eos_ids(config: EngineConfig) -> list[int]:
+    """The model's end-of-answer ids from its generation config (else its config), as transformers loads them."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        ids = GenerationConfig.from_pretrained(config.model_name_or_path).eos_token_id
+    except (OSError, ValueError):
+        try:
+            model = AutoConfig.from_pretrained(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
+            ids = getattr(model.get_text_config(), "eos_token_id", None)
+        except (OSError, ValueError):
+            ids = None
+    return list(ids) if isinstance(ids, list | tuple) else ([ids] if ids is not None else [])
+
+
+def eos_ids(found: list[int], tokenizer) -> list[int]:
+    return sorted({*found, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])})
+
+
+# ---- the engine ----------------------------------------------------------------------------------------------------
+
+
+class VllmEngine:
+    def __init__(self, config: EngineConfig):
+        self.vllm = import_vllm()  # first: without vLLM, say so before loading anything
+        self.config = config
+        specs = lora_specs(config.adapters())
+        self.served = load_served(config, specs)
+        self.loras = {s.name: self.vllm.LoRARequest(s.name, s.int_id, s.path) for s in specs}
+        args = self.vllm.AsyncEngineArgs(**engine_args_kwargs(config, specs))
+        try:
+            self.engine = self.vllm.AsyncLLM.from_engine_args(args)
+        except Exception as e:
+            raise ExpertkitError(
+                f"vLLM could not start {config.model_name_or_path}: {type(e).__name__}: {str(e)[:1000]}",
+                hint=f"keys that change what vLLM needs: gpu_memory_utilization (now {config.gpu_memory_utilization}), "
+                f"max_model_len, max_concurrency, tensor_parallel_size, dtype",
+            ) from e
+        model_config = getattr(self.engine, "model_config", None)
+        self.max_model_len = int(getattr(model_config, "max_model_len", 0) or 0) or config.max_model_len
+
+    @property
+    def tokenizer(self):
+        return self.pick().tokenizer
+
+    def model_names(self) -> list[str]:
+        return list(self.served)
+
+    def pick(self, model: str | None = None) -> VllmServed:
+        """The served name a request's `model` asks for (None or "": the default), or UnknownModelError."""
+        if not model:
+            return next(iter(self.served.values()))
+        if model not in self.served:
+            raise UnknownModelError(model, self.model_names())
+        return self.served[model]
+
+    def prompt_ids(self, messages: list[dict], model: str | None = None, tools: list[dict] | None = None) -> list[int]:
+        return self.pick(model).prompt_ids(messages, tools)
+
+    def count_prompt_tokens(
+        self, messages: list[dict], model: str | None = None, tools: list[dict] | None = None
+    ) -> int:
+        return len(self.prompt_ids(messages, model, tools))
+
+    def context_length(self, model: str | None = None) -> int | None:
+        """vLLM's max_model_len: the model's context, or less when `max_model_len` says so."""
+        self.pick(model)
+        return self.max_model_len
+
+    def text_ids(self, prompt: str, model: str | None = None) -> list[int]:
+        return self.pick(model).text_ids(prompt)
+
+    def count_text_tokens(self, prompt: str, model: str | None = None) -> int:
+        return len(self.text_ids(prompt, model))
+
+    def sampling_params(self, params: SamplingParams, eos: list[int]):
+        """vLLM's SamplingParams for a request, streaming deltas."""
+        kwargs = vllm_sampling_kwargs(params, eos)
+        constraint = kwargs.pop("structured_outputs", None)
+        if constraint is not None:
+            name, cls = self.vllm.structured
+            kwargs[name] = cls(**constraint)
+        return self.vllm.SamplingParams(output_kind=self.vllm.RequestOutputKind.DELTA, **kwargs)
+
+    async def stream(
+        self, messages: list[dict], params: SamplingParams, model: str | None = None, tools: list[dict] | None = None
+    ) -> AsyncIterator[Delta]:
+        served = self.pick(model)
+        params.validate()
+        prompt = served.prompt_ids(messages, tools)
+        vocab = None
+        if params.logprobs:  # each token's bytes, built once per tokenizer (a while for a large vocabulary)
+            vocab = await asyncio.to_thread(Vocabulary.of, served.tokenizer, len(served.tokenizer))
+        job = VllmJob(
+            self.engine,
+            self.vllm.prompt_of(prompt),
+            self.sampling_params(params, served.eos_ids),
+            self.loras.get(served.name),
+            LogprobReader(served.tokenizer, vocab, params.top_logprobs, served.eos_ids) if vocab is not None else None,
+        )
+        async with aclosing(answer_deltas(job, served.tokenizer, prompt, params, served.eos_ids)) as deltas:
+            async for delta in deltas:
+                yield delta
+
+    def stream_text(self, prompt: str, params: SamplingParams, model: str | None = None) -> AsyncIterator[Delta]:
+        """Continue `prompt` as raw text, no chat template (/v1/completions, Ollama's raw generate)."""
+        return self.stream(RawPrompt(prompt), params, model)
+
+    async def close(self) -> None:
+        shutdown = getattr(self.engine, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+
+
+@dataclass
+class LogprobReader:
+    tokenizer: Any
+    vocab: Vocabulary
+    top: int
+    eos_ids: list[int]
+
+    def read(self, tokens: list[int], positions) -> list[TokenLogprob]:
+        return token_logprobs(self.tokenizer, self.vocab, tokens, positions, self.top, set(self.eos_ids))
+
+
+class VllmJob:
+    """One request in vLLM's engine, read as engine/answer.py's steps; `cancel` aborts it in vLLM."""
+
+    def __init__(self, engine, prompt, sampling, lora_request, logprobs: LogprobReader | None):
+        self.engine, self.logprobs = engine, logprobs
+        self.request_id = f"expertkit-{uuid.uuid4().hex}"
+        self.outputs = engine.generate(prompt, sampling, self.request_id, lora_request=lora_request)
+        self.tokens: list[int] = []  # every token so far (each Step holds this list; answer.py reads it at once)
+        self.started = self.finished = self.aborted = False
+
+    async def steps(self) -> AsyncIterator[Step]:
+        self.started = True
+        while True:
+            out = await anext(self.outputs, None)
+            if out is None:
+                yield Step(self.tokens, True, error="vLLM ended the request without a finished output")
+                return
+            completion = out.outputs[0]
+            new = list(completion.token_ids)
+            scores = self.logprobs.read(new, completion.logprobs) if self.logprobs else []
+            self.tokens.extend(new)
+            if not out.finished:
+                yield Step(self.tokens, False, scores)
+                continue
+            self.finished = True
+            await anext(self.outputs, None)  # vLLM's generator ends after its finished output: let it clean up
+            reason = FINISH.get(completion.finish_reason)
+            error = None if reason else f"vLLM ended the request ({completion.finish_reason})"
+            yield Step(self.tokens, True, scores, reason, error)
+            return
+
+    def cancel(self) -> None:
+        """Abort the request in vLLM (a stop string was written, or nobody reads any more): its slot frees now."""
+        if self.started and not self.finished and not self.aborted:
+            self.aborted = True
+            in_background(self.engine.abort(self.request_id))
+
+    def close(self) -> None:
+        """Close vLLM's generator when it has not ended (it aborts an unfinished request too)."""
+        if self.started and not self.finished:
+            in_background(self.outputs.aclose())
+
+
+_background: set[asyncio.Task] = set()
+
+
+def in_background(coroutine) -> None:
+    """Run `coroutine` on the running loop without waiting for it (referenced until done, errors logged)."""
+    try:
+        task = asyncio.get_running_loop().create_task(coroutine)
+    except RuntimeError:  # no running loop: the engine's loop is gone, and nothing is left to free in it
+        coroutine.close()
+        return
+    _background.add(task)
+    task.add_done_callback(_finished)
+
+
+def _finished(task: asyncio.Task) -> None:
+    _background.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("vLLM clean-up failed: %r", task.exception())
