@@ -383,7 +383,7 @@ def score(config, candidates, items, answers, probes, losses, probe_items) -> di
             metrics["eval_loss"] = round(nll / n, 4)
             metrics["perplexity"] = round(math.exp(min(nll / n, 50)), 3)
         entry = {
-            "spec": {k: v for k, v in c.model_dump(mode="json", exclude={"api_key"}).items() if v not in (None, False)},
+            "spec": candidate_spec(c),
             "metrics": metrics,
             "errors": sum(1 for r in rows if r.get("error")),
             **training_curves(c),
@@ -399,6 +399,12 @@ def score(config, candidates, items, answers, probes, losses, probe_items) -> di
             for row, scores in zip(rows, per)
         ]
     return summary
+
+
+def candidate_spec(c: Candidate) -> dict:
+    """What the report shows of a candidate: the keys set (retrieval keys only with a knowledge base), no key."""
+    skip = {"api_key"} | (set() if c.kb_dir else {"top_k", "web"})
+    return {k: v for k, v in c.model_dump(mode="json", exclude=skip).items() if v not in (None, False)}
 
 
 def training_curves(c: Candidate) -> dict:
