@@ -72,3 +72,20 @@ def test_grounded_chat_with_web_search(tmp_path, site):
     urls = [s["url"] for s in answer.model_extra["sources"]]
     assert site.url("/articles/zephyr-relay.html") == urls[0]
     assert site.requested("/private/salaries.html") == 0
+
+
+def test_a_recorded_grounded_answer_keeps_the_question_as_asked_and_its_sources(kb_dir, tmp_path):
+    from expertkit.core.feedback import FeedbackStore
+
+    db = tmp_path / "feedback.sqlite"
+    with reader_server(kb_dir=str(kb_dir), store_conversations=True, feedback_db=str(db)) as (_, url):
+        client = OpenAI(base_url=url, api_key="unused")
+        answer = client.chat.completions.create(
+            model="reader", messages=[{"role": "user", "content": QUESTION}], extra_body={"retrieval": {"top_k": 2}}
+        )
+    store = FeedbackStore(db)
+    stored = store.message(store.find_message(answer.id))
+    assert stored["sources"] == answer.model_extra["sources"]
+    assert stored["options"] == {"retrieval": {"kb": True, "web": False, "top_k": 2}}
+    question = store._read("SELECT content FROM messages WHERE role = 'user'")
+    assert question == [(QUESTION,)]  # not the grounded prompt the model saw

@@ -8,9 +8,11 @@
     store.record_feedback(answer, edited_content="I am Sail, by Yunfan.")  # "edit the answer"
     store.export_jsonl("saves/feedback.jsonl")                            # OpenAI `messages` rows to train on
 
-One SQLite file, written by the web UI (and meant for the server too). The schema grows by ordered migrations, as
-simonw/llm does: each migration runs once, in order, and its name is recorded in `_migrations`, so an old file is
-brought up to date when it is opened and a new column never needs a hand-written upgrade.
+One SQLite file, written by the web UI and, with `store_conversations=true`, by `expertkit serve` (each chat
+completion as a conversation of its own, found again by its completion id for `POST /v1/feedback`). The schema grows
+by ordered migrations, as simonw/llm does: each migration runs once, in order, and its name is recorded in
+`_migrations`, so an old file is brought up to date when it is opened and a new column never needs a hand-written
+upgrade.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ from expertkit.core.runs import write_text_atomic
 FEEDBACK_DB = "feedback.sqlite"
 
 Rating = Literal[-1, 0, 1]
+ExportOnly = Literal["good", "edited", "all"]
+MESSAGE_COLUMNS = (
+    "id, conversation_id, position, role, content, reasoning, model, options, created, completion_id, choice_index, "
+    "sources"
+)
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
 
@@ -78,6 +85,16 @@ def m001_initial(db: sqlite3.Connection) -> None:
         )"""
     )
     db.execute("CREATE INDEX feedback_message ON feedback(message_id, id)")
+
+
+@migration
+def m002_server_records(db: sqlite3.Connection) -> None:
+    """What the server records beside an answer: the completion (and choice) it was sent as, so `POST /v1/feedback`
+    finds it by completion id, and the numbered sources of a grounded answer (JSON)."""
+    db.execute("ALTER TABLE messages ADD COLUMN completion_id TEXT")
+    db.execute("ALTER TABLE messages ADD COLUMN choice_index INTEGER")
+    db.execute("ALTER TABLE messages ADD COLUMN sources TEXT")
+    db.execute("CREATE INDEX messages_completion ON messages(completion_id, choice_index)")
 
 
 def default_feedback_db() -> Path:
@@ -154,35 +171,113 @@ class FeedbackStore:
         reasoning: str | None = None,
         model: str | None = None,
         options: dict[str, Any] | None = None,
+        sources: list[dict[str, Any]] | None = None,
     ) -> str:
         """Append a message (user or assistant) to a conversation; returns its id."""
-        mid = uuid.uuid4().hex
         with self._transaction():
             (position,) = self._db.execute(
                 "SELECT COALESCE(MAX(position) + 1, 0) FROM messages WHERE conversation_id = ?", (conversation_id,)
             ).fetchone()
-            self._db.execute(
-                "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    mid,
-                    conversation_id,
-                    position,
-                    role,
-                    content,
-                    reasoning or None,
-                    model,
-                    json.dumps(options) if options else None,
-                    now(),
-                ),
+            return self._insert_message(
+                conversation_id, position, role, content, reasoning, model, options, sources=sources
             )
+
+    def _insert_message(
+        self,
+        conversation_id: str,
+        position: int,
+        role: str,
+        content: str,
+        reasoning: str | None = None,
+        model: str | None = None,
+        options: dict[str, Any] | None = None,
+        created: str | None = None,
+        completion_id: str | None = None,
+        choice_index: int | None = None,
+        sources: list[dict[str, Any]] | None = None,
+    ) -> str:
+        mid = uuid.uuid4().hex
+        self._db.execute(
+            f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 12)})",
+            (
+                mid,
+                conversation_id,
+                position,
+                role,
+                content,
+                reasoning or None,
+                model,
+                json.dumps(options) if options else None,
+                created or now(),
+                completion_id,
+                choice_index,
+                json.dumps(sources, ensure_ascii=False) if sources else None,
+            ),
+        )
         return mid
 
-    def update_message(self, message_id: str, content: str, reasoning: str | None = None) -> None:
+    def record_conversation(
+        self,
+        messages: list[dict[str, str]],
+        answer: str,
+        *,
+        reasoning: str | None = None,
+        model: str | None = None,
+        options: dict[str, Any] | None = None,
+        sources: list[dict[str, Any]] | None = None,
+        completion_id: str | None = None,
+        choice_index: int = 0,
+        started: str | None = None,
+        source: str = "server",
+    ) -> str:
+        """A whole exchange at once, as the server sees it: the request's messages ({"role", "content"}; system
+        messages become the conversation's system prompt), then the answer. Returns the answer's id."""
+        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system" and m["content"]) or None
+        turns = [m for m in messages if m["role"] != "system"]
+        cid = uuid.uuid4().hex
+        started = started or now()
+        with self._transaction():
+            self._db.execute("INSERT INTO conversations VALUES (?, ?, ?, ?, ?)", (cid, started, source, model, system))
+            for position, m in enumerate(turns):
+                self._insert_message(cid, position, m["role"], m["content"], created=started)
+            return self._insert_message(
+                cid, len(turns), "assistant", answer, reasoning, model, options, None, completion_id, choice_index,
+                sources,
+            )  # fmt: skip
+
+    def find_message(self, completion_id: str, choice_index: int = 0) -> str | None:
+        """The id of the answer the server sent as choice `choice_index` of completion `completion_id`, or None."""
+        rows = self._read(
+            "SELECT id FROM messages WHERE completion_id = ? AND choice_index = ?", (completion_id, choice_index)
+        )
+        return rows[0][0] if rows else None
+
+    def message(self, message_id: str) -> dict[str, Any] | None:
+        """One stored message: {"id", "conversation_id", "position", "role", "content", "reasoning", "model",
+        "options", "created", "completion_id", "choice_index", "sources"} (options and sources decoded), or None."""
+        rows = self._read(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,))
+        if not rows:
+            return None
+        row = dict(zip([c.strip() for c in MESSAGE_COLUMNS.split(",")], rows[0]))
+        for key in ("options", "sources"):
+            row[key] = json.loads(row[key]) if row[key] else None
+        return row
+
+    def update_message(
+        self,
+        message_id: str,
+        content: str,
+        reasoning: str | None = None,
+        sources: list[dict[str, Any]] | None = None,
+    ) -> None:
         """Change a message's text in place: an answer once streamed, a question its user corrected."""
         with self._transaction():
             self._db.execute("UPDATE messages SET content = ? WHERE id = ?", (content, message_id))
             if reasoning is not None:
                 self._db.execute("UPDATE messages SET reasoning = ? WHERE id = ?", (reasoning or None, message_id))
+            if sources:
+                text = json.dumps(sources, ensure_ascii=False)
+                self._db.execute("UPDATE messages SET sources = ? WHERE id = ?", (text, message_id))
 
     def record_feedback(
         self,
@@ -226,27 +321,37 @@ class FeedbackStore:
         )
         return dict(zip(("rating", "edited_content", "comment", "created"), rows[0])) if rows else None
 
-    def training_rows(self, min_rating: int = 1, with_reasoning: bool = True) -> Iterator[dict[str, Any]]:
+    def training_rows(
+        self, only: ExportOnly = "good", with_reasoning: bool = True, skipped: list[str] | None = None
+    ) -> Iterator[dict[str, Any]]:
         """OpenAI `messages` rows, one per kept answer: the conversation up to it, the answer last.
 
-        Kept: answers rated at least `min_rating`, and every edited answer (the edit is what the model should
-        have said, so it is the answer in the row, whatever the rating). Earlier turns are taken as stored,
-        with their own edits applied.
+        `only`: good (the default) keeps liked answers and every edited one (the edit is what the model should have
+        said, so it is the answer in the row, whatever the rating): a thumbs down without an edit is left out;
+        edited keeps edited answers only; all keeps every stored answer, unrated and disliked ones too. Earlier
+        turns are taken as stored, with their own edits applied. A row that would not train (an empty answer, turns
+        that do not alternate, as a request may send) is left out and its message id added to `skipped`.
         """
         latest = (
             "SELECT f.message_id, f.rating, f.edited_content FROM feedback f JOIN "
             "(SELECT message_id, MAX(id) AS id FROM feedback GROUP BY message_id) l ON f.id = l.id"
         )
         state = {mid: (rating, edit) for mid, rating, edit in self._read(latest)}
-        kept = [mid for mid, (rating, edit) in state.items() if edit is not None or (rating or 0) >= min_rating]
-        if not kept:
+        if only == "all":
+            kept = None
+        elif only == "edited":
+            kept = [mid for mid, (_, edit) in state.items() if edit is not None]
+        elif only == "good":
+            kept = [mid for mid, (rating, edit) in state.items() if edit is not None or (rating or 0) >= 1]
+        else:
+            raise ValueError(f"only must be good, edited or all, not {only!r}")
+        if kept is not None and not kept:
             return
-        marks = ",".join("?" * len(kept))
+        where = "" if kept is None else f"AND m.id IN ({','.join('?' * len(kept))})"
         targets = self._read(
             f"SELECT m.id, m.conversation_id, m.position, c.system FROM messages m JOIN conversations c "
-            f"ON c.id = m.conversation_id WHERE m.id IN ({marks}) AND m.role = 'assistant' "
-            "ORDER BY m.conversation_id, m.position",
-            kept,
+            f"ON c.id = m.conversation_id WHERE m.role = 'assistant' {where} ORDER BY c.rowid, m.position",
+            kept or [],
         )
         for mid, cid, position, system in targets:
             turns = self._read(
@@ -262,11 +367,17 @@ class FeedbackStore:
                 elif role == "assistant" and reasoning and with_reasoning and tid == mid:
                     content = f"<think>\n{reasoning}\n</think>\n\n{content}"
                 messages.append({"role": role, "content": content})
-            yield {"messages": messages}
+            if trainable(messages):
+                yield {"messages": messages}
+            elif skipped is not None:
+                skipped.append(mid)
 
-    def export_jsonl(self, path: str | os.PathLike, min_rating: int = 1, with_reasoning: bool = True) -> int:
+    def export_jsonl(
+        self, path: str | os.PathLike, only: ExportOnly = "good", with_reasoning: bool = True,
+        skipped: list[str] | None = None,
+    ) -> int:  # fmt: skip
         """Write the kept answers as OpenAI `messages` JSONL (a file `expertkit train dataset=...` reads); count."""
-        rows = list(self.training_rows(min_rating=min_rating, with_reasoning=with_reasoning))
+        rows = list(self.training_rows(only=only, with_reasoning=with_reasoning, skipped=skipped))
         write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         return len(rows)
 
@@ -281,3 +392,14 @@ class FeedbackStore:
             "edited": f"SELECT COUNT(*) FROM ({latest}) WHERE edited_content IS NOT NULL",
         }
         return {name: self._read(sql)[0][0] for name, sql in queries.items()}
+
+
+def trainable(messages: list[dict[str, str]]) -> bool:
+    """Whether a row is one training reads: an optional system prompt, then user (or tool) and assistant turns
+    alternating, ending with a non-empty answer, no turn empty (the order `expertkit data check` asks for)."""
+    turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    if not turns or turns[0]["role"] == "assistant" or turns[-1]["role"] != "assistant":
+        return False
+    if any(t["role"] == "system" or not t["content"].strip() for t in turns):
+        return False
+    return all((a["role"] == "assistant") != (b["role"] == "assistant") for a, b in zip(turns, turns[1:]))

@@ -3,9 +3,9 @@
     app = build_app(lambda: load_engine(config), config)   # loads in a thread: /health is 503, then 200
     uvicorn.run(app, host=config.host, port=config.port)
 
-Routes: GET /health (no key); OpenAI's /v1 (openai_routes.py); Ollama's /api and / (ollama.py); GET /metrics
-(Prometheus, metrics.py); GET /generate?prompt=... (the FastAPI tutorial's). Every route but /health needs a key
-when keys are configured.
+Routes: GET /health (no key); OpenAI's /v1 (openai_routes.py) and our POST /v1/feedback (conversations.py);
+Ollama's /api and / (ollama.py); GET /metrics (Prometheus, metrics.py); GET /generate?prompt=... (the FastAPI
+tutorial's). Every route but /health needs a key when keys are configured.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import threading
 from expertkit.engine.base import Engine, SamplingParams
 from expertkit.serve.auth import build_key_check
 from expertkit.serve.config import ServeConfig
+from expertkit.serve.conversations import feedback_router
 from expertkit.serve.errors import APIError, from_validation_error, status_type
 from expertkit.serve.guard import Guard
 from expertkit.serve.ollama import ollama_router
@@ -54,6 +55,8 @@ def build_app(engine: EngineSource, config: ServeConfig | None = None) -> FastAP
         yield
         if state.engine is not None:
             await state.engine.close()
+        if state.conversations is not None:
+            state.conversations.close()
 
     app = FastAPI(title="expertkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = state
@@ -61,6 +64,7 @@ def build_app(engine: EngineSource, config: ServeConfig | None = None) -> FastAP
     keyed = [Depends(build_key_check(config.accepted_keys()))]
     app.include_router(health_router(state))
     app.include_router(v1_router(state), dependencies=keyed)
+    app.include_router(feedback_router(state.conversations), dependencies=keyed)
     app.include_router(ollama_router(state), dependencies=keyed)
     app.include_router(plain_router(state), dependencies=keyed)
     app.add_middleware(KeepAlive, interval=config.keepalive_s)

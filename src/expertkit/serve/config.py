@@ -57,6 +57,15 @@ class ServeConfig(WebConfig, EngineConfig):
     """Let grounded requests also search the web (`"retrieval": {"web": true}`); the search and fetch keys below
     apply. Off: such requests get 400."""
 
+    store_conversations: bool = False
+    """Record every chat completion on /v1 (the request's messages, the answer, model, sampling, sources, when) in
+    the feedback store, and accept thumbs up / down and edited answers for them at `POST /v1/feedback`. Off by
+    default: conversations hold what users typed; turn it on only where they know it is kept."""
+
+    feedback_db: str | None = None
+    """With store_conversations: the SQLite file to record into, the web UI's (unset: ~/.expertkit/feedback.sqlite);
+    `expertkit feedback export` turns it into training data."""
+
     max_request_bytes: int = Field(1_048_576, ge=1024)
     """Largest request body accepted, in bytes (1 MiB); larger bodies get 413."""
 

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from expertkit.engine.base import MAX_TOP_LOGPROBS, Engine, SamplingParams
+from expertkit.serve.conversations import request_options
 from expertkit.serve.errors import APIError, parse_model
 from expertkit.serve.protocol import (
     ChatCompletionRequest,
@@ -48,7 +49,7 @@ def v1_router(state: ServerState) -> APIRouter:
         state.log_unknown_fields(req)
         engine = state.ready_engine()
         model = await pick_model(engine, req.model)
-        messages = engine_messages(req)
+        messages = asked = engine_messages(req)
         sources = None
         if req.retrieval:
             messages, sources = await state.grounding.apply(messages, req.retrieval)
@@ -59,11 +60,16 @@ def v1_router(state: ServerState) -> APIRouter:
         check_context(engine, model, params.max_tokens, messages=messages, tools=tools)
         state.admit()
         deadline = time.monotonic() + state.config.request_timeout
+        cid, parse = completion_id(), bool(tools)
         streams = [
             state.generate(engine, choice_params(params, i), model, messages=messages, tools=tools)
             for i in range(req.n)
         ]
-        cid, parse = completion_id(), bool(tools)
+        if state.conversations is not None:  # store_conversations: the question as asked, not the grounded prompt
+            options = request_options(req)
+            streams = [
+                state.conversations.recorded(s, asked, model, cid, i, options, sources) for i, s in enumerate(streams)
+            ]
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             chunks = chat_chunks(

@@ -97,6 +97,19 @@ class ChatCompletionRequest(SamplingRequest):
     top_logprobs: int | None = None  # 0..20, checked by the route (400 naming top_logprobs)
 
 
+class FeedbackRequest(BaseModel):
+    """expertkit's `POST /v1/feedback`: a thumbs up (1) or down (-1), or 0 to take it back, and/or what the answer
+    should have said, on an answer named by its completion id (and choice `index`) or its stored message id."""
+
+    model_config = ConfigDict(extra="forbid")
+    completion_id: str | None = Field(None, min_length=1, max_length=200)
+    index: int = Field(0, ge=0)
+    message_id: str | None = Field(None, min_length=1, max_length=200)
+    rating: Literal[-1, 0, 1] | None = None
+    edited_answer: str | None = Field(None, min_length=1)
+    comment: str | None = None
+
+
 class CompletionRequest(SamplingRequest):
     """`/v1/completions`: one raw prompt continued as text (no chat template)."""
 

@@ -33,6 +33,11 @@ class ServerState:
         self.metrics = Metrics()
         self.embed_lock = asyncio.Lock()
         self.grounding = Grounding(config)
+        self.conversations = None  # the feedback store, with store_conversations
+        if config.store_conversations:
+            from expertkit.serve.conversations import ConversationLog  # it reads request bodies with read_json below
+
+            self.conversations = ConversationLog(config)
 
     def load(self, factory: Callable[[], Engine]) -> None:
         try:
