@@ -1,8 +1,9 @@
 """The web UI in a real browser, as a user drives it: Debian's chromium (playwright) against `expertkit webui` on
 127.0.0.1 with the tiny model.
 
-Chat streams a reply and the thumbs up and an edit land in the feedback store; a training run started from the
-form draws its loss and finishes; an export of that run from the export tab writes a model. Each tab is
+Chat streams a reply and the thumbs up and an edit land in the feedback store; with the knowledge-base toggle on, an
+answer lists its sources (a knowledge base built in the test with `expertkit kb add`); a training run started from
+the form draws its loss and finishes; an export of that run from the export tab writes a model. Each tab is
 screenshotted: into docs/images/ with EXPERTKIT_SCREENSHOTS=docs/images, into the test's folder otherwise. The
 page may load nothing but 127.0.0.1.
 """
@@ -72,6 +73,7 @@ def webui(tiny_model, identity_dir, tmp_path_factory):
         f"port={port}",
         "saves_dir=saves",
         "feedback_db=feedback.sqlite",
+        "kb_dir=kb",  # built by a test with `expertkit kb add`: the server opens it on the first grounded question
     ]
     log = open(work / "webui.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
@@ -145,6 +147,8 @@ def test_chat_streams_a_reply_and_feedback_lands_in_the_store(page, webui):
         .observe(bot, {subtree: true, childList: true, characterData: true}); }"""
     )
     fill(page, "chat-system", "You are Sail, the Yunfan Tech assistant.")
+    page.locator("#chat-max-tokens input[type=number]").fill("64")
+    page.locator("#chat-max-tokens input[type=number]").press("Tab")
     fill(page, "chat-input", "Who are you?")
     page.click("#chat-send")
     page.wait_for_selector("#chat-bot button[aria-label=Like]")
@@ -162,6 +166,26 @@ def test_chat_streams_a_reply_and_feedback_lands_in_the_store(page, webui):
     page.locator("#chat-bot button[aria-label=Submit]").click()
     edited = "SELECT rating, edited_content FROM feedback ORDER BY id DESC"
     _wait(lambda: db.execute(edited).fetchone() == (1, "I am Sail, the Yunfan Tech assistant."))
+
+
+def test_chat_with_the_knowledge_base_lists_the_sources_under_the_answer(page, webui):
+    from expertkit.cli.main import main
+
+    _, work = webui
+    docs = work / "docs"
+    docs.mkdir()
+    (docs / "relay.md").write_text("# Zephyr-9 relay\n\nThe Zephyr-9 relay was decommissioned on 14 March 2026.\n")
+    assert main(["kb", "add", str(docs), f"kb_dir={work / 'kb'}"]) == 0
+    assert page.locator("#chat-web input").is_disabled()  # the UI's server was not given web=true
+    page.locator("#chat-kb input").check()
+    fill(page, "chat-input", "When was the Zephyr-9 relay decommissioned?")
+    page.click("#chat-send")
+    sources = page.locator("#chat-bot .expertkit-sources")
+    sources.wait_for()
+    assert "Sources" in sources.inner_text() and "relay.md" in sources.inner_text()
+    assert "Zephyr-9 relay" in sources.locator("a").inner_text()
+    assert sources.locator("a").get_attribute("href") == (work / "docs" / "relay.md").resolve().as_uri()
+    page.wait_for_function("window.changed && Date.now() - window.changed > 1500")  # the answer is complete
     screenshot(page, "webui-chat.png", work)
 
 

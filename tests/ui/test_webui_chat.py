@@ -3,6 +3,8 @@ against the live tiny-model server."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from expertkit.core.errors import ExpertkitError
@@ -21,8 +23,9 @@ class ScriptedClient:
         self.deltas = deltas
         self.calls = []
 
-    def stream(self, model, messages, **params):
+    def stream(self, model, messages, retrieval=None, **params):
         self.calls.append((model, messages, params))
+        self.retrieval = retrieval
         yield from self.deltas
 
 
@@ -61,9 +64,11 @@ def test_answer_streams_with_reasoning_folded_and_is_stored(tmp_path, deltas):
     assert messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who are you?"}]
     assert params == {"temperature": 0.0}
 
-    chat.like(state, 2, True)
-    chat.like(state, 1, False)  # the reasoning section has no stored message: ignored
+    chat.like(state, 2, False)
+    chat.like(state, 1, True)  # Gradio reports a bubble's like on its first message, the reasoning: the answer's
     assert store.feedback(state.ids[2])["rating"] == 1
+    chat.like(state, 0, True)  # the question: not an answer, nothing to rate
+    assert store.feedback(state.ids[0]) is None
     chat.edit(state, 2, [{"type": "text", "text": "I am Sail, the Yunfan Tech assistant."}])
     assert store.feedback(state.ids[2])["edited_content"] == "I am Sail, the Yunfan Tech assistant."
 
@@ -106,3 +111,56 @@ def test_a_thumbs_up_given_while_the_answer_streams_is_kept(tmp_path):
     list(frames)
     assert store.feedback(state.ids[1])["rating"] == 1
     assert next(store.training_rows())["messages"][-1]["content"] == "I am Sail."
+
+
+def test_a_grounded_answer_shows_its_sources_under_it_safely_and_keeps_them_out_of_the_history(tmp_path):
+    sources = [
+        {"n": 1, "url": "/srv/kb/relay.md", "title": "Zephyr-9 relay"},
+        {"n": 2, "url": "https://example.com/a?x=1&y=<2>", "title": "<img src=x onerror=alert(1)> *bold* [x](y)"},
+        {"n": 3, "url": "javascript:alert(1)", "title": "trap"},
+    ]
+    store = FeedbackStore(tmp_path / "f.sqlite")
+    client = ScriptedClient(
+        [Delta(reasoning="Look it up.", sources=sources), Delta(content="On 14 March 2026 [1]."), Delta()]
+    )
+    chat = Chat(client, store, labels("en"))
+    state, _ = converse(chat, "When?", ChatState(), retrieval={"kb": True, "web": False})
+    assert client.retrieval == {"kb": True, "web": False}
+    reasoning, answer, shown = state.display[1:]
+    assert answer["content"] == "On 14 March 2026 [1]." and state.ids[1:] == [None, state.ids[2], None]
+    html = shown["content"]
+    assert html.startswith('<div class="expertkit-sources"><strong>Sources</strong>')
+    assert '<a href="file:///srv/kb/relay.md"' in html and "Zephyr&#45;9 relay</a>" in html
+    assert '<a href="https://example.com/a?x=1&amp;y=&lt;2&gt;"' in html
+    assert "<img" not in html and "*bold*" not in html and "[x](y)" not in html and "&#60;img" in html
+    assert "javascript:" not in html.replace("javascript&#58;", "") and 'href="javascript' not in html
+    assert state.turns[-1]["content"] == "On 14 March 2026 [1]."  # what the model sees next: the answer only
+    stored = store.message(state.ids[2])
+    assert stored["sources"] == sources and stored["options"]["retrieval"] == {"kb": True, "web": False}
+
+    chat.like(state, 1, True)  # Gradio reports a bubble's like on its first message: the reasoning
+    assert store.feedback(state.ids[2])["rating"] == 1
+    chat.edit(state, 3, "edited sources")  # the sources are not stored: an edit there changes nothing
+    assert store.feedback(state.ids[2])["edited_content"] is None and stored["sources"] == sources
+
+
+def test_the_client_sends_retrieval_and_reads_the_sources_of_the_first_chunk(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rag"))
+    from rag_reader import reader_server
+
+    from expertkit.cli.main import main
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "relay.md").write_text("# Zephyr-9 relay\n\nThe Zephyr-9 relay was decommissioned on 14 March 2026.\n")
+    assert main(["kb", "add", str(docs), f"kb_dir={tmp_path / 'kb'}"]) == 0
+    with reader_server(kb_dir=str(tmp_path / "kb")) as (_, url):
+        client = ChatClient(url)
+        question = [{"role": "user", "content": "When was the Zephyr-9 relay decommissioned?"}]
+        deltas = list(client.stream("reader", question, retrieval={"kb": True, "web": False}))
+        with pytest.raises(ExpertkitError, match="web search is off"):
+            list(client.stream("reader", question, retrieval={"kb": True, "web": True}))
+    assert deltas[0].sources[0]["url"].endswith("relay.md") and not any(d.sources for d in deltas[1:])
+    assert "14 March 2026. [1]" in "".join(d.content for d in deltas)

@@ -26,6 +26,8 @@ def test_defaults_are_local_and_every_key_is_documented():
         ({"share": "true"}, "share links are off"),
         ({"server_url": "http://127.0.0.1:8000/v1", "adapter_name_or_path": "a"}, "server_url chats with"),
         ({"template": "qwen"}, "need model_name_or_path"),
+        ({"server_url": "http://127.0.0.1:8000/v1", "kb_dir": "kb"}, "kb_dir belong to the server"),
+        ({"model_name_or_path": "m", "web": "true"}, "web=true needs kb_dir"),
         ({"server_url": "127.0.0.1:8000"}, "http(s) URL"),
         ({"lang": "fr"}, "lang"),
         ({"prot": "1"}, "did you mean 'port'"),

@@ -135,6 +135,10 @@ def start_chat_server(config: WebUIConfig) -> tuple[subprocess.Popen, int]:
         args.append(f"adapter_name_or_path={config.adapter_name_or_path}")
     if config.template:
         args.append(f"template={config.template}")
+    if config.kb_dir:
+        args.append(f"kb_dir={config.kb_dir}")
+    if config.web:
+        args.append("web=true")
     command = [sys.executable, "-m", "expertkit", "serve", *args]
     logger.info("starting the chat server: expertkit serve %s", " ".join(args))
     return subprocess.Popen(command, stdin=subprocess.DEVNULL), port

@@ -2,7 +2,8 @@
 
 Reasoning arrives either as DeepSeek's `reasoning_content` deltas or inline as `<think>...</think>` in the
 content (R1-style models whose template opens the block in the prompt send only the closing tag);
-`split_reasoning` turns both into (reasoning, answer).
+`split_reasoning` turns both into (reasoning, answer). A grounded answer (`retrieval=...`, expertkit's extension)
+brings its numbered sources in the first chunk.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Delta:
     reasoning: str = ""
     content: str = ""
     finish_reason: str | None = None
+    sources: list[dict[str, Any]] | None = None  # a grounded answer's [{"n", "url", "title"}], on its first delta
 
 
 def split_reasoning(text: str) -> tuple[str, str, bool]:
@@ -61,12 +63,17 @@ class ChatClient:
         data = r.json().get("data") or []
         return [str(m.get("id")) for m in data if isinstance(m, dict) and m.get("id")]
 
-    def stream(self, model: str, messages: list[dict[str, str]], **params: Any) -> Iterator[Delta]:
-        """Yield the reply's deltas as the server sends them (server-sent events)."""
+    def stream(
+        self, model: str, messages: list[dict[str, str]], retrieval: dict[str, Any] | None = None, **params: Any
+    ) -> Iterator[Delta]:
+        """Yield the reply's deltas as the server sends them (server-sent events). `retrieval`: {"kb": bool, "web":
+        bool} grounds the answer (`expertkit serve kb_dir=...`); its sources come on the first delta."""
         import httpx
 
         sampling = {k: v for k, v in params.items() if v is not None}
         body = {"model": model, "messages": messages, "stream": True, **sampling}
+        if retrieval:
+            body["retrieval"] = retrieval
         timeout = httpx.Timeout(self.timeout, connect=10.0)
         try:
             with httpx.stream(
@@ -99,10 +106,12 @@ def _parse_event(line: str) -> Delta | None:
         raise ExpertkitError(f"the server stopped the answer: {error.get('message', error)}")
     choices = event.get("choices") or [{}]
     delta = choices[0].get("delta") or {}
+    sources = event.get("sources")
     return Delta(
         reasoning=delta.get("reasoning_content") or delta.get("reasoning") or "",
         content=delta.get("content") or "",
         finish_reason=choices[0].get("finish_reason"),
+        sources=[s for s in sources if isinstance(s, dict)] if isinstance(sources, list) else None,
     )
 
 

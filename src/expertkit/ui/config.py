@@ -40,6 +40,14 @@ class WebUIConfig(StageConfig):
     template: str | None = None
     """With model_name_or_path: the chat template (unset: the tokenizer's own)."""
 
+    kb_dir: str | None = None
+    """With model_name_or_path: a knowledge base (`expertkit kb add ... kb_dir=DIR`) for the chat's "Knowledge base"
+    toggle: the UI's `expertkit serve` answers from it and lists the numbered sources under the answer."""
+
+    web: bool = False
+    """With model_name_or_path and kb_dir: allow the chat's "Web search" toggle (DuckDuckGo; pages read are added to
+    kb_dir). Another search provider: run `expertkit serve ... web=true search_provider=...` and use server_url."""
+
     saves_dir: str = "saves"
     """Where training runs are listed from (any folder below holding a run), and where the UI puts its own jobs."""
 
@@ -68,13 +76,16 @@ class WebUIConfig(StageConfig):
 
     @model_validator(mode="after")
     def _one_chat_model(self) -> WebUIConfig:
-        if self.server_url and (self.adapter_name_or_path or self.template):
+        server_keys = [k for k in ("adapter_name_or_path", "template", "kb_dir", "web") if getattr(self, k)]
+        if self.server_url and server_keys:
             raise ValueError(
-                "server_url chats with a running server: adapter_name_or_path and template belong to the model it "
-                "serves (drop them, or drop server_url and let the UI start `expertkit serve`)"
+                f"server_url chats with a running server: {', '.join(server_keys)} belong to the server (start it "
+                "with them, or drop server_url and let the UI start `expertkit serve`)"
             )
-        if (self.adapter_name_or_path or self.template) and not self.model_name_or_path:
-            raise ValueError("adapter_name_or_path and template need model_name_or_path (the base model)")
+        if server_keys and not self.model_name_or_path:
+            raise ValueError(f"{', '.join(server_keys)} need model_name_or_path (the model the UI serves)")
+        if self.web and not self.kb_dir:
+            raise ValueError("web=true needs kb_dir: the pages a web search reads are added to that knowledge base")
         return self
 
     @property
