@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from expertkit.rag.embed import load_embedder
 
+    began = time.monotonic()
     work = Path(args.work_dir)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -137,8 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.sizes:
         corpus = build_corpus(n)
         wait_for_idle(args.idle_wait, own_cpu_seconds, see="see others' CPU")
+        meter = OthersCpu()
         vectors, embed_s = embed_corpus(embedder, corpus)
-        print(f"\n{n:,} chunks: WordLlama embedded them in {embed_s:.1f} s ({n / embed_s:,.0f} chunks/s)", flush=True)
+        print(
+            f"\n{n:,} chunks: WordLlama embedded them in {embed_s:.1f} s ({n / embed_s:,.0f} chunks/s, others' CPU "
+            f"{format_cores(meter.cores())})",
+            flush=True,
+        )
         for system in args.systems:
             wait_for_idle(args.idle_wait, own_cpu_seconds, see="see others' CPU")
             res = run_system(system, corpus, vectors, embed_s, embedder, args, work / f"{system}-{n}")
@@ -149,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     ratios = print_ratios(results)
     print_per_doc(per_doc)
+    print(f"\nwhole run: {(time.monotonic() - began) / 60:.1f} min")
     if args.json:
         payload = {"meta": machine(embedder.name), "results": [asdict(r) for r in results], "ratios": ratios}
         payload["per_document"] = [asdict(r) for r in per_doc]

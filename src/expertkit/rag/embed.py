@@ -105,7 +105,7 @@ def empty_matrix(dim: int) -> np.ndarray:
 
 
 class WordLlamaEmbedder:
-    """WordLlama's token-embedding average: ~12k 400-character chunks/s on 2 CPU cores, no download."""
+    """WordLlama's token-embedding average: ~7k 400-character chunks/s on 2 CPU cores (bench/README.md), no download."""
 
     def __init__(self, dim: int = 256):
         if dim not in WORDLLAMA_DIMS:
