@@ -20,6 +20,7 @@ import typer
 
 from expertkit import __version__
 from expertkit.cli.eval_cmd import evaluate
+from expertkit.cli.feedback_cmd import feedback_app
 from expertkit.cli.rag_cmds import ask, kb_app
 from expertkit.cli.webui_cmd import webui
 from expertkit.core.errors import ExpertkitError
@@ -40,6 +41,7 @@ config_app = typer.Typer(no_args_is_help=True, help="List config keys and their 
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 app.add_typer(kb_app, name="kb")
+app.add_typer(feedback_app, name="feedback")
 
 _state = {"debug": False}
 
@@ -126,7 +128,7 @@ def data_check(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_defau
 
 @config_app.command("keys")
 def config_keys(
-    stage: str = typer.Argument("train", help="Which stage's keys: train, export, chat, serve, kb, ask, eval."),
+    stage: str = typer.Argument("train", help="Which stage's keys: train, export, chat, serve, kb, ask, eval, webui."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the reference page (docs/reference/)."),
 ) -> None:
     """List every config key with its default and meaning."""
@@ -137,6 +139,7 @@ def config_keys(
     from expertkit.rag.config import AskConfig, KbCommandConfig
     from expertkit.serve.config import ServeConfig
     from expertkit.train.config import TrainConfig
+    from expertkit.ui.config import WebUIConfig
 
     stages = {
         "train": TrainConfig,
@@ -146,6 +149,7 @@ def config_keys(
         "kb": KbCommandConfig,
         "ask": AskConfig,
         "eval": EvalConfig,
+        "webui": WebUIConfig,
     }
     if stage not in stages:
         raise ExpertkitError(f"unknown stage '{stage}'", hint=f"stages: {', '.join(stages)}")

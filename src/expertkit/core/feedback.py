@@ -28,6 +28,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field
+
+from expertkit.core.config import StageConfig
 from expertkit.core.errors import ExpertkitError
 from expertkit.core.runs import write_text_atomic
 
@@ -95,6 +98,25 @@ def m002_server_records(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE messages ADD COLUMN choice_index INTEGER")
     db.execute("ALTER TABLE messages ADD COLUMN sources TEXT")
     db.execute("CREATE INDEX messages_completion ON messages(completion_id, choice_index)")
+
+
+class FeedbackExportConfig(StageConfig):
+    """Keys of `expertkit feedback export`."""
+
+    feedback_db: str | None = None
+    """The feedback store to read (unset: ~/.expertkit/feedback.sqlite, where the web UI and
+    `expertkit serve store_conversations=true` write)."""
+
+    output: str = Field("feedback.jsonl", min_length=1)
+    """The training file to write: OpenAI `messages` JSONL, one row per kept answer (`expertkit train
+    dataset=FILE` reads it)."""
+
+    only: ExportOnly = "good"
+    """Which answers: good (liked ones and every edited one; a thumbs down without an edit is left out), edited
+    (edited ones only), all (every stored answer, unrated and disliked ones too). An edit always replaces the answer."""
+
+    with_reasoning: bool = True
+    """Keep an answer's reasoning as <think>...</think> before it (R1-style models); false: the answer alone."""
 
 
 def default_feedback_db() -> Path:
@@ -378,7 +400,7 @@ class FeedbackStore:
     ) -> int:  # fmt: skip
         """Write the kept answers as OpenAI `messages` JSONL (a file `expertkit train dataset=...` reads); count."""
         rows = list(self.training_rows(only=only, with_reasoning=with_reasoning, skipped=skipped))
-        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        write_jsonl(path, rows)
         return len(rows)
 
     def counts(self) -> dict[str, int]:
@@ -392,6 +414,11 @@ class FeedbackStore:
             "edited": f"SELECT COUNT(*) FROM ({latest}) WHERE edited_content IS NOT NULL",
         }
         return {name: self._read(sql)[0][0] for name, sql in queries.items()}
+
+
+def write_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """Rows as JSON lines, written atomically (a reader never sees half a file)."""
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def trainable(messages: list[dict[str, str]]) -> bool:
