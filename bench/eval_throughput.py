@@ -24,13 +24,9 @@ import sys
 from pathlib import Path
 
 from quiet import wait_for_idle  # bench/quiet.py, beside this script
+from shared import TOPICS, prepare_model  # bench/shared.py
 
 DEFAULT_WORK = Path("/tmp/expertkit-bench")
-TOPICS = [
-    "tides", "compilers", "photosynthesis", "the printing press", "volcanoes", "TCP handshakes", "bread yeast",
-    "glaciers", "vaccines", "binary search", "the Silk Road", "solar panels", "coral reefs", "RSA keys",
-    "jet engines", "honeybees", "inflation", "lighthouses", "SQL indexes", "monsoons", "the abacus", "lasers",
-]  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,16 +42,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="12 questions: a smoke run")
     p.add_argument("--json", help="also write the figures to this JSON file")
     return p.parse_args(argv)
-
-
-def prepare_model(work: Path) -> Path:
-    model = work / "model-small"
-    if not (model / "config.json").is_file():
-        from expertkit.model.tiny import build_tiny_model
-
-        texts = [f"In two sentences, what is {t}? {t.capitalize()} are a topic people ask about." for t in TOPICS]
-        build_tiny_model(model, texts, size="small", vocab_size=8000)
-    return model
 
 
 def eval_set(path: Path, n: int) -> None:

@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from quiet import busy_cpu_seconds, wait_for_idle  # bench/quiet.py, beside this script
+from shared import percentile  # bench/shared.py
 
 DEFAULT_WORK = Path("/tmp/expertkit-bench/rag")
 OURS = ("sqlite-vec", "lancedb", "chroma")
@@ -406,16 +407,6 @@ class OthersCpu:
 
 def format_cores(cores: float | None) -> str:
     return "n/a" if cores is None else f"{cores:.2f}"
-
-
-def percentile(xs: list[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default), 0 for no data."""
-    if not xs:
-        return 0.0
-    s = sorted(xs)
-    k = (len(s) - 1) * q / 100
-    lo = int(k)
-    return s[lo] + (s[min(lo + 1, len(s) - 1)] - s[lo]) * (k - lo)
 
 
 def machine(embedder: str) -> dict:

@@ -37,15 +37,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from quiet import busy_cpu_seconds, wait_for_idle  # bench/quiet.py, beside this script
+from shared import TOPICS, percentile, prepare_model  # bench/shared.py
 
 DEFAULT_WORK = Path("/tmp/expertkit-bench")
-TOPICS = [
-    "tides", "compilers", "photosynthesis", "the printing press", "volcanoes", "TCP handshakes", "bread yeast",
-    "glaciers", "vaccines", "binary search", "the Silk Road", "solar panels", "coral reefs", "RSA keys",
-    "jet engines", "honeybees", "inflation", "lighthouses", "SQL indexes", "monsoons", "the abacus", "lasers",
-    "tea ceremonies", "black holes", "wind turbines", "git rebase", "tectonic plates", "sourdough", "radar",
-    "the immune system", "bridges", "hash tables",
-]  # fmt: skip
 GOAL_THROUGHPUT, GOAL_CLIENTS = 4.0, 16  # the issue: at 16 clients >= 4x the baseline's tokens/s, p95 TTFT no worse
 
 
@@ -123,17 +117,6 @@ def requests_for(args, clients: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- the model
-
-
-def prepare_model(work: Path) -> Path:
-    """WORK/model-small (bench/train_throughput.py's model), built once with expertkit.model.tiny when absent."""
-    model = work / "model-small"
-    if not (model / "config.json").is_file():
-        from expertkit.model.tiny import build_tiny_model
-
-        texts = [f"In two sentences, what is {t}? {t.capitalize()} are a topic people ask about." for t in TOPICS]
-        build_tiny_model(model, texts, size="small", vocab_size=8000)
-    return model
 
 
 def prompts(n: int) -> list[str]:
@@ -318,16 +301,6 @@ class LevelResult:
             f"{self.tok_per_s:7.1f} tok/s, TTFT p50 {self.ttft(50):.3f} s p95 {self.ttft(95):.3f} s, "
             f"{self.completion_tokens / max(self.requests, 1):.1f} tok/answer, {self.errors} errors"
         )
-
-
-def percentile(xs: list[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default), 0 for no data."""
-    if not xs:
-        return 0.0
-    s = sorted(xs)
-    k = (len(s) - 1) * q / 100
-    lo = int(k)
-    return s[lo] + (s[min(lo + 1, len(s) - 1)] - s[lo]) * (k - lo)
 
 
 async def stream_one(client, url: str, prompt: str, max_tokens: int) -> tuple[float | None, int]:

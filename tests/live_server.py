@@ -50,6 +50,20 @@ def serve_app(app, port: int, ready_timeout: float = 60.0):
         assert not thread.is_alive(), "the server thread did not stop"
 
 
+class ScriptedEngine:
+    """The Engine methods a scripted test model needs besides `model_names` and `stream` (a remote-like engine:
+    no context length or token counts)."""
+
+    def context_length(self, model=None):
+        return None
+
+    def count_prompt_tokens(self, messages, model=None):
+        return None
+
+    async def close(self) -> None:
+        pass
+
+
 @contextmanager
 def serve_engine(engine, **keys):
     """A live server answering with `engine` (an object with the Engine methods); `keys`: ServeConfig keys."""

@@ -16,6 +16,8 @@ import json
 import re
 from contextlib import contextmanager
 
+from live_server import ScriptedEngine
+
 from expertkit.engine.base import Delta, Usage
 
 MODEL = "judge"
@@ -51,7 +53,7 @@ def judge_reply(messages: list[dict]) -> str:
     return f"Here is my grading:\n```json\n{json.dumps(verdict, indent=1)}\n```\nHope this helps."
 
 
-class JudgeEngine:
+class JudgeEngine(ScriptedEngine):
     """Answers with `judge_reply`, a few characters per delta; keeps every request for the tests to look at."""
 
     def __init__(self):
@@ -67,14 +69,6 @@ class JudgeEngine:
             yield Delta(text=reply[i : i + 7])
         yield Delta(finish_reason="stop", usage=Usage(10, len(reply)))
 
-    def context_length(self, model=None):
-        return None
-
-    def count_prompt_tokens(self, messages, model=None):
-        return None
-
-    async def close(self) -> None:
-        pass
 
 
 @contextmanager

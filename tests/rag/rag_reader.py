@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 
+from live_server import ScriptedEngine
+
 from expertkit.engine.base import Delta, Usage
 
 SOURCE = re.compile(r'<source id="(\d+)"[^>]*>\n(.*?)\n</source>', re.S)
@@ -32,7 +34,7 @@ def read_answer(prompt: str) -> str:
     return f"{best} [{best_n}]" if best else "I don't know."
 
 
-class ReaderEngine:
+class ReaderEngine(ScriptedEngine):
     def __init__(self):
         self.prompts: list[str] = []
 
@@ -46,14 +48,6 @@ class ReaderEngine:
             yield Delta(text=word + " ")
         yield Delta(finish_reason="stop", usage=Usage(len(prompt.split()), 5))
 
-    def context_length(self, model=None):
-        return None
-
-    def count_prompt_tokens(self, messages, model=None):
-        return None
-
-    async def close(self) -> None:
-        pass
 
 
 @contextmanager

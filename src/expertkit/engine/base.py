@@ -83,6 +83,16 @@ class UnknownModelError(ExpertkitError, KeyError):
         return ExpertkitError.__str__(self)
 
 
+def pick_served(served: dict, model: str | None):
+    """The entry of `served` (name -> model) a request's `model` names (None or "": the first), or
+    UnknownModelError listing the names."""
+    if not model:
+        return next(iter(served.values()))
+    if model not in served:
+        raise UnknownModelError(model, list(served))
+    return served[model]
+
+
 @dataclass
 class Usage:
     prompt_tokens: int = 0

@@ -27,7 +27,7 @@ from typing import Any
 
 from expertkit.core.errors import ExpertkitError
 from expertkit.engine.answer import BatchedJob, OwnLoopJob, answer_deltas
-from expertkit.engine.base import Delta, SamplingParams, UnknownModelError
+from expertkit.engine.base import Delta, SamplingParams, pick_served
 from expertkit.engine.config import EngineConfig
 from expertkit.engine.decode import needs_own_loop
 
@@ -144,11 +144,7 @@ class LocalEngine:
 
     def pick(self, model: str | None = None) -> Served:
         """The served model a request's `model` names (None or "": the default), or UnknownModelError."""
-        if not model:
-            return next(iter(self.served.values()))
-        if model not in self.served:
-            raise UnknownModelError(model, self.model_names())
-        return self.served[model]
+        return pick_served(self.served, model)
 
     def prompt_ids(self, messages: list[dict], model: str | None = None, tools: list[dict] | None = None) -> list[int]:
         if isinstance(messages, RawPrompt):

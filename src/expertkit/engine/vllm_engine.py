@@ -47,7 +47,7 @@ from typing import Any
 
 from expertkit.core.errors import ExpertkitError
 from expertkit.engine.answer import answer_deltas
-from expertkit.engine.base import Delta, SamplingParams, TokenLogprob, UnknownModelError
+from expertkit.engine.base import Delta, SamplingParams, TokenLogprob, pick_served
 from expertkit.engine.config import EngineConfig
 from expertkit.engine.decode import Step, token_entry
 from expertkit.engine.json_output import Vocabulary
@@ -357,11 +357,7 @@ class VllmEngine:
 
     def pick(self, model: str | None = None) -> VllmServed:
         """The served name a request's `model` asks for (None or "": the default), or UnknownModelError."""
-        if not model:
-            return next(iter(self.served.values()))
-        if model not in self.served:
-            raise UnknownModelError(model, self.model_names())
-        return self.served[model]
+        return pick_served(self.served, model)
 
     def prompt_ids(self, messages: list[dict], model: str | None = None, tools: list[dict] | None = None) -> list[int]:
         return self.pick(model).prompt_ids(messages, tools)

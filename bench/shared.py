@@ -1,0 +1,34 @@
+"""Shared by the benchmarks: the ~27M-parameter model they run on, its topics, and percentiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TOPICS = [
+    "tides", "compilers", "photosynthesis", "the printing press", "volcanoes", "TCP handshakes", "bread yeast",
+    "glaciers", "vaccines", "binary search", "the Silk Road", "solar panels", "coral reefs", "RSA keys",
+    "jet engines", "honeybees", "inflation", "lighthouses", "SQL indexes", "monsoons", "the abacus", "lasers",
+    "tea ceremonies", "black holes", "wind turbines", "git rebase", "tectonic plates", "sourdough", "radar",
+    "the immune system", "bridges", "hash tables",
+]  # fmt: skip
+
+
+def prepare_model(work: Path) -> Path:
+    """WORK/model-small (bench/train_throughput.py's model), built once with expertkit.model.tiny when absent."""
+    model = work / "model-small"
+    if not (model / "config.json").is_file():
+        from expertkit.model.tiny import build_tiny_model
+
+        texts = [f"In two sentences, what is {t}? {t.capitalize()} are a topic people ask about." for t in TOPICS]
+        build_tiny_model(model, texts, size="small", vocab_size=8000)
+    return model
+
+
+def percentile(xs: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), 0 for no data."""
+    if not xs:
+        return 0.0
+    s = sorted(xs)
+    k = (len(s) - 1) * q / 100
+    lo = int(k)
+    return s[lo] + (s[min(lo + 1, len(s) - 1)] - s[lo]) * (k - lo)
