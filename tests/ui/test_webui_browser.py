@@ -211,9 +211,14 @@ def test_training_from_the_form_draws_its_loss_and_finishes(page, webui):
     page.wait_for_timeout(300)  # the accordion's fields get their values as it opens: fill them after that
     fill(page, "train-logging_steps", 1)
     fill(page, "train-learning_check_samples", 1)
+    fill(page, "train-val_size", 0.25)  # one of the four rows held out: the plot gets an eval_loss line
+    page.click("#train-eval_strategy input")
+    page.click("#train-eval_strategy li[aria-label=steps]")
     page.click("#train-show-yaml")
     page.wait_for_selector("#train-code:has-text('logging_steps: 1')")  # what will run, as YAML
     page.click("#train-advanced >> text=Advanced settings")  # folded again for the screenshot
+    lengths = "#train-lengths:has-text('cutoff_len 2048: every example fits')"  # measured by `expertkit data check`
+    page.wait_for_selector(f"{lengths}:has-text('Token lengths of 4 example(s)')")  # since the dataset was picked
     page.click("#train-start")
     page.wait_for_selector("#train-message:has-text('started: expertkit train')")
     page.wait_for_selector("#train-progress:has-text('finished: step 6/6')", timeout=WAIT_MS)
@@ -222,6 +227,7 @@ def test_training_from_the_form_draws_its_loss_and_finishes(page, webui):
     run = next((work / "saves").rglob("expertkit_finished")).parent
     assert (run / "webui_train.log").is_file() and (run / "adapter_config.json").is_file()
     assert "loss" in page.inner_text("#train-loss-plot")
+    page.wait_for_selector("#train-loss-plot svg:has-text('eval_loss')")  # the held-out loss beside the training loss
     page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, "webui-train.png", work)
 

@@ -1,9 +1,13 @@
-"""The dataset picker: names from dataset_dir/dataset_info.json and a preview of a dataset's first rows."""
+"""The dataset picker: names from dataset_dir/dataset_info.json, a preview of a dataset's first rows, and its token
+lengths against cutoff_len as `expertkit data check` measures them (the UI runs that command: it may not import
+the data stage, and the check reads every format with the model's chat template)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +89,40 @@ def rows_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         for row in rows
     ]
     return headers, cells
+
+
+@dataclass
+class LengthSummary:
+    """The token-length lines of `expertkit data check`'s report."""
+
+    valid: int
+    percentiles: dict[str, int]  # p50, p90, p99, max of whole examples, in tokens under the chat template
+    cutoff_len: int
+    cut: int  # examples longer than cutoff_len
+    no_answer_left: int  # of those, the ones left without an answer token (training skips them)
+
+
+_TOKENS = re.compile(r"^tokens per example: (?P<stats>.*) \(cutoff_len (?P<cutoff>\d+)\)$", re.M)
+_CUT = re.compile(
+    r"^cut by cutoff_len: (?P<cut>\d+) example\(s\); left with no answer token \(skipped\): (?P<lost>\d+)$", re.M
+)
+_VALID = re.compile(r"^total: (?P<valid>\d+) valid conversations$", re.M)
+
+
+def parse_lengths(report: str) -> LengthSummary | None:
+    """The token lengths in a `data check` report, or None when it has none (no model, unreadable data)."""
+    tokens, cut, valid = _TOKENS.search(report), _CUT.search(report), _VALID.search(report)
+    if not (tokens and cut and valid):
+        return None
+    pairs = tokens["stats"].split()
+    stats = {k: int(v) for k, v in zip(pairs[::2], pairs[1::2]) if v.isdigit()}
+    return LengthSummary(int(valid["valid"]), stats, int(tokens["cutoff"]), int(cut["cut"]), int(cut["lost"]))
+
+
+def check_failure(report: str) -> str:
+    """Why a `data check` gave no lengths: its `token lengths: not computed (...)` line or its error, in one line."""
+    for line in report.splitlines():
+        if line.startswith(("token lengths:", "error:")):
+            return line.removeprefix("error:").removeprefix("token lengths:").strip()
+    lines = [line for line in report.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "`expertkit data check` printed nothing"

@@ -52,6 +52,14 @@ EN = {
     # train
     "dataset_preview": "Dataset preview",
     "check_data": "Check data (counts, token lengths)",
+    "lengths": "**Token lengths** of {n} example(s) under the chat template: {stats}; cutoff_len {cutoff_len}: "
+    "{verdict}",
+    "lengths_fit": "every example fits",
+    "lengths_cut": "{cut} cut, {lost} of them left without an answer token (skipped); raise cutoff_len above {max} "
+    "if memory allows",
+    "lengths_measuring": "measuring token lengths (`expertkit data check`) ...",
+    "lengths_need_model": "token lengths: set model_name_or_path (its tokenizer and chat template count them)",
+    "lengths_failed": "token lengths: {reason}",
     "runs": "Runs",
     "run": "Run",
     "progress": "Progress",
@@ -119,6 +127,13 @@ ZH = {
     "command": "命令",
     "dataset_preview": "数据预览",
     "check_data": "检查数据（条数、token 长度）",
+    "lengths": "**Token 长度**（{n} 条样本，按对话模板计算）：{stats}；cutoff_len {cutoff_len}：{verdict}",
+    "lengths_fit": "全部样本都不超长",
+    "lengths_cut": "{cut} 条被截断，其中 {lost} 条截断后没有回答 token（训练时跳过）；"
+    "显存允许时请把 cutoff_len 调到 {max} 以上",
+    "lengths_measuring": "正在计算 token 长度（`expertkit data check`）……",
+    "lengths_need_model": "token 长度：请先填写 model_name_or_path（用它的分词器和对话模板计算）",
+    "lengths_failed": "token 长度：{reason}",
     "runs": "训练记录",
     "run": "训练",
     "progress": "进度",

@@ -1,4 +1,5 @@
-"""The train tab: TrainConfig as a form, a dataset picker with a preview, start / stop / resume, runs and progress.
+"""The train tab: TrainConfig as a form, a dataset picker with a preview and token lengths, start / stop / resume,
+runs and progress (the loss, and eval_loss when the run evaluates).
 
 A run's state is read from its folder on every refresh (see `expertkit.ui.runs`), never kept in the page.
 """
@@ -17,7 +18,7 @@ from expertkit.core.config import load_config
 from expertkit.core.errors import ExpertkitError
 from expertkit.core.runs import RESOLVED_CONFIG
 from expertkit.train.config import TrainConfig
-from expertkit.ui.datasets import dataset_names, preview_rows, rows_table
+from expertkit.ui.datasets import check_failure, dataset_names, parse_lengths, preview_rows, rows_table
 from expertkit.ui.forms import field_specs, form_to_values, values_to_args
 from expertkit.ui.jobs import STOP_GRACE_S, expertkit_command, shown_command, start_job, stop_job
 from expertkit.ui.runs import FINISHED_MARKER, list_runs, read_progress, run_status, train_job
@@ -41,6 +42,9 @@ COMMON = [
 ]
 REFRESH_S = 2.0
 LOG_BYTES = 12_000
+LOSS_SERIES = ("loss", "eval_loss")
+CHECK_TIMEOUT_S = 900  # `Check data`
+LENGTHS_TIMEOUT_S = 300  # the token lengths measured when a dataset is picked
 
 
 def fresh_output_dir(saves_dir: str, model: str | None) -> str:
@@ -73,6 +77,7 @@ def build_train_tab(config, L: dict[str, str]) -> dict[str, Any]:
     with gr.Row():
         with gr.Column(scale=3):
             fields = build_form(specs, COMMON, initial, L["advanced"], "train", custom={"dataset": dataset_picker})
+            lengths = gr.Markdown(elem_id="train-lengths")
             with gr.Accordion(L["dataset_preview"], open=False, elem_id="train-preview-box"):
                 preview_note = gr.Markdown()
                 preview = gr.Dataframe(interactive=False, wrap=True, elem_id="train-preview")
@@ -96,12 +101,13 @@ def build_train_tab(config, L: dict[str, str]) -> dict[str, Any]:
                 resume = gr.Button(L["resume"], elem_id="train-resume")
             progress = gr.Markdown(L["no_run"], elem_id="train-progress")
             plot = gr.LinePlot(
-                pd.DataFrame({"step": [], "loss": []}),
+                None,  # not an empty frame: a plot first drawn without data draws no lines later (Gradio 6)
                 x="step",
                 y="loss",
+                color="series",
                 label=L["loss"],
                 elem_id="train-loss-plot",
-                height=260,
+                height=300,
             )
             log = gr.Code(label=L["log"], interactive=False, elem_id="train-log", lines=12, max_lines=12)
     plotted = gr.State(-1)
@@ -115,17 +121,42 @@ def build_train_tab(config, L: dict[str, str]) -> dict[str, Any]:
         headers, cells = rows_table(rows)
         return note, pd.DataFrame(cells, columns=headers) if rows else None
 
+    def run_data_check(values: dict[str, Any], timeout: float) -> str:
+        args = ["data", "check", *values_to_args(values)]
+        try:
+            r = subprocess.run(expertkit_command(args), capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return f"error: `expertkit data check` took more than {timeout / 60:.0f} minutes"
+        return (r.stdout + r.stderr).strip()
+
     def check_data(*values):
         try:
             _, vals = form.checked(*values)
         except ExpertkitError as e:
             return error_text(e), gr.update()
-        args = ["data", "check", *values_to_args(vals)]
+        report = run_data_check(vals, CHECK_TIMEOUT_S)
+        return f"`{shown_command(['data', 'check', *values_to_args(vals)])}`", gr.update(
+            value=report, label="data check"
+        )
+
+    def token_lengths(*values) -> str:
+        """p50 / p90 / p99 / max tokens of the picked data against cutoff_len, from `expertkit data check`."""
+        if not dict(zip(form.names, values)).get("model_name_or_path"):
+            return L["lengths_need_model"]
         try:
-            r = subprocess.run(expertkit_command(args), capture_output=True, text=True, timeout=900)
-        except subprocess.TimeoutExpired:
-            return "`expertkit data check` took more than 15 minutes", gr.update()
-        return f"`{shown_command(args)}`", gr.update(value=(r.stdout + r.stderr).strip(), label="data check")
+            _, vals = form.checked(*values)
+        except ExpertkitError as e:
+            return L["lengths_failed"].format(reason=str(e).replace("\n", " "))
+        return lengths_text(run_data_check(vals, LENGTHS_TIMEOUT_S), L)
+
+    def on_pick(*values):
+        named = dict(zip(form.names, values))
+        note, table = preview_dataset(named["dataset_dir"], named["dataset"])
+        if not named["dataset"]:
+            yield note, table, ""
+            return
+        yield note, table, L["lengths_measuring"]
+        yield note, table, token_lengths(*values)
 
     def on_show_yaml(*values):
         try:
@@ -193,14 +224,12 @@ def build_train_tab(config, L: dict[str, str]) -> dict[str, Any]:
             remaining=p.remaining or "-",
         )
         signature = hash((selected, len(p.points)))
-        train_points = [(pt["step"], pt["loss"]) for pt in p.points if pt["series"] == "loss"]
-        points = pd.DataFrame(train_points, columns=["step", "loss"])
-        plot_update = gr.update() if signature == last_plotted else points
+        plot_update = gr.update() if signature == last_plotted else loss_points(p)
         return table, line, plot_update, train_job(folder).tail(LOG_BYTES), signature
 
     values = form.components
     names = fields["dataset"]
-    names.change(preview_dataset, [fields["dataset_dir"], names], [preview_note, preview])
+    names.change(on_pick, values, [preview_note, preview, lengths])
     fields["dataset_dir"].change(lambda d: gr.update(choices=dataset_names(d or ".")), [fields["dataset_dir"]], [names])
     check.click(check_data, values, [preview_note, code])
     show_yaml.click(on_show_yaml, values, [message, code])
@@ -216,6 +245,39 @@ def build_train_tab(config, L: dict[str, str]) -> dict[str, Any]:
         "runs": (runs_choices, [run]),
         "output_dir": (lambda: fresh_output_dir(config.saves_dir, config.model_name_or_path), fields["output_dir"]),
     }
+
+
+def lengths_text(report: str, L: dict[str, str]) -> str:
+    """The token-length line under the dataset picker, from an `expertkit data check` report."""
+    summary = parse_lengths(report)
+    if summary is None:
+        return L["lengths_failed"].format(reason=check_failure(report))
+    stats = summary.percentiles
+    verdict = (
+        L["lengths_cut"].format(cut=summary.cut, lost=summary.no_answer_left, max=stats.get("max", "?"))
+        if summary.cut
+        else L["lengths_fit"]
+    )
+    return L["lengths"].format(
+        n=summary.valid,
+        stats=" · ".join(f"{k} {v}" for k, v in stats.items()),
+        cutoff_len=summary.cutoff_len,
+        verdict=verdict,
+    )
+
+
+def loss_points(progress) -> pd.DataFrame:
+    """The plot's lines: the training loss and eval_loss (when the run evaluates: val_size, eval_strategy).
+
+    A series without points yet gets one empty (NaN) point, which draws nothing: Gradio fixes a plot's series when it
+    first draws it, so both must be there from the start for eval_loss to appear once the first evaluation ran."""
+    first = min((pt["step"] for pt in progress.points), default=0)
+    rows = []
+    for series in LOSS_SERIES:
+        points = [(pt["step"], pt["loss"], series) for pt in progress.points if pt["series"] == series]
+        rows += points or [(first, float("nan"), series)]
+    frame = pd.DataFrame(rows, columns=["step", "loss", "series"])
+    return frame.astype({"step": "int64", "loss": "float64", "series": "str"})
 
 
 def _loss(value: float | None) -> str:
