@@ -107,7 +107,7 @@ def build_train_tab(config, L: dict[str, str]) -> dict[str, Any]:
                 color="series",
                 label=L["loss"],
                 elem_id="train-loss-plot",
-                height=300,
+                # no fixed height: with one, Gradio 6 cuts the legend (loss, eval_loss) off below the plot
             )
             log = gr.Code(label=L["log"], interactive=False, elem_id="train-log", lines=12, max_lines=12)
     plotted = gr.State(-1)
