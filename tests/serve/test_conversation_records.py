@@ -85,6 +85,7 @@ async def test_answers_are_recorded_whole_and_streamed_and_feedback_finds_them(t
         ({"rating": 1}, 400, "completion_id"),
         ({"completion_id": "a", "message_id": "b", "rating": 1}, 400, "completion_id"),
         ({"completion_id": "a", "rating": 5}, 400, "rating"),
+        ({"completion_id": "a", "comment": "no rating, no edit"}, 400, "rating"),
         ({"completion_id": "a", "rating": 1, "edited_content": "x"}, 400, "edited_content"),
     ],
 )

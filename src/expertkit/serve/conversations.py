@@ -108,9 +108,9 @@ def feedback_router(log: ConversationLog | None) -> APIRouter:
                 "this server keeps no conversations: start it with store_conversations=true to take feedback",
                 code="feedback_unavailable",
             )
-        message_id = await asyncio.to_thread(target_message, log.store, req)
         if req.rating is None and req.edited_answer is None:
             raise APIError(400, "give a rating (1, -1 or 0) or an edited_answer", param="rating", code="invalid_value")
+        message_id = await asyncio.to_thread(target_message, log.store, req)
         row = await asyncio.to_thread(log.store.record_feedback, message_id, req.rating, req.edited_answer, req.comment)
         state = await asyncio.to_thread(log.store.feedback, message_id)
         return JSONResponse(
