@@ -6,17 +6,21 @@ checked by the config class itself before a job starts, so a mistake shows in th
 
 from __future__ import annotations
 
+import json
 import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel
 
 from expertkit.core.config import StageConfig, load_config, parse_override
+from expertkit.core.errors import ConfigError
 
-Kind = Literal["choice", "bool", "tristate", "int", "float", "list", "text"]
+Kind = Literal["choice", "bool", "tristate", "int", "float", "list", "text", "yaml", "secret"]
 UNSET = "unset"  # the tri-state choice for `bool | None` keys left to their automatic default
+MASK = "***"  # a secret as "show YAML" / "show command" print it
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,9 @@ class FieldSpec:
             return UNSET if value is None else str(bool(value)).lower()
         if self.kind == "list":
             return ", ".join(map(str, value or []))
-        if self.kind == "text" or (self.optional and self.kind in ("int", "float")):
+        if self.kind == "yaml":  # a list of mappings (eval's candidates) as a YAML text box
+            return yaml.safe_dump(value, sort_keys=False, allow_unicode=True) if value else ""
+        if self.kind in ("text", "secret") or (self.optional and self.kind in ("int", "float")):
             return "" if value is None else (str(value).lower() if isinstance(value, bool) else str(value))
         return value
 
@@ -58,12 +64,41 @@ class FieldSpec:
         if self.kind == "list":
             items = value if isinstance(value, list) else str(value or "").split(",")  # a multiselect, or text
             return [str(x).strip() for x in items if str(x).strip()]
+        if self.kind == "yaml":
+            return self._parsed_list(value)
         if self.kind == "choice":
             return value if value not in ("", None) else self.default
         text = str(value if value is not None else "").strip()
         if not text:
             return None if self.optional else ""
         return parse_override(text) if self.parsed else text
+
+    def _parsed_list(self, value: Any) -> Any:
+        """A YAML (or JSON) list typed into the box; empty is the default (unset)."""
+        if isinstance(value, list):
+            return value
+        text = str(value or "").strip()
+        if not text:
+            return self.default
+        try:
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(
+                f"{self.name}: not a YAML or JSON list{where}: {problem}",
+                hint=f"one mapping per item, e.g. - {{name: base, model_name_or_path: ...}}; empty leaves {self.name} "
+                "unset",
+            ) from None
+        if parsed is None:
+            return self.default
+        if not isinstance(parsed, list):
+            raise ConfigError(
+                f"{self.name}: expected a list (one '- ...' item each), got {type(parsed).__name__}",
+                hint=f"e.g. - {{name: base, model_name_or_path: ...}}; empty leaves {self.name} unset",
+            )
+        return parsed
 
 
 def field_specs(cls: type[StageConfig], exclude: tuple[str, ...] = ()) -> list[FieldSpec]:
@@ -73,6 +108,8 @@ def field_specs(cls: type[StageConfig], exclude: tuple[str, ...] = ()) -> list[F
         if name in exclude:
             continue
         kind, choices, optional = _kind_of(field.annotation)
+        if kind == "text" and field.repr is False:  # a key or password: a password box, masked when shown
+            kind = "secret"
         parsed = kind == "text" and _takes_non_str(field.annotation)
         required = field.is_required()
         default = None if required else field.get_default(call_default_factory=True)
@@ -97,7 +134,8 @@ def _kind_of(annotation: Any) -> tuple[Kind, tuple[str, ...], bool]:
         if one is float:
             return "float", (), optional
         if typing.get_origin(one) is list:
-            return "list", (), optional
+            item = (typing.get_args(one) or (str,))[0]
+            return ("yaml" if isinstance(item, type) and issubclass(item, BaseModel) else "list"), (), optional
     return "text", (), optional
 
 
@@ -136,7 +174,9 @@ def values_to_args(values: dict[str, Any]) -> list[str]:
     """The same values as `key=value` command-line overrides."""
     args = []
     for key, value in values.items():
-        if isinstance(value, list):
+        if isinstance(value, list) and not all(isinstance(x, str | int | float) for x in value):
+            value = json.dumps(value, ensure_ascii=False)  # candidates=[{...}]: JSON is a YAML value
+        elif isinstance(value, list):
             value = ",".join(map(str, value))
         elif isinstance(value, bool):
             value = str(value).lower()
@@ -144,3 +184,28 @@ def values_to_args(values: dict[str, Any]) -> list[str]:
             value = "null"
         args.append(f"{key}={value}")
     return args
+
+
+def is_secret(key: str) -> bool:
+    return key.endswith("api_key")
+
+
+def has_secrets(values: dict[str, Any]) -> bool:
+    """Whether values hold a key (judge_api_key, a candidate's api_key): its config file is then private (0600)."""
+    return masked(values) != values
+
+
+def masked(values: dict[str, Any]) -> dict[str, Any]:
+    """values with every *api_key (also inside lists of mappings, as candidates) shown as ***."""
+
+    def mask(d: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for k, v in d.items():
+            if is_secret(k) and v:
+                v = MASK
+            elif isinstance(v, list):
+                v = [mask(x) if isinstance(x, dict) else x for x in v]
+            out[k] = v
+        return out
+
+    return mask(values)

@@ -19,6 +19,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -102,8 +103,10 @@ def shown_command(args: list[str]) -> str:
     return shlex.join(["expertkit", *args])
 
 
-def start_job(job: Job, args: list[str], config_yaml: str) -> None:
-    """Write the job's config and start `expertkit ARGS` detached: its own session, stdin closed, output logged."""
+def start_job(job: Job, args: list[str], config_yaml: str, private: bool = False) -> None:
+    """Write the job's config and start `expertkit ARGS` detached: its own session, stdin closed, output logged.
+
+    private: the config holds an API key, so its file is readable by its owner only (0600)."""
     if job.state() == "running":
         raise ExpertkitError(
             f"a {job.name} job is already running in {job.folder}", hint="stop it first, or choose another folder"
@@ -112,7 +115,10 @@ def start_job(job: Job, args: list[str], config_yaml: str) -> None:
         job.folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ExpertkitError(f"cannot create '{job.folder}': {e.strerror}", hint="choose a folder you can write") from e
-    write_text_atomic(job.config_path, config_yaml)
+    if private:
+        write_private(job.config_path, config_yaml)
+    else:
+        write_text_atomic(job.config_path, config_yaml)
     command = expertkit_command(args)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the log shows progress as it happens
     with open(job.log_path, "wb") as log:
@@ -132,6 +138,21 @@ def start_job(job: Job, args: list[str], config_yaml: str) -> None:
     _children[proc.pid] = proc
     threading.Thread(target=_reap, args=(proc,), daemon=True).start()
     logger.info("started %s (pid %d), log %s", shown_command(args), proc.pid, job.log_path)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write text atomically to a file only its owner can read (0600 from its creation, never wider)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mkstemp makes 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _reap(proc: subprocess.Popen) -> None:

@@ -20,7 +20,7 @@ from expertkit.core.config import StageConfig, load_config
 from expertkit.core.errors import ExpertkitError
 from expertkit.evaluate.config import EvalConfig
 from expertkit.export.config import ExportConfig
-from expertkit.ui.forms import FieldSpec, field_specs
+from expertkit.ui.forms import FieldSpec, field_specs, has_secrets
 from expertkit.ui.jobs import STOP_GRACE_S, Job, shown_command, start_job, stop_job
 from expertkit.ui.runs import list_runs
 from expertkit.ui.widgets import FormValues, build_form, command_text, error_text, yaml_text
@@ -38,7 +38,13 @@ EVAL_COMMON = [
     "probe",
     "output_dir",
     "template",
+    "candidates",
 ]
+CANDIDATES_EXAMPLE = """\
+# unset: model_name_or_path (+ adapter) make base and tuned; or a YAML/JSON list (then clear those two):
+- {name: base, model_name_or_path: saves/demo/model}
+- {name: tuned, model_name_or_path: saves/demo/model, adapter_name_or_path: saves/demo/lora}
+- {name: tuned+rag, model_name_or_path: saves/demo/model, adapter_name_or_path: saves/demo/lora, kb_dir: kb}"""
 EXPORT_COMMON = [
     "model_name_or_path",
     "adapter_name_or_path",
@@ -60,6 +66,23 @@ def job_values(job: Job) -> dict[str, Any]:
     except (OSError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def start_stage_job(name: str, job: Job, values: dict[str, Any]) -> None:
+    """Write the job's YAML (API keys in clear: the job reads them; the file is then 0600) and start it."""
+    start_job(job, [name, str(job.config_path)], yaml_text(name, job, values, reveal=True), private=has_secrets(values))
+
+
+def candidates_box(spec: FieldSpec, value: Any) -> gr.components.Component:
+    return gr.Textbox(
+        value=spec.form_value(value),
+        lines=4,
+        max_lines=20,
+        placeholder=CANDIDATES_EXAMPLE,
+        label=spec.name,
+        info=spec.doc,
+        elem_id="eval-candidates",
+    )
 
 
 def adapter_picker(config, elem_id: str) -> Callable[[FieldSpec, Any], gr.components.Component]:
@@ -89,9 +112,10 @@ def build_job_tab(
     L: dict[str, str],
     draw_result: Callable[[], list[gr.components.Component]],
     show_result: Callable[[Job], tuple],
+    custom: dict[str, Callable[[FieldSpec, Any], gr.components.Component]] | None = None,
 ) -> dict[str, Any]:
     job = stage_job(config.saves_dir, name)
-    custom = {"adapter_name_or_path": adapter_picker(config, f"{name}-adapter_name_or_path")}
+    custom = {"adapter_name_or_path": adapter_picker(config, f"{name}-adapter_name_or_path"), **(custom or {})}
     with gr.Row():
         with gr.Column(scale=3):
             fields = build_form(specs, common, initial, L["advanced"], name, custom=custom)
@@ -129,7 +153,7 @@ def build_job_tab(
         if failed:
             return failed
         try:
-            start_job(job, [name, str(job.config_path)], yaml_text(name, job, ok[1]))
+            start_stage_job(name, job, ok[1])
         except ExpertkitError as e:
             return error_text(e), gr.update()
         started = L["started"].format(command=shown_command([name, str(job.config_path)]))
@@ -156,7 +180,7 @@ def build_job_tab(
 
 
 def build_eval_tab(config, L: dict[str, str]) -> dict[str, Any]:
-    specs = field_specs(EvalConfig, exclude=("candidates", "judge_api_key"))
+    specs = field_specs(EvalConfig)  # candidates: a YAML text box; judge_api_key: a password box, shown as ***
     initial = {
         "model_name_or_path": config.model_name_or_path,
         "template": config.template,
@@ -179,7 +203,8 @@ def build_eval_tab(config, L: dict[str, str]) -> dict[str, Any]:
             return None, ""
         return metrics_table(out), report_frame(out, L)
 
-    return build_job_tab("eval", EvalConfig, specs, EVAL_COMMON, initial, config, L, draw, show)
+    custom = {"candidates": candidates_box}
+    return build_job_tab("eval", EvalConfig, specs, EVAL_COMMON, initial, config, L, draw, show, custom)
 
 
 def metrics_table(output_dir: Path) -> pd.DataFrame | None:

@@ -177,7 +177,7 @@ def build_train_tab(config, L: dict[str, str]) -> dict[str, Any]:
             cfg, vals = form.checked(*values)
             refuse_existing(cfg)
             job = train_job(cfg.output_dir)
-            start_job(job, ["train", str(job.config_path)], yaml_text("train", job, vals))
+            start_job(job, ["train", str(job.config_path)], yaml_text("train", job, vals, reveal=True))
         except ExpertkitError as e:
             return error_text(e), gr.update(), gr.update()
         text = L["started"].format(command=shown_command(["train", str(job.config_path)]))
@@ -308,5 +308,5 @@ def resume_run(folder: str | None):
     config = load_config(TrainConfig, resolved, {"resume_from_checkpoint": True})
     specs = field_specs(TrainConfig)
     values = form_to_values(specs, {s.name: s.form_value(getattr(config, s.name)) for s in specs})
-    start_job(job, ["train", str(job.config_path)], yaml_text("train", job, values))
+    start_job(job, ["train", str(job.config_path)], yaml_text("train", job, values, reveal=True))
     return job

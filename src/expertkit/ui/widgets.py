@@ -9,7 +9,15 @@ import gradio as gr
 
 from expertkit.core.config import StageConfig
 from expertkit.core.errors import ExpertkitError
-from expertkit.ui.forms import UNSET, FieldSpec, check_values, form_to_values, values_to_args, values_to_yaml
+from expertkit.ui.forms import (
+    UNSET,
+    FieldSpec,
+    check_values,
+    form_to_values,
+    masked,
+    values_to_args,
+    values_to_yaml,
+)
 from expertkit.ui.jobs import Job, shown_command
 
 
@@ -23,6 +31,10 @@ def build_component(spec: FieldSpec, value: Any, elem_id: str) -> gr.components.
         return gr.Checkbox(value=bool(shown), **common)
     if spec.kind == "tristate":
         return gr.Dropdown(choices=[UNSET, "true", "false"], value=shown, **common)
+    if spec.kind == "secret":  # never echoed back to the page: a password box
+        return gr.Textbox(value=shown, type="password", placeholder="unset", **common)
+    if spec.kind == "yaml":
+        return gr.Textbox(value=shown, lines=4, max_lines=20, placeholder="unset (a YAML or JSON list)", **common)
     if spec.kind in ("int", "float") and not spec.optional:  # gr.Number shows "unset" as 0: optional ones are text
         return gr.Number(value=shown, precision=0 if spec.kind == "int" else None, **common)
     return gr.Textbox(value=shown, placeholder="unset" if spec.optional else None, **common)
@@ -80,15 +92,17 @@ class FormValues:
         return check_values(self.cls, values), values
 
 
-def yaml_text(command: str, job: Job, values: dict[str, Any]) -> str:
+def yaml_text(command: str, job: Job, values: dict[str, Any], reveal: bool = False) -> str:
+    """The job's YAML; API keys masked as *** unless reveal (the file the job itself reads)."""
     header = f"# written by expertkit webui; run it again with: {shown_command([command, str(job.config_path)])}"
-    return values_to_yaml(values, header)
+    return values_to_yaml(values if reveal else masked(values), header)
 
 
 def command_text(command: str, job: Job, values: dict[str, Any]) -> str:
-    """Both ways to repeat the job from a terminal: the YAML the UI writes, or everything on the command line."""
+    """Both ways to repeat the job from a terminal: the YAML the UI writes, or everything on the command line
+    (API keys masked as ***)."""
     return f"{shown_command([command, str(job.config_path)])}\n\n# or, without the file:\n" + shown_command(
-        [command, *values_to_args(values)]
+        [command, *values_to_args(masked(values))]
     )
 
 
