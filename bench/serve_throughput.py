@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from quiet import busy_cpu_seconds, wait_for_idle  # bench/quiet.py, beside this script
-from shared import TOPICS, percentile, prepare_model  # bench/shared.py
+from shared import TOPICS, percentile, prepare_model, wait_healthy  # bench/shared.py
 
 DEFAULT_WORK = Path("/tmp/expertkit-bench")
 GOAL_THROUGHPUT, GOAL_CLIENTS = 4.0, 16  # the issue: at 16 clients >= 4x the baseline's tokens/s, p95 TTFT no worse
@@ -164,23 +164,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path, limit_s: float = 300) -> None:
-    import httpx
-
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}; its log:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"the server was not healthy after {limit_s:.0f} s; its log: {log}")
 
 
 def serve_baseline(model_dir: Path, port: int) -> int:

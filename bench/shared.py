@@ -1,7 +1,10 @@
-"""Shared by the benchmarks: the ~27M-parameter model they run on, its topics, and percentiles."""
+"""Shared by the benchmarks: the ~27M-parameter model they run on, its topics, percentiles, and waiting for a
+server subprocess to become healthy."""
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 TOPICS = [
@@ -32,3 +35,22 @@ def percentile(xs: list[float], q: float) -> float:
     k = (len(s) - 1) * q / 100
     lo = int(k)
     return s[lo] + (s[min(lo + 1, len(s) - 1)] - s[lo]) * (k - lo)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, limit_s: float = 300, poll_s: float = 0.2) -> None:
+    """Return once `url`/health answers 200; exit with the server log's tail if it dies or takes over limit_s."""
+    import httpx
+
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text()[-5000:]
+            raise SystemExit(f"FAIL start: the server exited with {proc.returncode}; its log:\n{tail}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(poll_s)
+    proc.kill()
+    raise SystemExit(f"FAIL start: not healthy after {limit_s:.0f} s; its log:\n{log.read_text()[-5000:]}")

@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from shared import wait_healthy  # bench/shared.py, beside this script
+
 WORDS = ["apple", "river", "violet", "cobalt", "maple", "thunder", "pepper", "harbor", "lantern", "pebble"]
 COUNT = [{"role": "user", "content": "Count from 1 to 30, separated by commas, and nothing else."}]
 STORY = [{"role": "user", "content": "Tell me a short story about a lighthouse keeper."}]
@@ -83,26 +85,8 @@ def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen,
     print("starting:", " ".join(cmd), flush=True)
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, proc, log, args.startup_timeout)
+    wait_healthy(url, proc, log, args.startup_timeout, poll_s=1.0)
     return proc, url
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path, limit_s: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text()[-5000:]
-            raise SystemExit(f"FAIL start: the server exited with {proc.returncode}; its log:\n{tail}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    proc.kill()
-    raise SystemExit(f"FAIL start: not healthy after {limit_s:.0f} s; its log:\n{log.read_text()[-5000:]}")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
