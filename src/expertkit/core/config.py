@@ -43,6 +43,16 @@ class StageConfig(BaseModel):
 C = TypeVar("C", bound=StageConfig)
 
 
+def split_list(value):
+    """`a, b` or ['a', 'b'] -> ['a', 'b']: the comma lists of every config (`dataset=a,b`, `api_key=k1,k2`)."""
+    if value is None:
+        return []
+    if not isinstance(value, (str, list, tuple)):
+        return value  # a wrong type: the field's own validation names it
+    items = value.split(",") if isinstance(value, str) else value
+    return [str(x).strip() for x in items if str(x).strip()]
+
+
 def split_cli_args(args: list[str]) -> tuple[str | None, dict[str, str]]:
     """Split command arguments into an optional config file and overrides.
 

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from pydantic import field_validator
 
+from expertkit.core.config import split_list  # noqa: F401  (train/ and evaluate/ import it from here too)
 from expertkit.model.config import ModelConfig
-
-
-def split_list(value: str | list[str] | None) -> list[str]:
-    """`a, b` or ['a', 'b'] -> ['a', 'b']."""
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else value
-    return [str(x).strip() for x in items if str(x).strip()]
 
 
 class DataConfig(ModelConfig):

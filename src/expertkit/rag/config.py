@@ -7,18 +7,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from expertkit.core.config import StageConfig
+from expertkit.core.config import StageConfig, split_list
 from expertkit.engine.config import EngineConfig
 
 DEFAULT_KB_DIR = "kb"
-
-
-def comma_list(v):
-    if v is None:
-        return []
-    if isinstance(v, str):
-        return [x.strip() for x in v.split(",") if x.strip()]
-    return v
 
 
 class KbConfig(StageConfig):
@@ -95,7 +87,7 @@ class FetchConfig(StageConfig):
     @field_validator("allow_networks", mode="before")
     @classmethod
     def _comma_list(cls, v):
-        return comma_list(v)
+        return split_list(v)
 
     @field_validator("allow_networks")
     @classmethod
@@ -132,7 +124,7 @@ class WebConfig(FetchConfig):
     @field_validator("discard_domains", mode="before")
     @classmethod
     def _domains(cls, v):
-        return None if v is None else comma_list(v)
+        return None if v is None else split_list(v)
 
 
 class KbCommandConfig(FetchConfig, KbConfig):

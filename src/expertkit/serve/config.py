@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from expertkit.core.config import split_list
 from expertkit.core.errors import ConfigError
 from expertkit.engine.config import EngineConfig
 from expertkit.rag.config import WebConfig
@@ -72,11 +73,7 @@ class ServeConfig(WebConfig, EngineConfig):
     @field_validator("api_key", "cors_origins", mode="before")
     @classmethod
     def _comma_list(cls, v):
-        if v is None:
-            return []
-        if isinstance(v, str):
-            return [x.strip() for x in v.split(",") if x.strip()]
-        return v
+        return split_list(v)
 
     def accepted_keys(self) -> list[str]:
         """Every accepted key: api_key, api_key_file and EXPERTKIT_API_KEY together."""
