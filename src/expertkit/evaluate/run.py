@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from expertkit.core.config import save_config
-from expertkit.core.errors import DataError, ExpertkitError
+from expertkit.core.errors import DataError, ExpertkitError, Problem
 from expertkit.core.runs import TRAINER_LOG, append_jsonl, drop_torn_tail, write_json_atomic
 from expertkit.evaluate.config import TEXT_METRICS, Candidate, EvalConfig
 
@@ -120,8 +120,6 @@ def is_qa_jsonl(path: Path) -> bool:
 
 def read_qa_jsonl(path: Path) -> list[EvalItem]:
     items, problems = [], []
-    from expertkit.core.errors import Problem
-
     with open(path, encoding="utf-8-sig") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
@@ -272,7 +270,7 @@ def read_done(path: Path, spec: str) -> dict[str, dict]:
 
 async def answer_set(config, c: Candidate, engine, model, items, path: Path, out) -> dict[str, dict]:
     """Each item's answer, from the file when an earlier run wrote it, else generated and appended at once."""
-    from expertkit.engine.base import SamplingParams
+    from expertkit.engine.base import SamplingParams, complete
 
     spec = spec_hash(config, c, items)
     done = read_done(path, spec)
@@ -297,8 +295,6 @@ async def answer_set(config, c: Candidate, engine, model, items, path: Path, out
             params = SamplingParams(temperature=config.temperature, max_tokens=config.max_new_tokens, seed=seed)
             row = {"id": item.id, "spec": spec, "question": item.question, "reference": item.reference}
             try:
-                from expertkit.engine.base import complete
-
                 delta = await complete(engine, messages, params, model)
                 row.update(answer=delta.text, reasoning=delta.reasoning or None, finish_reason=delta.finish_reason)
             except ExpertkitError as e:

@@ -181,7 +181,7 @@ class KnowledgeBase:
 
     def add_document(self, doc: Document, fetched_at: str | None = None) -> AddResult:
         """Chunk, embed and store one document, replacing what an earlier version of it left."""
-        digest = content_hash(f"{self.manifest.chunk_size}/{self.manifest.chunk_overlap}\n{doc.text}")
+        digest = self.digest(doc)
         known = self.manifest.sources.get(doc.source)
         if known and known.get("content_hash") == digest and not known.get("partial"):
             return AddResult(doc.source, "unchanged", known.get("chunks", 0), doc.title)
@@ -197,7 +197,7 @@ class KnowledgeBase:
     def add_chunks(self, doc: Document, chunks: list[Chunk], fetched_at: str | None = None) -> AddResult:
         """Store some chunks of a document (the relevant part of a web page); other chunks it had stay, unless
         the page itself changed."""
-        digest = content_hash(f"{self.manifest.chunk_size}/{self.manifest.chunk_overlap}\n{doc.text}")
+        digest = self.digest(doc)
         known = self.manifest.sources.get(doc.source)
         if known and known.get("content_hash") != digest:
             self.store.delete_source(doc.source)
@@ -214,6 +214,10 @@ class KnowledgeBase:
         self.manifest.sources[doc.source] = entry
         self.changed()
         return AddResult(doc.source, "updated" if known else "added", len(positions), doc.title)
+
+    def digest(self, doc: Document) -> str:
+        """What a source's chunks depend on: its text and the chunk sizes."""
+        return content_hash(f"{self.manifest.chunk_size}/{self.manifest.chunk_overlap}\n{doc.text}")
 
     def split(self, doc: Document) -> list[Chunk]:
         return split_text(
