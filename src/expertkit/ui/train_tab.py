@@ -158,19 +158,19 @@ def build_train_tab(config, L: dict[str, str]) -> dict[str, Any]:
         yield note, table, L["lengths_measuring"]
         yield note, table, token_lengths(*values)
 
-    def on_show_yaml(*values):
-        try:
-            cfg, vals = form.checked(*values)
-        except ExpertkitError as e:
-            return error_text(e), gr.update()
-        return "", gr.update(value=yaml_text("train", train_job(cfg.output_dir), vals), language="yaml")
+    def shown(render, language: str):
+        """A handler showing the form as `render` (YAML or the command) writes it, or the form's errors."""
 
-    def on_show_command(*values):
-        try:
-            cfg, vals = form.checked(*values)
-        except ExpertkitError as e:
-            return error_text(e), gr.update()
-        return "", gr.update(value=command_text("train", train_job(cfg.output_dir), vals), language="shell")
+        def show(*values):
+            try:
+                cfg, vals = form.checked(*values)
+            except ExpertkitError as e:
+                return error_text(e), gr.update()
+            return "", gr.update(value=render("train", train_job(cfg.output_dir), vals), language=language)
+
+        return show
+
+    on_show_yaml, on_show_command = shown(yaml_text, "yaml"), shown(command_text, "shell")
 
     def on_start(*values):
         try:
