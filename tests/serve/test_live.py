@@ -122,3 +122,44 @@ def test_tools_and_tool_messages_render_through_the_chat_template(live):
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
     assert r.json()["usage"]["prompt_tokens"] > 0
+
+
+def test_context_overflow_is_a_400_naming_the_numbers_and_the_default_length_fits_the_context(live):
+    """The tiny model's context is 4096 tokens; the server's default answer length (max_new_tokens 512) is lowered to
+    what a long prompt leaves, a client's own max_tokens never is."""
+    import re
+
+    _, url = live
+
+    def post(messages, **body) -> httpx.Response:
+        body = {"model": "tiny", "messages": messages, "temperature": 0, **body}
+        return httpx.post(url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
+
+    r = post(ask("hi"), max_tokens=5000)
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["param"] == "max_tokens" and error["code"] == "context_length_exceeded"
+    assert "5000" in error["message"] and "4096" in error["message"]
+
+    def prompt_tokens(words: int) -> int:
+        error = post(ask("hello " * words), max_tokens=4096).json()["error"]
+        return int(re.search(r"the messages is (\d+) tokens", error["message"]).group(1))
+
+    per_word = prompt_tokens(1001) - prompt_tokens(1000)
+    overhead = prompt_tokens(1000) - 1000 * per_word  # the chat template's tokens
+    words = (4090 - overhead) // per_word
+    count = overhead + words * per_word
+    assert prompt_tokens(words) == count and 6 <= 4096 - count < 6 + per_word  # room for about 6 answer tokens
+    r = post(ask("hello " * words), max_tokens=10)
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["param"] == "messages"
+    expected = f"is {count} tokens and max_tokens is 10: {count + 10} is more than the model's context of 4096"
+    assert expected in error["message"]
+
+    r = post(ask("hello " * words))  # no max_tokens: the answer gets the tokens left
+    assert r.status_code == 200, r.text
+    usage = r.json()["usage"]
+    assert usage["prompt_tokens"] == count and usage["completion_tokens"] <= 4096 - count
+
+    r = post(ask("hello " * (words + 10)))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    assert "4096 tokens" in r.json()["error"]["message"]

@@ -121,7 +121,7 @@ def plain_router(state: ServerState) -> APIRouter:
         name = await pick_model(engine, model)
         messages = [{"role": "user", "content": prompt}]
         params = SamplingParams(temperature=temperature, max_tokens=max_tokens or state.config.max_new_tokens)
-        check_context(engine, name, params.max_tokens, messages=messages)
+        params.max_tokens = check_context(engine, name, params.max_tokens, messages=messages, asked=bool(max_tokens))
         state.admit()
         try:
             deadline = time.monotonic() + state.config.request_timeout

@@ -198,7 +198,8 @@ def response_format(format: str | dict | None) -> dict | None:
 async def answer(state: ServerState, request, req, engine: Engine, model: str, kind: str, **prompt) -> Response:
     """One /api/chat or /api/generate answer: NDJSON lines (stream, Ollama's default) or one JSON object."""
     params = sampling_params(req.options, state.config.max_new_tokens, req.format)
-    check_context(engine, model, params.max_tokens, **prompt)
+    asked = bool(req.options and req.options.num_predict and req.options.num_predict > 0)
+    params.max_tokens = check_context(engine, model, params.max_tokens, asked=asked, **prompt)
     state.admit()
     timer = Timer()
     deltas = timer.watch(state.generate(engine, params, model, **prompt))

@@ -57,7 +57,9 @@ def v1_router(state: ServerState) -> APIRouter:
         tools = request_tools(req)
         params = sampling_params(req, state.config.max_new_tokens, max_n=MAX_N)
         params.logprobs, params.top_logprobs = request_logprobs(req)
-        check_context(engine, model, params.max_tokens, messages=messages, tools=tools)
+        params.max_tokens = check_context(
+            engine, model, params.max_tokens, messages=messages, tools=tools, asked=asked_max_tokens(req)
+        )
         state.admit()
         deadline = time.monotonic() + state.config.request_timeout
         cid, parse = completion_id(), bool(tools)
@@ -91,7 +93,7 @@ def v1_router(state: ServerState) -> APIRouter:
         model = await pick_model(engine, req.model)
         params = sampling_params(req, state.config.max_new_tokens)
         params.logprobs, params.top_logprobs = req.logprobs is not None, req.logprobs or 0
-        check_context(engine, model, params.max_tokens, prompt=prompt)
+        params.max_tokens = check_context(engine, model, params.max_tokens, prompt=prompt, asked=asked_max_tokens(req))
         state.admit()
         deadline = time.monotonic() + state.config.request_timeout
         deltas, cid = state.generate(engine, params, model, prompt=prompt), completion_id("cmpl")
@@ -195,6 +197,11 @@ def request_logprobs(req: ChatCompletionRequest) -> tuple[bool, int]:
 
 
 MAX_N = 8  # choices one chat request may ask for (each is a generation of its own)
+
+
+def asked_max_tokens(req: SamplingRequest) -> bool:
+    """Whether the client set the answer length (else the server's max_new_tokens applies, fitted to the context)."""
+    return bool(getattr(req, "max_completion_tokens", None) or req.max_tokens)
 
 
 def sampling_params(req: SamplingRequest, default_max_tokens: int, max_n: int = 1) -> SamplingParams:

@@ -152,15 +152,21 @@ def context_length(engine: Engine, model: str | None) -> int | None:
 
 
 def check_context(
-    engine: Engine, model: str, max_tokens: int, messages: list[dict] | None = None, prompt=None, tools=None
+    engine: Engine,
+    model: str,
+    max_tokens: int,
+    messages: list[dict] | None = None,
+    prompt=None,
+    tools=None,
+    asked: bool = True,
 ) -> int:
-    """400 when prompt + max_tokens would not fit the model's context (when the engine can tell); never truncate.
-
-    Returns the prompt's token count (0 when unknown)."""
+    """The answer length to use: 400 when prompt + max_tokens would not fit the model's context (when the engine can
+    tell); never truncate the prompt. A length the client did not ask for (`asked` False: the server's
+    max_new_tokens) is lowered to what the context leaves instead, as OpenAI does without max_tokens."""
     limit = context_length(engine, model)
     if limit is None:
-        return 0
-    if max_tokens > limit:
+        return max_tokens
+    if max_tokens > limit and asked:
         raise APIError(
             400,
             f"max_tokens {max_tokens} is more than the model's context of {limit} tokens",
@@ -169,9 +175,19 @@ def check_context(
         )
     count = prompt_tokens(engine, model, messages, prompt, tools)
     if count is None:
-        return 0
+        return min(max_tokens, limit)
+    what = "messages" if prompt is None else "prompt"
+    if not asked:
+        if count < limit:
+            return min(max_tokens, limit - count)
+        raise APIError(
+            400,
+            f"the {what} is {count} tokens: the model's context is {limit} tokens, with room for the answer; "
+            f"shorten the {what}",
+            param=what,
+            code="context_length_exceeded",
+        )
     if count + max_tokens > limit:
-        what = "messages" if prompt is None else "prompt"
         raise APIError(
             400,
             f"the {what} is {count} tokens and max_tokens is {max_tokens}: {count + max_tokens} is more than the "
@@ -179,7 +195,7 @@ def check_context(
             param=what,
             code="context_length_exceeded",
         )
-    return count
+    return max_tokens
 
 
 def prompt_tokens(
