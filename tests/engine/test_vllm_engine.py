@@ -1,8 +1,8 @@
 """engine=vllm without vLLM: what we would ask vLLM for (sampling, LoRA requests, engine arguments), the prompts we
 render for it (the local engine's, token for token), and the error a user gets where vLLM is not installed.
 
-vLLM itself needs a GPU, so nothing here runs it; bench/vllm_check.py checks the engine on a GPU machine. The one
-test that builds vLLM's own objects from our keywords runs only where vLLM is importable.
+Nothing here runs vLLM (test_vllm_live.py does, where vLLM is installed: CI's vLLM step). The one test that builds
+vLLM's own objects from our keywords runs only where vLLM is importable.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from expertkit.engine.base import SamplingParams, load_engine
 from expertkit.engine.config import EngineConfig
 from expertkit.engine.vllm_engine import (
     LoraSpec,
+    engine_args,
     engine_args_kwargs,
     import_vllm,
     load_served,
@@ -167,6 +168,26 @@ def test_engine_arguments_size_vllm_from_our_keys(tmp_path):
     assert "max_model_len" not in engine_args_kwargs(EngineConfig(engine="vllm", model_name_or_path="m"), [])
 
 
+def test_vllm_config_adds_vllms_own_arguments_last_and_unknown_ones_are_named():
+    from dataclasses import dataclass
+
+    config = EngineConfig(
+        engine="vllm", model_name_or_path="m", vllm_config={"enforce_eager": True, "max_num_seqs": 256}
+    )
+    args = engine_args_kwargs(config, [])
+    assert args["enforce_eager"] is True and args["max_num_seqs"] == 256  # the user's value wins over ours
+
+    @dataclass
+    class FakeArgs:  # vLLM's AsyncEngineArgs is a dataclass of its arguments
+        model: str = ""
+        enforce_eager: bool = False
+
+    fake = SimpleNamespace(AsyncEngineArgs=FakeArgs)
+    assert engine_args(fake, {"model": "m", "enforce_eager": True}) == FakeArgs("m", True)
+    with pytest.raises(ExpertkitError, match="no engine argument 'enforce_eagr', 'gpu_util'"):
+        engine_args(fake, {"model": "m", "enforce_eagr": True, "gpu_util": 0.5})
+
+
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
@@ -265,7 +286,7 @@ def test_a_broken_vllm_install_is_reported_as_such(monkeypatch):
 
 
 def test_our_keywords_build_vllms_own_objects(tmp_path, tiny_model):
-    """Only where vLLM is importable (a GPU machine): vLLM accepts every keyword we build."""
+    """Only where vLLM is importable (CI's vLLM step, a GPU machine): vLLM accepts every keyword we build."""
     pytest.importorskip("vllm")
     v = import_vllm()
     for params in [
@@ -283,6 +304,6 @@ def test_our_keywords_build_vllms_own_objects(tmp_path, tiny_model):
     spec = lora_specs({"legal": str(adapter(tmp_path / "legal", 8))})[0]
     assert v.LoRARequest(spec.name, spec.int_id, spec.path).lora_int_id == 1
     config = EngineConfig(engine="vllm", model_name_or_path=str(tiny_model), max_model_len=2048)
-    args = v.AsyncEngineArgs(**engine_args_kwargs(config, [spec]))
+    args = engine_args(v, engine_args_kwargs(config, [spec]))
     assert (args.enable_lora, args.max_lora_rank, args.max_model_len) == (True, 8, 2048)
     assert v.prompt_of([1, 2, 3])["prompt_token_ids"] == [1, 2, 3]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -53,6 +53,10 @@ class EngineConfig(ModelConfig):
     max_model_len: int | None = Field(None, ge=1)
     """engine=vllm: the longest prompt + answer, in tokens; unset: the model's own context. Lower it when vLLM says
     the KV cache cannot hold one full-length request."""
+
+    vllm_config: dict[str, Any] = Field(default_factory=dict)
+    """engine=vllm: more of vLLM's engine arguments (`AsyncEngineArgs`), applied last, e.g.
+    `vllm_config='{enforce_eager: true, max_num_batched_tokens: 8192}'`. Unknown ones stop the start, named."""
 
     @field_validator("max_new_tokens", "max_concurrency")
     @classmethod

@@ -33,6 +33,7 @@ same end-of-answer tokens as locally (`stop_token_ids`: the generation config's 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -207,7 +208,27 @@ def engine_args_kwargs(config: EngineConfig, specs: list[LoraSpec]) -> dict:
         kwargs["max_model_len"] = config.max_model_len
     if specs:
         kwargs.update(enable_lora=True, max_loras=len(specs), max_lora_rank=max_lora_rank(specs))
+    kwargs.update(config.vllm_config)  # the user's own vLLM arguments win
     return kwargs
+
+
+def engine_args(vllm: SimpleNamespace, kwargs: dict):
+    """vLLM's AsyncEngineArgs, or an ExpertkitError naming the arguments vLLM does not have (from `vllm_config`)."""
+    known = (
+        {f.name for f in dataclasses.fields(vllm.AsyncEngineArgs)}
+        if dataclasses.is_dataclass(vllm.AsyncEngineArgs)
+        else set(kwargs)
+    )
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ExpertkitError(
+            f"vllm_config: vLLM has no engine argument {', '.join(repr(k) for k in unknown)}",
+            hint="the names are vLLM's AsyncEngineArgs fields (`vllm serve --help` spells them with dashes)",
+        )
+    try:
+        return vllm.AsyncEngineArgs(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ExpertkitError(f"vllm_config: vLLM refused its engine arguments ({e})") from None
 
 
 def vllm_sampling_kwargs(params: SamplingParams, eos_ids: list[int]) -> dict:
@@ -336,7 +357,7 @@ class VllmEngine:
         specs = lora_specs(config.adapters())
         self.served = load_served(config, specs)
         self.loras = {s.name: self.vllm.LoRARequest(s.name, s.int_id, s.path) for s in specs}
-        args = self.vllm.AsyncEngineArgs(**engine_args_kwargs(config, specs))
+        args = engine_args(self.vllm, engine_args_kwargs(config, specs))
         try:
             self.engine = self.vllm.AsyncLLM.from_engine_args(args)
         except Exception as e:

@@ -115,8 +115,11 @@ def build_tiny_model(
     vocab_size: int = 4000,
     seed: int = 0,
     corpus_bytes: int = 3_000_000,
+    shape: dict | None = None,
 ) -> Path:
-    """Write a random Qwen2ForCausalLM + tokenizer to out_dir and return it. Deterministic for a seed."""
+    """Write a random Qwen2ForCausalLM + tokenizer to out_dir and return it. Deterministic for a seed. `shape`
+    overrides the size's config keys (e.g. `num_attention_heads=2` for 32-wide heads, the least vLLM's CPU
+    attention takes)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -143,7 +146,7 @@ def build_tiny_model(
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
         use_cache=True,
-        **SIZES[size],
+        **{**SIZES[size], **(shape or {})},
     )
     config.dtype = torch.float32
     model = Qwen2ForCausalLM(config).to(torch.float32)
