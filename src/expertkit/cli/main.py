@@ -179,6 +179,8 @@ def chat(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=Fal
         params = SamplingParams(max_tokens=config.max_new_tokens, **values).validate()
     except InvalidParamError as e:
         raise ExpertkitError(str(e), hint=f"sampling keys: {', '.join(CHAT_SAMPLING_KEYS)}") from None
+    if config.engine == "vllm":  # vLLM's start-up log would bury the conversation; its warnings still show
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     run_chat(load_engine(config), params)
 
 

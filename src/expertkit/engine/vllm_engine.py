@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import importlib.util
 import json
 import logging
@@ -433,9 +434,14 @@ class VllmEngine:
         return self.stream(RawPrompt(prompt), params, model)
 
     async def close(self) -> None:
-        shutdown = getattr(self.engine, "shutdown", None)
+        """Shut vLLM down and let go of it now: left to the interpreter's exit, vLLM's own finaliser runs its
+        shutdown again after its modules are torn down and prints a traceback."""
+        engine, self.engine = self.engine, None
+        shutdown = getattr(engine, "shutdown", None)
         if shutdown is not None:
             shutdown()
+        del engine, shutdown
+        gc.collect()
 
 
 @dataclass
