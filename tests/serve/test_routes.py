@@ -44,11 +44,11 @@ async def test_completion_stream_echo_and_usage(client, fake):
     [
         ({}, "prompt"),
         ({"prompt": ""}, "prompt"),
-        ({"prompt": ["a", "b"]}, "prompt"),
+        ({"prompt": ["a", ""]}, "prompt"),
         ({"prompt": [1, 2]}, "prompt"),
         ({"prompt": "x", "temperature": 9}, "temperature"),
         ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
-        ({"prompt": "x", "n": 3}, "n"),
+        ({"prompt": "x", "n": 9}, "n"),
         ({"prompt": "x", "suffix": "y"}, "suffix"),
         ({"prompt": "x", "model": "gpt-3.5-turbo-instruct"}, "model"),
     ],

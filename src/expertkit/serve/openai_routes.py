@@ -30,7 +30,6 @@ from expertkit.serve.stream import (
     chat_completion_body,
     completion_chunks,
     run_all,
-    run_whole,
     text_completion_body,
 )
 
@@ -88,25 +87,32 @@ def v1_router(state: ServerState) -> APIRouter:
     async def completions(request: Request) -> Response:
         req = parse_model(CompletionRequest, await read_json(request))
         state.log_unknown_fields(req)
-        prompt = completion_prompt(req)
+        prompts = completion_prompts(req)
         engine = text_engine(state.ready_engine())
         model = await pick_model(engine, req.model)
-        params = sampling_params(req, state.config.max_new_tokens)
+        params = sampling_params(req, state.config.max_new_tokens, max_n=MAX_N)
+        check_choices(len(prompts), req.n)
         params.logprobs, params.top_logprobs = req.logprobs is not None, req.logprobs or 0
-        params.max_tokens = check_context(engine, model, params.max_tokens, prompt=prompt, asked=asked_max_tokens(req))
-        state.admit()
+        fitted = fit_prompts(engine, model, params, prompts, asked_max_tokens(req), named=isinstance(req.prompt, list))
+        state.admit()  # once for the request, as chat's n choices: its generations are batched together
         deadline = time.monotonic() + state.config.request_timeout
-        deltas, cid = state.generate(engine, params, model, prompt=prompt), completion_id("cmpl")
-        echo = prompt if req.echo else ""
+        cid = completion_id("cmpl")
+        # choice prompt_index * n + j; choice j of each prompt samples as choice j of that prompt sent alone
+        streams = [
+            state.generate(engine, choice_params(p, j), model, prompt=prompt)
+            for prompt, p in zip(prompts, fitted)
+            for j in range(req.n)
+        ]
+        echoes = [prompt if req.echo else "" for prompt in prompts for _ in range(req.n)]
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            chunks = completion_chunks(deltas, cid, model, include_usage, deadline, state.metrics, echo)
+            chunks = completion_chunks(streams, cid, model, include_usage, deadline, state.metrics, echoes, req.n)
             return SSEResponse(chunks, on_close=state.release)
         try:
-            out = await run_whole(deltas, deadline, request)
+            outs = await run_all(streams, deadline, request)
         finally:
             state.release()
-        return JSONResponse(text_completion_body(echo, out, cid, int(time.time()), model))
+        return JSONResponse(text_completion_body(echoes, outs, cid, int(time.time()), model, req.n))
 
     @router.post("/embeddings")
     async def embeddings(request: Request) -> Response:
@@ -196,7 +202,7 @@ def request_logprobs(req: ChatCompletionRequest) -> tuple[bool, int]:
     return bool(req.logprobs), top if req.logprobs else 0
 
 
-MAX_N = 8  # choices one chat request may ask for (each is a generation of its own)
+MAX_N = 8  # choices a request may ask for per prompt (each is a generation of its own)
 
 
 def asked_max_tokens(req: SamplingRequest) -> bool:
@@ -235,23 +241,67 @@ def choice_params(params: SamplingParams, index: int) -> SamplingParams:
     return dataclasses.replace(params, seed=params.seed + index)
 
 
-def completion_prompt(req: CompletionRequest) -> str:
-    """The one prompt of a completion request: a string, or a list holding one string."""
-    if isinstance(req.prompt, list) and len(req.prompt) != 1:
-        raise APIError(
-            400,
-            f"prompt is a list of {len(req.prompt)} strings: only one prompt per request for now",
-            param="prompt",
-            code="unsupported_value",
-        )
+MAX_PROMPTS = 32  # prompts one /v1/completions request may hold (LangChain's OpenAI LLM sends 20 at a time)
+MAX_CHOICES = 32  # generations one /v1/completions request may run: prompts x n
+
+
+def completion_prompts(req: CompletionRequest) -> list[str]:
+    """The prompts of a completion request: a string, or a list of up to MAX_PROMPTS strings, none empty."""
     if req.suffix:
         raise APIError(400, "suffix (fill-in-the-middle) is not supported", param="suffix", code="unsupported_value")
     if req.best_of not in (None, 1):
         raise APIError(400, "best_of must be 1", param="best_of", code="unsupported_value")
-    prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
-    if not prompt:
-        raise APIError(400, "prompt is empty", param="prompt", code="invalid_value")
-    return prompt
+    if isinstance(req.prompt, str):
+        if not req.prompt:
+            raise APIError(400, "prompt is empty", param="prompt", code="invalid_value")
+        return [req.prompt]
+    if not all(isinstance(p, str) for p in req.prompt):
+        raise APIError(
+            400,
+            "token-id prompts (lists of integers) are not supported; send the prompt as text, or a list of texts",
+            param="prompt",
+            code="unsupported_value",
+        )
+    if len(req.prompt) > MAX_PROMPTS:
+        raise APIError(
+            400,
+            f"prompt is a list of {len(req.prompt)} strings: at most {MAX_PROMPTS} per request; split the batch",
+            param="prompt",
+            code="invalid_value",
+        )
+    for i, p in enumerate(req.prompt):
+        if not p:
+            raise APIError(400, f"prompt[{i}] is empty", param="prompt", code="invalid_value")
+    return list(req.prompt)
+
+
+def check_choices(prompts: int, n: int) -> None:
+    """400 when prompts x n generations are more than one request may run (MAX_CHOICES)."""
+    if prompts * n > MAX_CHOICES:
+        raise APIError(
+            400,
+            f"{prompts} prompts x n={n} is {prompts * n} choices: at most {MAX_CHOICES} per request; send fewer "
+            "prompts per request or lower n",
+            param="n",
+            code="unsupported_value",
+        )
+
+
+def fit_prompts(
+    engine: Engine, model: str, params: SamplingParams, prompts: list[str], asked: bool, named: bool
+) -> list[SamplingParams]:
+    """Each prompt's sampling, its max_tokens checked against the context (check_context: the server's default
+    length is lowered to what that prompt leaves); `named`: a prompt that does not fit is named by its index."""
+    fitted = []
+    for i, prompt in enumerate(prompts):
+        try:
+            max_tokens = check_context(engine, model, params.max_tokens, prompt=prompt, asked=asked)
+        except APIError as e:
+            if named and e.param == "prompt":
+                raise APIError(e.status, f"prompt[{i}]: {e.message}", param="prompt", code=e.code) from None
+            raise
+        fitted.append(params if max_tokens == params.max_tokens else dataclasses.replace(params, max_tokens=max_tokens))
+    return fitted
 
 
 def text_engine(engine: Engine) -> Engine:

@@ -111,9 +111,9 @@ class FeedbackRequest(BaseModel):
 
 
 class CompletionRequest(SamplingRequest):
-    """`/v1/completions`: one raw prompt continued as text (no chat template)."""
+    """`/v1/completions`: raw prompts continued as text (no chat template), `n` choices each."""
 
-    prompt: str | list[str] = Field(min_length=1)
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(min_length=1)  # token ids: the route refuses them
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)  # legacy: the log probability of this many top tokens per token
     suffix: str | None = None

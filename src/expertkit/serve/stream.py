@@ -11,7 +11,8 @@ leaves cancels the engine's stream, which frees the model's slot. OpenAI's chat 
     data: {"choices": [], "usage": {...}}            (only with stream_options.include_usage)
     data: [DONE]
 
-and its text completion stream: `{"object": "text_completion", "choices": [{"text": "Hello", ...}]}` chunks.
+and its text completion stream: `{"object": "text_completion", "choices": [{"index": 0, "text": "Hello", ...}]}`
+chunks, every choice of every prompt interleaved, each naming its `index`.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ async def run_all(streams: list[AsyncIterator[Delta]], deadline: float, request)
                 out.extend(d)
         return out
 
-    task = asyncio.ensure_future(asyncio.gather(*(join(s) for s in streams)))
+    joins = [asyncio.ensure_future(join(s)) for s in streams]
+    task = asyncio.gather(*joins)
     gone = asyncio.ensure_future(wait_disconnect(request))
     try:
         done, _ = await asyncio.wait(
@@ -102,9 +104,10 @@ async def run_all(streams: list[AsyncIterator[Delta]], deadline: float, request)
         )
     finally:
         gone.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        task.cancel()
+        for j in joins:  # a failed generation ends gather but not the others: stop them too
+            j.cancel()
+        await asyncio.gather(*joins, return_exceptions=True)
     if task not in done:
         if gone in done:
             logger.info("client disconnected; generation stopped")
@@ -197,17 +200,28 @@ def chat_completion_body(
     } | ({"sources": sources} if sources is not None else {})
 
 
-def text_completion_body(echo: str, out: Delta, cid: str, created: int, model: str) -> dict:
-    """A whole text completion: `echo` (the prompt, when asked for) then the raw text, `<think>` left in it."""
-    logprobs, _ = completion_logprobs(out.logprobs, len(echo))
-    choice = {"index": 0, "text": echo + out.reasoning + out.text, "logprobs": logprobs}
+def prompts_usage(usages: list[Usage | None], n: int) -> Usage:
+    """The usage of n choices of each of several prompts (choice i answers prompt i // n): each prompt counted once,
+    the completions summed."""
+    groups = [summed_usage(usages[k : k + n]) for k in range(0, len(usages), n)]
+    return Usage(sum(g.prompt_tokens for g in groups), sum(g.completion_tokens for g in groups))
+
+
+def text_completion_body(echoes: list[str], outs: list[Delta], cid: str, created: int, model: str, n: int = 1) -> dict:
+    """Whole text completions, n choices per prompt: each choice's `echo` (its prompt, when asked for) then the raw
+    text, `<think>` left in it."""
+    choices = []
+    for i, (echo, out) in enumerate(zip(echoes, outs)):
+        logprobs, _ = completion_logprobs(out.logprobs, len(echo))
+        text = echo + out.reasoning + out.text
+        choices.append({"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish_reason(out)})
     return {
         "id": cid,
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": [{**choice, "finish_reason": finish_reason(out)}],
-        "usage": usage_dict(out.usage),
+        "choices": choices,
+        "usage": usage_dict(prompts_usage([o.usage for o in outs], n)),
     }
 
 
@@ -273,34 +287,46 @@ async def chat_chunks(
 
 
 async def completion_chunks(
-    deltas: AsyncIterator[Delta], cid: str, model: str, include_usage: bool, deadline: float, metrics: Metrics, echo=""
+    streams: list[AsyncIterator[Delta]],
+    cid: str,
+    model: str,
+    include_usage: bool,
+    deadline: float,
+    metrics: Metrics,
+    echoes: list[str],
+    n: int = 1,
 ) -> AsyncIterator[str]:
-    """The SSE lines of one streamed text completion (`echo`: the prompt, sent first); each chunk carries the legacy
-    `logprobs` of the tokens it brings when they were asked for."""
+    """The SSE lines of streamed text completions, n choices per prompt interleaved (each chunk naming its `index`;
+    `echoes[i]`: choice i's prompt, sent first when asked for); each chunk carries the legacy `logprobs` of the tokens
+    it brings when they were asked for."""
     created = int(time.time())
-    offset = len(echo)
+    offsets = [len(e) for e in echoes]
 
-    def event(text: str | None, finish: str | None = None, usage: dict | None = None, logprobs=None) -> str:
-        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
-        chunk = {"id": cid, "object": "text_completion", "created": created, "model": model}
-        chunk["choices"] = [] if text is None else [choice]
+    def event(choices: list[dict], usage: dict | None = None) -> str:
+        chunk = {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": choices}
         if include_usage:
             chunk["usage"] = usage
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
-    if echo:
-        yield event(echo)
+    def choice(index: int, text: str, finish: str | None = None, logprobs: dict | None = None) -> dict:
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+    for i, echo in enumerate(echoes):
+        if echo:
+            yield event([choice(i, echo)])
+    usages: list[Usage | None] = [None] * len(streams)
     try:
-        async with aclosing(within_deadline(deltas, deadline)) as stream:
-            async for d in stream:
+        async with aclosing(merged(streams, deadline)) as stream:
+            async for i, d in stream:
                 text = d.reasoning + d.text  # raw text: no <think> split to report apart
-                logprobs, offset = completion_logprobs(d.logprobs, offset)
+                logprobs, offsets[i] = completion_logprobs(d.logprobs, offsets[i])
                 if d.finish_reason is not None:
-                    yield event(text, finish_reason(d), logprobs=logprobs)
-                    if include_usage:
-                        yield event(None, usage=usage_dict(d.usage))
+                    usages[i] = d.usage or Usage()
+                    yield event([choice(i, text, finish_reason(d), logprobs)])
                 elif text or d.logprobs:
-                    yield event(text, logprobs=logprobs)
+                    yield event([choice(i, text, logprobs=logprobs)])
+        if include_usage and all(u is not None for u in usages):
+            yield event([], usage_dict(prompts_usage(usages, n)))
     except APIError as err:
         yield error_event(err, metrics)
     yield "data: [DONE]\n\n"
