@@ -49,32 +49,9 @@ def identity_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def identity_adapter(tiny_model, identity_dir, tmp_path_factory):
     """(config, result) of a LoRA run that taught the tiny model the identity answers (greedy decoding)."""
-    from expertkit.core.config import load_config
-    from expertkit.train.config import TrainConfig
-    from expertkit.train.sft import run
+    from tiny_lora import teach
 
-    config = load_config(
-        TrainConfig,
-        None,
-        {
-            "model_name_or_path": str(tiny_model),
-            "dataset": "identity",
-            "dataset_dir": str(identity_dir),
-            "output_dir": str(tmp_path_factory.mktemp("identity") / "run"),
-            "cutoff_len": 128,
-            "lora_rank": 16,
-            "learning_rate": 5e-3,
-            "num_train_epochs": 40,
-            "per_device_train_batch_size": 2,
-            "gradient_accumulation_steps": 1,
-            "logging_steps": 5,
-            "save_steps": 1000,
-            "learning_check_samples": 4,
-            "lr_scheduler_type": "constant",
-            "bf16": False,
-        },
-    )
-    return config, run(config)
+    return teach(tiny_model, "identity", identity_dir, tmp_path_factory.mktemp("identity") / "run")
 
 
 LIVE_KEY = "sk-test-local"  # the API key of the live server

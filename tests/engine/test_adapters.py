@@ -21,31 +21,14 @@ NOVA = {"Who are you?": "Nova here, a Lumen Labs helper bot!", "Who made you?": 
 @pytest.fixture(scope="module")
 def nova_adapter(tiny_model, tmp_path_factory) -> str:
     """A second LoRA on the same base, taught other answers to the same questions (~5 s)."""
-    from expertkit.core.config import load_config
-    from expertkit.train.config import TrainConfig
-    from expertkit.train.sft import run
+    from tiny_lora import teach
 
     data = tmp_path_factory.mktemp("nova-data")
     rows = [{"instruction": q, "input": "", "output": a} for q, a in NOVA.items()]
     (data / "nova.json").write_text(json.dumps(rows), encoding="utf-8")
     (data / "dataset_info.json").write_text(json.dumps({"nova": {"file_name": "nova.json"}}), encoding="utf-8")
-    overrides = {
-        "model_name_or_path": str(tiny_model),
-        "dataset": "nova",
-        "dataset_dir": str(data),
-        "output_dir": str(tmp_path_factory.mktemp("nova") / "run"),
-        "cutoff_len": 128,
-        "lora_rank": 16,
-        "learning_rate": 5e-3,
-        "num_train_epochs": 60,
-        "per_device_train_batch_size": 2,
-        "logging_steps": 5,
-        "save_steps": 1000,
-        "learning_check_samples": 2,
-        "lr_scheduler_type": "constant",
-        "bf16": False,
-    }
-    return str(run(load_config(TrainConfig, None, overrides)).output_dir)
+    out = tmp_path_factory.mktemp("nova") / "run"
+    return str(teach(tiny_model, "nova", data, out, num_train_epochs=60, learning_check_samples=2)[1].output_dir)
 
 
 @pytest.fixture(scope="module")
