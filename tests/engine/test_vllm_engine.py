@@ -20,6 +20,7 @@ from expertkit.engine.base import SamplingParams, load_engine
 from expertkit.engine.config import EngineConfig
 from expertkit.engine.vllm_engine import (
     LoraSpec,
+    base_lora_source,
     engine_args,
     engine_args_kwargs,
     import_vllm,
@@ -28,6 +29,7 @@ from expertkit.engine.vllm_engine import (
     max_lora_rank,
     token_logprobs,
     vllm_sampling_kwargs,
+    zero_lora,
 )
 
 EOS = [2, 7]
@@ -307,3 +309,24 @@ def test_our_keywords_build_vllms_own_objects(tmp_path, tiny_model):
     args = engine_args(v, engine_args_kwargs(config, [spec]))
     assert (args.enable_lora, args.max_lora_rank, args.max_model_len) == (True, 8, 2048)
     assert v.prompt_of([1, 2, 3])["prompt_token_ids"] == [1, 2, 3]
+
+
+def test_the_zero_lora_for_the_base_keeps_the_modules_and_zeroes_every_b(tmp_path):
+    """vLLM's CPU build serves the base through it (docs/engine.md): B = 0 makes the LoRA delta B @ A nothing."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    hub = LoraSpec("hub", 1, "someone/adapter")  # no local weights: no zero LoRA from it
+    legal = adapter(tmp_path / "legal", 8, target_modules=["q_proj"])
+    a, b = torch.randn(8, 64), torch.randn(64, 8)
+    save_file({"m.q_proj.lora_A.weight": a, "m.q_proj.lora_B.weight": b}, str(legal / "adapter_model.safetensors"))
+    spec = lora_specs({"legal": str(legal)})[0]
+    assert base_lora_source([hub]) is None and base_lora_source([hub, spec]) == spec
+    zero = zero_lora(spec, tmp_path / "zero")
+    assert (zero.name, zero.rank) == ("expertkit-base", 8) and zero.int_id not in (1, 2)
+    weights = load_file(str(tmp_path / "zero" / "adapter_model.safetensors"))
+    assert torch.equal(weights["m.q_proj.lora_A.weight"], a)
+    assert not weights["m.q_proj.lora_B.weight"].any()
+    config = json.loads((tmp_path / "zero" / "adapter_config.json").read_text())
+    assert config == {"r": 8, "target_modules": ["q_proj"]}
+    assert torch.equal(load_file(str(legal / "adapter_model.safetensors"))["m.q_proj.lora_B.weight"], b)  # untouched
