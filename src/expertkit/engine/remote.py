@@ -48,12 +48,19 @@ class RemoteEngine:
             raise ExpertkitError(f"{self.base_url} answered {response.status_code}: {response.text[:300]}")
 
     async def stream(
-        self, messages: list[dict], params: SamplingParams, model: str | None = None, tools: list[dict] | None = None
+        self,
+        messages: list[dict],
+        params: SamplingParams,
+        model: str | None = None,
+        tools: list[dict] | None = None,
+        tool_choice: str | dict | None = None,
     ) -> AsyncIterator[Delta]:
+        """`tool_choice`: sent on as it is, for the remote to enforce (the server forwards "required" and named
+        functions here; the local engines have theirs forced by the server, serve/tools.py)."""
         params.validate()
         if not (model or self._names):
             await self.refresh_models()
-        body = request_body(messages, params, model or self._names[0], tools)
+        body = request_body(messages, params, model or self._names[0], tools, tool_choice)
         split = ReasoningSplitter()
         calls = ToolCalls()
         finish, usage = None, None
@@ -85,7 +92,9 @@ class RemoteEngine:
         await self.client.aclose()
 
 
-def request_body(messages: list[dict], params: SamplingParams, model: str, tools: list[dict] | None) -> dict:
+def request_body(
+    messages: list[dict], params: SamplingParams, model: str, tools: list[dict] | None, tool_choice=None
+) -> dict:
     """The streamed chat request for the remote: every field the request set, and only those beyond OpenAI's."""
     body = {
         "model": model,
@@ -98,6 +107,8 @@ def request_body(messages: list[dict], params: SamplingParams, model: str, tools
     }
     if tools:
         body["tools"] = tools
+        if tool_choice is not None:
+            body["tool_choice"] = tool_choice
     if params.stop:
         body["stop"] = params.stop
     if params.seed is not None:

@@ -32,6 +32,7 @@ from expertkit.serve.stream import (
     run_all,
     text_completion_body,
 )
+from expertkit.serve.tools import forced_call, forced_deltas, forced_prompt, writes_tool_calls
 
 
 def v1_router(state: ServerState) -> APIRouter:
@@ -54,18 +55,36 @@ def v1_router(state: ServerState) -> APIRouter:
             messages, sources = await state.grounding.apply(messages, req.retrieval)
             sources = [s.to_json() for s in sources]
         tools = request_tools(req)
+        call, forward = forced_call(req.tool_choice, tools), None
+        if call is not None and forwards_tool_choice(engine):
+            call, forward = None, req.tool_choice  # the remote enforces it
         params = sampling_params(req, state.config.max_new_tokens, max_n=MAX_N)
         params.logprobs, params.top_logprobs = request_logprobs(req)
         params.max_tokens = check_context(
             engine, model, params.max_tokens, messages=messages, tools=tools, asked=asked_max_tokens(req)
         )
+        prompt = None
+        if call is not None:  # the model continues the call's start with one JSON object; stop strings would cut it
+            prompt = forced_prompt(forcing_tokenizer(engine, model), messages, tools, call)
+            max_tokens = check_context(engine, model, params.max_tokens, prompt=prompt, asked=asked_max_tokens(req))
+            params = dataclasses.replace(
+                params, max_tokens=max_tokens, stop=[], response_format={"type": "json_object"}
+            )
         state.admit()
         deadline = time.monotonic() + state.config.request_timeout
         cid, parse = completion_id(), bool(tools)
-        streams = [
-            state.generate(engine, choice_params(params, i), model, messages=messages, tools=tools)
-            for i in range(req.n)
-        ]
+        if call is not None:
+            streams = [
+                forced_deltas(state.generate(engine, choice_params(params, i), model, prompt=prompt), call)
+                for i in range(req.n)
+            ]
+        else:
+            streams = [
+                state.generate(
+                    engine, choice_params(params, i), model, messages=messages, tools=tools, tool_choice=forward
+                )
+                for i in range(req.n)
+            ]
         if state.conversations is not None:  # store_conversations: the question as asked, not the grounded prompt
             options = request_options(req)
             streams = [
@@ -187,6 +206,30 @@ def request_tools(req: ChatCompletionRequest) -> list[dict] | None:
     if not req.tools or req.tool_choice == "none":
         return None
     return [t.model_dump(exclude_none=True) for t in req.tools]
+
+
+def forwards_tool_choice(engine: Engine) -> bool:
+    """engine=openai: `tool_choice` goes to the remote as it is (it enforces it, or refuses it)."""
+    from expertkit.engine.remote import RemoteEngine
+
+    return isinstance(engine, RemoteEngine)
+
+
+def forcing_tokenizer(engine: Engine, model: str):
+    """The served model's chat tokenizer, when the engine can continue a forced tool call (raw text in JSON mode) and
+    its chat template writes `<tool_call>` blocks; else a 400 on tool_choice."""
+    served = engine.pick(model) if hasattr(engine, "pick") else engine
+    tokenizer = getattr(served, "tokenizer", None)
+    if hasattr(engine, "stream_text") and tokenizer is not None and writes_tool_calls(tokenizer):
+        return tokenizer
+    raise APIError(
+        400,
+        'tool_choice "required" or a named function is enforced for chat templates that write Hermes/Qwen-style '
+        "<tool_call> blocks (Qwen2.5, Qwen3, Hermes), on engine=transformers or vllm (engine=openai forwards it to "
+        'the remote); this model\'s template does not write them: send tool_choice "auto" or leave it out',
+        param="tool_choice",
+        code="unsupported_value",
+    )
 
 
 def request_logprobs(req: ChatCompletionRequest) -> tuple[bool, int]:

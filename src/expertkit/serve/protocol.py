@@ -92,7 +92,7 @@ class ChatCompletionRequest(SamplingRequest):
     retrieval: bool | RetrievalOption | None = None  # not OpenAI's: grounds the answer, returns `sources`
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: list[Tool] | None = None
-    tool_choice: str | dict | None = None  # "none" hides the tools; other values are not enforced
+    tool_choice: str | dict | None = None  # "none" hides the tools; "required" or a function: forced (serve/tools.py)
     logprobs: bool | None = None
     top_logprobs: int | None = None  # 0..20, checked by the route (400 naming top_logprobs)
 

@@ -83,11 +83,14 @@ class ServerState:
         messages: list[dict] | None = None,
         prompt=None,
         tools: list[dict] | None = None,
+        tool_choice: str | dict | None = None,
     ) -> AsyncIterator[Delta]:
         """The engine's deltas for a conversation (chat template, with `tools` when given) or a raw prompt, counted by
-        /metrics."""
+        /metrics. `tool_choice`: for a remote engine only, which forwards it."""
         if prompt is not None:
             deltas = engine.stream_text(prompt, params, model)
+        elif tool_choice is not None:
+            deltas = engine.stream(messages, params, model, tools=tools, tool_choice=tool_choice)
         elif tools:
             deltas = engine.stream(messages, params, model, tools=tools)
         else:
