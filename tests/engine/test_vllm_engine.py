@@ -21,6 +21,7 @@ from expertkit.engine.config import EngineConfig
 from expertkit.engine.vllm_engine import (
     LoraSpec,
     base_lora_source,
+    compact_json,
     engine_args,
     engine_args_kwargs,
     import_vllm,
@@ -330,3 +331,20 @@ def test_the_zero_lora_for_the_base_keeps_the_modules_and_zeroes_every_b(tmp_pat
     config = json.loads((tmp_path / "zero" / "adapter_config.json").read_text())
     assert config == {"r": 8, "target_modules": ["q_proj"]}
     assert torch.equal(load_file(str(legal / "adapter_model.safetensors"))["m.q_proj.lora_B.weight"], b)  # untouched
+
+
+def test_vllm_json_is_compact_unless_vllm_config_says_otherwise():
+    """vLLM's JSON grammars allow endless whitespace (a small model writes newlines up to max_tokens)."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Config:  # stands for vllm.config.StructuredOutputsConfig
+        backend: str = "auto"
+        disable_any_whitespace: bool = False
+
+    v = SimpleNamespace(StructuredOutputsConfig=Config)
+    assert compact_json(v, {"model": "m"})["structured_outputs_config"] == Config("xgrammar", True)
+    own = compact_json(v, {"structured_outputs_config": {"backend": "guidance"}})["structured_outputs_config"]
+    assert own == Config("guidance", False)  # the user's vllm_config wins, as a dict or as vLLM's object
+    assert compact_json(v, {"structured_outputs_config": own})["structured_outputs_config"] is own
+    assert compact_json(SimpleNamespace(StructuredOutputsConfig=None), {"model": "m"}) == {"model": "m"}

@@ -24,6 +24,7 @@ import time
 
 import httpx
 import pytest
+from chat_templates import HERMES_TEMPLATE
 
 from expertkit.engine.vllm_engine import vllm_installed
 
@@ -67,9 +68,10 @@ def vllm_model(tmp_path_factory):
 
     texts = [q + " " + a for q, a in QUESTIONS.items()] * 5
     out = tmp_path_factory.mktemp("vllm") / "tiny32"
-    return build_tiny_model(
-        out, texts, corpus_bytes=300_000, shape={"num_attention_heads": 2, "num_key_value_heads": 1}
-    )
+    shape = {"num_attention_heads": 2, "num_key_value_heads": 1}
+    model = build_tiny_model(out, texts, corpus_bytes=300_000, shape=shape)
+    (model / "chat_template.jinja").write_text(HERMES_TEMPLATE, encoding="utf-8")  # with tools, for tool_choice
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -322,6 +324,28 @@ def test_a_disconnected_stream_is_aborted_in_vllm_and_frees_its_slot(server, vll
         timeout=60,
     )
     assert r.json()["choices"][0]["message"]["content"] == QUESTIONS["Who are you?"]
+
+
+def test_a_forced_tool_call_gets_arguments_that_match_the_functions_schema_from_vllm(client, vllm_model):
+    """tool_choice naming a function: we write the `<tool_call>` start, vLLM's structured output the arguments against
+    the function's parameters, whole (here an enum: even the random base can only write a valid call)."""
+    unit = {"type": "object", "properties": {"unit": {"enum": ["celsius", "fahrenheit"]}}}
+    unit |= {"required": ["unit"], "additionalProperties": False}
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": unit}}
+    for model in ("tuned", vllm_model.name):
+        out = client.chat.completions.create(
+            model=model,
+            messages=ask("Who are you?"),
+            tools=[weather],
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            temperature=0,
+            max_tokens=64,
+        )
+        choice = out.choices[0]
+        assert choice.finish_reason == "tool_calls", (model, choice.message.content)
+        (call,) = choice.message.tool_calls
+        assert call.function.name == "get_weather"
+        assert json.loads(call.function.arguments) in ({"unit": "celsius"}, {"unit": "fahrenheit"})
 
 
 def test_sigterm_drains_the_stream_in_flight_and_exits_0(server, long_question, vllm_model):

@@ -8,6 +8,7 @@ import json
 import shutil
 
 import pytest
+from chat_templates import HERMES_TEMPLATE
 from fake_openai import CALLS, MODEL, build_fake_openai, free_port, running
 from serve_fakes import LIVE_KEY
 from test_protocol import HI, assert_error, sse_events
@@ -62,7 +63,9 @@ async def test_a_named_function_is_forced_the_model_writes_only_its_arguments(cl
     prompt, params, _ = hermes.calls[0]
     assert isinstance(prompt, str) and prompt.startswith("<tools>") and '"get_time"' in prompt  # every tool shown
     assert prompt.endswith("<|user|>hi\n<|a|>\n" + WEATHER_START)
-    assert params.response_format == {"type": "json_object"} and params.stop == [] and params.max_tokens == 20
+    # the arguments in JSON mode against the function's parameters (vLLM enforces the whole schema)
+    schema = {"type": "json_schema", "json_schema": {"name": "arguments", "schema": WEATHER["function"]["parameters"]}}
+    assert params.response_format == schema and params.stop == [] and params.max_tokens == 20
 
 
 @pytest.mark.anyio
@@ -171,22 +174,8 @@ def test_engine_openai_forwards_tool_choice_to_the_remote():
 
 # ---- the real tiny model -------------------------------------------------------------------------------------------
 
+
 # Qwen2.5's tool prompt, shortened: the tools in the system message, calls and results as Hermes blocks
-HERMES_TEMPLATE = (
-    "{%- if tools %}<|im_start|>system\nYou may call one or more functions.\n<tools>"
-    "{%- for tool in tools %}\n{{ tool | tojson }}{%- endfor %}\n</tools>\n"
-    'Return each call as <tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
-    "<|im_end|>\n{%- endif %}"
-    "{%- for m in messages %}"
-    "{%- if m.role == 'assistant' and m.tool_calls %}<|im_start|>assistant\n"
-    "{%- for c in m.tool_calls %}<tool_call>\n{{ c.function | tojson }}\n</tool_call>{%- endfor %}<|im_end|>\n"
-    "{%- elif m.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ m.content }}\n</tool_response><|im_end|>\n"
-    "{%- else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
-)
-
-
 @pytest.fixture(scope="module")
 def hermes_live(tiny_model, tmp_path_factory):
     """(OpenAI client, model name) of a real server on the tiny model with a Qwen2.5-like tool template (the tiny

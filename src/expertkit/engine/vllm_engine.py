@@ -123,6 +123,11 @@ def vllm_parts() -> SimpleNamespace:
         def prompt_of(ids: list[int]):
             return TokensPrompt(prompt_token_ids=ids)
 
+    try:
+        from vllm.config import StructuredOutputsConfig
+    except ImportError:  # before 0.10.2
+        StructuredOutputsConfig = None  # noqa: N806 - a class
+
     def is_cpu() -> bool:
         from vllm.platforms import current_platform
 
@@ -130,6 +135,7 @@ def vllm_parts() -> SimpleNamespace:
 
     return SimpleNamespace(
         is_cpu=is_cpu,
+        StructuredOutputsConfig=StructuredOutputsConfig,
         AsyncEngineArgs=AsyncEngineArgs,
         AsyncLLM=AsyncLLM,
         LoRARequest=LoRARequest,
@@ -295,7 +301,7 @@ def structured_output(response_format: dict | None) -> dict | None:
     """vLLM's structured-output keywords for an OpenAI `response_format` (None: free text).
 
     json_object: any JSON object. json_schema: the schema, enforced whole by vLLM (not only its top-level type, as the
-    local engine does); a json_schema without a schema is a JSON object."""
+    local engine does); a json_schema without a schema is a JSON object. The JSON is compact (`compact_json`)."""
     kind = (response_format or {}).get("type", "text")
     if kind == "json_object":
         return {"json_object": True}
@@ -304,6 +310,23 @@ def structured_output(response_format: dict | None) -> dict | None:
     spec = response_format.get("json_schema") or {}
     schema = spec.get("schema") if isinstance(spec, dict) else None
     return {"json": schema} if isinstance(schema, dict) and schema else {"json_object": True}
+
+
+def compact_json(vllm: SimpleNamespace, kwargs: dict) -> dict:
+    """The engine arguments with vLLM's structured outputs set to compact JSON (xgrammar, the backend vLLM picks for
+    JSON, with `disable_any_whitespace`), unless
+    `vllm_config` sets them: vLLM's JSON grammars otherwise let a model write whitespace between tokens without end,
+    which small models do (the tests' tiny model wrote `{"unit"` and then newlines up to max_tokens). vLLM 0.32 reads
+    it from the engine's config only, not per request."""
+    if vllm.StructuredOutputsConfig is None:
+        return kwargs
+    given = kwargs.get("structured_outputs_config")
+    if given is None:
+        compact = vllm.StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)  # vLLM's JSON default
+        return {**kwargs, "structured_outputs_config": compact}
+    if isinstance(given, dict):
+        return {**kwargs, "structured_outputs_config": vllm.StructuredOutputsConfig(**given)}
+    return kwargs
 
 
 def token_logprobs(tokenizer, vocab: Vocabulary, tokens: list[int], positions, top: int, eos: set[int]):
@@ -399,7 +422,7 @@ class VllmEngine:
             specs = [*specs, zero]
         elif specs and self.vllm.is_cpu():
             logger.warning("vLLM's CPU build may apply an adapter to base requests batched with it (no local adapter)")
-        args = engine_args(self.vllm, engine_args_kwargs(config, specs))
+        args = engine_args(self.vllm, compact_json(self.vllm, engine_args_kwargs(config, specs)))
         try:
             self.engine = self.vllm.AsyncLLM.from_engine_args(args)
         except Exception as e:

@@ -67,9 +67,7 @@ def v1_router(state: ServerState) -> APIRouter:
         if call is not None:  # the model continues the call's start with one JSON object; stop strings would cut it
             prompt = forced_prompt(forcing_tokenizer(engine, model), messages, tools, call)
             max_tokens = check_context(engine, model, params.max_tokens, prompt=prompt, asked=asked_max_tokens(req))
-            params = dataclasses.replace(
-                params, max_tokens=max_tokens, stop=[], response_format={"type": "json_object"}
-            )
+            params = dataclasses.replace(params, max_tokens=max_tokens, stop=[], response_format=call.response_format())
         state.admit()
         deadline = time.monotonic() + state.config.request_timeout
         cid, parse = completion_id(), bool(tools)

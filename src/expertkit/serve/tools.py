@@ -113,6 +113,14 @@ class ForcedCall:
     prefix: str
     suffix: str
     names: list[str] | None = None
+    schema: dict | None = None  # the named function's `parameters`: what its arguments must match
+
+    def response_format(self) -> dict:
+        """JSON mode for the model's object: the function's parameters as a JSON schema when it has one (vLLM
+        enforces all of it, the local engine its top-level object), else any JSON object."""
+        if self.schema and self.schema.get("type", "object") == "object":
+            return {"type": "json_schema", "json_schema": {"name": "arguments", "schema": self.schema}}
+        return {"type": "json_object"}
 
 
 def forced_call(tool_choice, tools: list[dict] | None) -> ForcedCall | None:
@@ -139,8 +147,11 @@ def forced_call(tool_choice, tools: list[dict] | None) -> ForcedCall | None:
     if name is None and len(names) > 1:
         return ForcedCall(TOOL_OPEN + "\n", "\n" + TOOL_CLOSE, names)
     name = name or names[0]  # "required" with a single tool: that tool
+    parameters = next(t["function"].get("parameters") for t in tools if t["function"]["name"] == name)
     return ForcedCall(
-        f'{TOOL_OPEN}\n{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": ', "}\n" + TOOL_CLOSE
+        f'{TOOL_OPEN}\n{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": ',
+        "}\n" + TOOL_CLOSE,
+        schema=parameters if isinstance(parameters, dict) else None,
     )
 
 
