@@ -314,10 +314,9 @@ def structured_output(response_format: dict | None) -> dict | None:
 
 def compact_json(vllm: SimpleNamespace, kwargs: dict) -> dict:
     """The engine arguments with vLLM's structured outputs set to compact JSON (xgrammar, the backend vLLM picks for
-    JSON, with `disable_any_whitespace`), unless
-    `vllm_config` sets them: vLLM's JSON grammars otherwise let a model write whitespace between tokens without end,
-    which small models do (the tests' tiny model wrote `{"unit"` and then newlines up to max_tokens). vLLM 0.32 reads
-    it from the engine's config only, not per request."""
+    JSON, with `disable_any_whitespace`) unless `vllm_config` sets them: vLLM's JSON grammars otherwise let a model
+    write whitespace between tokens without end, which small models do (the tests' tiny model wrote `{"unit"` and then
+    newlines up to max_tokens). vLLM 0.32 reads it from the engine's config only, not per request."""
     if vllm.StructuredOutputsConfig is None:
         return kwargs
     given = kwargs.get("structured_outputs_config")
@@ -414,14 +413,15 @@ class VllmEngine:
         self.served = load_served(config, specs)
         self.loras = {s.name: self.vllm.LoRARequest(s.name, s.int_id, s.path) for s in specs}
         self.scratch: str | None = None
-        source = base_lora_source(specs) if specs and self.vllm.is_cpu() else None
-        if source is not None:  # vLLM's CPU build mixes adapters into base requests: the base gets a zero LoRA
-            self.scratch = tempfile.mkdtemp(prefix="expertkit-vllm-")
-            zero = zero_lora(source, Path(self.scratch) / "base-lora")
-            self.loras[config.base_name()] = self.vllm.LoRARequest(zero.name, zero.int_id, zero.path)
-            specs = [*specs, zero]
-        elif specs and self.vllm.is_cpu():
-            logger.warning("vLLM's CPU build may apply an adapter to base requests batched with it (no local adapter)")
+        if specs and self.vllm.is_cpu():  # vLLM's CPU build mixes adapters into base requests: a zero LoRA
+            source = base_lora_source(specs)
+            if source is None:
+                logger.warning("vLLM's CPU build may apply an adapter to base requests batched with it")
+            else:
+                self.scratch = tempfile.mkdtemp(prefix="expertkit-vllm-")
+                zero = zero_lora(source, Path(self.scratch) / "base-lora")
+                self.loras[config.base_name()] = self.vllm.LoRARequest(zero.name, zero.int_id, zero.path)
+                specs = [*specs, zero]
         args = engine_args(self.vllm, compact_json(self.vllm, engine_args_kwargs(config, specs)))
         try:
             self.engine = self.vllm.AsyncLLM.from_engine_args(args)
