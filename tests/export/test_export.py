@@ -226,12 +226,19 @@ def test_config_refuses_lora_without_adapter_and_warns_on_unsupported_keys(tmp_p
             "model_name_or_path": "m",
             "adapter_name_or_path": "a",
             "export_dir": "out",
-            "export_quantization_bit": "4",
+            "export_quantization_bit": None,
             "infer_dtype": "bfloat16",
         },
     )
     assert config.export_size == 5 and config.export_device == "cpu" and not config.export_legacy_format
     assert "export_quantization_bit, infer_dtype" in caplog.text
+    # a key that would change the exported weights is refused, not ignored
+    with pytest.raises(ConfigError, match="export_quantization_bit: 4.*would change the result"):
+        load_config(
+            ExportConfig,
+            None,
+            {"model_name_or_path": "m", "adapter_name_or_path": "a", "export_dir": "out", "export_quantization_bit": 4},
+        )
 
 
 def test_cli_export_with_a_llamafactory_yaml_and_overrides(tiny_model, adapter, tmp_path, capsys):

@@ -35,6 +35,11 @@ class StageConfig(BaseModel):
 
     # keys LLaMA-Factory knows that this stage accepts but ignores (warned once); filled by subclasses
     lf_unsupported: ClassVar[frozenset[str]] = frozenset()
+    # of those, the keys that change what is computed: key -> (LLaMA-Factory's default, what it does, what to do
+    # instead); a value other than the default is a config problem, never silently ignored
+    lf_refused: ClassVar[dict[str, tuple[Any, str, str]]] = {}
+    # keys whose default differs from LLaMA-Factory's: key -> "its default, and why ours differs" (shown in the docs)
+    lf_differs: ClassVar[dict[str, str]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -174,6 +179,15 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: 
         close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'?" if close else "run `expertkit config keys` to list the keys"
         problems.add(f"unknown key '{key}'", where=where(key), hint=hint)
+    refused = [k for k in ignored if k in cls.lf_refused and not is_lf_default(data[k], cls.lf_refused[k][0])]
+    for key in refused:
+        _default, does, instead = cls.lf_refused[key]
+        problems.add(
+            f"'{key}: {data[key]}' {does}: expertkit does not support it yet, and ignoring it would change the result",
+            where=where(key),
+            hint=instead,
+        )
+    ignored = [k for k in ignored if k not in refused]
     if ignored:
         logger.warning("ignoring LLaMA-Factory keys expertkit does not support yet: %s", ", ".join(ignored))
     values = {k: v for k, v in data.items() if k in known}
@@ -196,6 +210,18 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: 
     return config
 
 
+def is_lf_default(value: object, default: object) -> bool:
+    """Whether a YAML value means the same as LLaMA-Factory's default (`null`, `false`, `''`, `[]` mean unset)."""
+    unset = (None, False, "", "none", "null", "false")
+    if default in (None, False, ""):
+        return value in unset or value == [] or value == {} or str(value).strip().lower() in unset
+    if isinstance(default, bool):
+        return value is default or str(value).strip().lower() == str(default).lower()
+    if isinstance(default, (int, float)) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) == float(default)
+    return value == default
+
+
 def save_config(config: StageConfig, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
     from expertkit.core.runs import write_text_atomic
@@ -203,14 +229,20 @@ def save_config(config: StageConfig, path: str | os.PathLike) -> None:
     write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))
 
 
+def _yaml_scalar(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
 def describe_keys(cls: type[StageConfig], markdown: bool = False, title: str = "keys") -> str:
     """Every key of a config with its default and docstring: for `config keys` and docs/reference/."""
     rows = []
     for name, field in cls.model_fields.items():
         value = None if field.is_required() else field.get_default(call_default_factory=True)
-        default = "required" if field.is_required() else yaml.safe_dump(value, default_flow_style=True).strip()
-        default = default.removesuffix("...").strip()
-        rows.append((name, default, " ".join((field.description or "").split())))
+        default = "required" if field.is_required() else _yaml_scalar(value)
+        doc = " ".join((field.description or "").split())
+        if name in cls.lf_differs:
+            doc += f" **Differs from LLaMA-Factory:** {cls.lf_differs[name]}"
+        rows.append((name, default, doc))
     if not markdown:
         return "".join(f"{n} = {d}\n    {doc}\n" for n, d, doc in rows)
     lines = [
@@ -223,11 +255,24 @@ def describe_keys(cls: type[StageConfig], markdown: bool = False, title: str = "
     ]
     pipe = "\\|"  # a literal | inside a table cell
     lines += [f"| `{n}` | `{d}` | {doc.replace('|', pipe)} |" for n, d, doc in rows]
-    if cls.lf_unsupported:
+    if cls.lf_refused:
         lines += [
             "",
-            "LLaMA-Factory keys accepted but ignored for now (a warning lists the ones a file uses): "
-            + ", ".join(f"`{k}`" for k in sorted(cls.lf_unsupported))
-            + ".",
+            "LLaMA-Factory keys that change the result and are not supported yet: set to anything but LLaMA-Factory's "
+            "default (shown), they stop the run before anything is loaded, with what to do instead:",
+            "",
+            "| key | LLaMA-Factory's default | what it does |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| `{k}` | `{_yaml_scalar(d)}` | {does} |"
+            for k, (d, does, _) in sorted(cls.lf_refused.items())
+        ]
+    ignored = sorted(cls.lf_unsupported - set(cls.lf_refused))
+    if ignored:
+        lines += [
+            "",
+            "LLaMA-Factory keys accepted and ignored, since they do not change what is trained (a warning lists the "
+            "ones a file uses): " + ", ".join(f"`{k}`" for k in ignored) + ".",
         ]
     return "\n".join(lines) + "\n"

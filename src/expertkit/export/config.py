@@ -36,6 +36,14 @@ EXPORT_LF_UNSUPPORTED = frozenset(
 
 class ExportConfig(ModelConfig):
     lf_unsupported = EXPORT_LF_UNSUPPORTED
+    lf_refused = {
+        "export_quantization_bit": (
+            None,
+            "quantises the exported model (GPTQ)",
+            "drop the key: export writes the merged weights unquantised",
+        ),
+        "quantization_bit": (None, "loads the base quantised before merging", "drop the key: merge into the full base"),
+    }
 
     finetuning_type: Literal["lora", "full", "freeze"] = "lora"
     """lora: merge adapter_name_or_path into the base; full / freeze: model_name_or_path is the tuned run folder,

@@ -2,13 +2,14 @@
 
 Collected from LLaMA-Factory's `hparams` dataclasses (model, data, finetuning, generating, training, evaluation
 arguments) and transformers' `Seq2SeqTrainingArguments` (4.x and 5.x), minus the keys `TrainConfig` supports.
-A file that uses them trains with one warning listing them, instead of failing on an unknown key.
+A file that uses them trains with one warning listing them, instead of failing on an unknown key, unless the
+key changes what is computed (`LF_REFUSED`): then a value other than LLaMA-Factory's default stops the run.
 """
 
 LF_UNSUPPORTED = frozenset(
     """
-    accelerator_config activation_checkpointing activation_checkpointing_kwargs adam_beta1 adam_beta2
-    adam_epsilon adapter_folder add_special_tokens add_tokens additional_target apollo_layerwise apollo_proj
+    accelerator_config activation_checkpointing activation_checkpointing_kwargs adapter_folder add_special_tokens
+    add_tokens additional_target apollo_layerwise apollo_proj
     apollo_proj_type apollo_rank apollo_scale apollo_scale_front apollo_scale_type apollo_target
     apollo_update_interval audio_sampling_rate auto_find_batch_size average_tokens_across_devices
     badam_mask_mode badam_mode badam_start_block badam_switch_interval badam_switch_mode badam_update_ratio
@@ -67,3 +68,83 @@ LF_UNSUPPORTED = frozenset(
     vllm_max_lora_rank vllm_maxlen
     """.split()
 )
+
+_QLORA = "drop the key to train LoRA on unquantised weights (more memory), or use LLaMA-Factory for QLoRA"
+_DIST = (
+    "drop the key to train on one process (lower per_device_train_batch_size and raise "
+    "gradient_accumulation_steps to fit memory)"
+)
+_OPT = "drop the key to train with `optim` (adamw_torch by default)"
+_NO = "drop the key, or set it to LLaMA-Factory's default"
+
+# Keys that change what is computed (the math, the data or the hardware). A value other than LLaMA-Factory's
+# default stops the run with what to do instead; the default itself is accepted with the warning above.
+# key -> (LLaMA-Factory's default, what the key does, what to do instead)
+LF_REFUSED: dict[str, tuple[object, str, str]] = {
+    "quantization_bit": (None, "loads the base model quantised (QLoRA)", _QLORA),
+    "deepspeed": (None, "trains with DeepSpeed ZeRO over several processes", _DIST),
+    "fsdp": ("", "shards the model over several processes (FSDP)", _DIST),
+    "fsdp_config": (None, "configures FSDP", _DIST),
+    "use_unsloth": (False, "swaps in Unsloth's kernels", "drop the key: expertkit trains with transformers' own"),
+    "use_unsloth_gc": (False, "uses Unsloth's gradient checkpointing", "use gradient_checkpointing=true instead"),
+    "enable_liger_kernel": (False, "swaps in Liger's fused kernels", "drop the key"),
+    "use_liger_kernel": (False, "swaps in Liger's fused kernels", "drop the key"),
+    "use_galore": (False, "trains with the GaLore optimiser", _OPT),
+    "use_apollo": (False, "trains with the APOLLO optimiser", _OPT),
+    "use_badam": (False, "trains with the BAdam optimiser", _OPT),
+    "use_adam_mini": (False, "trains with Adam-mini", _OPT),
+    "use_muon": (False, "trains with Muon", _OPT),
+    "use_llama_pro": (False, "expands the model with new blocks (LLaMA Pro)", _NO),
+    "use_dft_loss": (False, "trains with the DFT loss", _NO),
+    "use_kt": (False, "trains with KTransformers", _NO),
+    "use_mca": (False, "trains with Megatron-Core adapters", _NO),
+    "loraplus_lr_ratio": (None, "gives LoRA's B matrices a higher learning rate (LoRA+)", _NO),
+    "pissa_init": (False, "initialises LoRA from the weights' principal components (PiSSA)", _NO),
+    "pissa_convert": (False, "converts a PiSSA adapter", _NO),
+    "create_new_adapter": (False, "stacks a new adapter on adapter_name_or_path", _NO),
+    "additional_target": (None, "trains extra modules beside LoRA", _NO),
+    "neftune_noise_alpha": (None, "adds NEFTune noise to the embeddings", _NO),
+    "rope_scaling": (None, "stretches the context with RoPE scaling", _NO),
+    "shift_attn": (False, "uses shift short attention (LongLoRA)", _NO),
+    "mixture_of_depths": (None, "converts the model to mixture-of-depths", _NO),
+    "train_from_scratch": (False, "starts from random weights", _NO),
+    "resize_vocab": (False, "resizes the embeddings", _NO),
+    "new_special_tokens": (None, "adds tokens to the vocabulary", _NO),
+    "add_tokens": (None, "adds tokens to the vocabulary", _NO),
+    "add_special_tokens": (None, "adds special tokens to the vocabulary", _NO),
+    "upcast_layernorm": (False, "keeps layer norms in fp32", _NO),
+    "upcast_lmhead_output": (False, "computes the output head in fp32", _NO),
+    "neat_packing": (
+        False,
+        "packs without cross-attention (neat packing)",
+        "use packing=true (each example still attends only to itself)",
+    ),
+    "pure_bf16": (False, "trains in pure bf16 without fp32 master weights", "use bf16=true (mixed precision)"),
+    "fp8": (False, "trains in fp8", _NO),
+    "freeze_trainable_modules": ("all", "limits freeze training to some modules", _NO),
+    "freeze_extra_modules": (None, "trains extra modules in freeze training", _NO),
+    "default_system": (
+        None,
+        "adds a system prompt to every example",
+        "put the system prompt in the data's system column",
+    ),
+    "enable_thinking": (True, "changes how reasoning models' templates render thinking", _NO),
+    "tool_format": (None, "changes how tools are rendered", "use the chat template's own tool format (template)"),
+    "mix_strategy": ("concat", "interleaves the datasets instead of concatenating them", _NO),
+    "interleave_probs": (None, "samples the datasets with given probabilities", _NO),
+    "streaming": (False, "streams the dataset", _NO),
+    "tokenized_path": (None, "trains on a saved tokenized dataset", "point dataset at the source data"),
+    "eval_dataset": (None, "evaluates on a separate dataset", "use val_size to hold rows out"),
+    "label_smoothing_factor": (0.0, "smooths the labels", _NO),
+    "lr_scheduler_kwargs": (None, "passes extra arguments to the schedule", _NO),
+    "optim_args": (None, "passes extra arguments to the optimiser", _NO),
+    "optim_target_modules": (None, "limits the optimiser to some modules", _NO),
+    "data_seed": (None, "seeds the data sampler apart from seed", "use seed"),
+    "dataloader_drop_last": (False, "drops the last incomplete batch", _NO),
+    "disable_shuffling": (False, "trains in file order", _NO),
+    "full_determinism": (False, "forces deterministic kernels", _NO),
+    "use_cpu": (False, "forces the CPU", "hide the GPUs (CUDA_VISIBLE_DEVICES=) instead"),
+    "no_cuda": (False, "forces the CPU", "hide the GPUs (CUDA_VISIBLE_DEVICES=) instead"),
+    "tf32": (None, "switches TF32 matrix maths on or off", _NO),
+    "torch_compile": (False, "compiles the model", _NO),
+}
