@@ -5,7 +5,10 @@ Checks, printed and saved as learning_check.json in the run folder:
 - the adapter is really applied (the tuned model's logits differ from the base's);
 - how many of a few training prompts the tuned model answers as trained, against the base;
 - the share of tokens that carried loss;
-- whether the learning rate or the number of epochs look too low for the data size.
+- whether the learning rate or the number of epochs look too low for the data size;
+- when the tuned model answers few of them as trained: the likely causes from this run's figures (steps taken,
+  learning rate, loss curve, loss tokens, cut examples), each with the key to change and a value to try
+  (train/advice.py), saved under `advice`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 from expertkit.core.runs import LEARNING_CHECK, write_json_atomic
 from expertkit.core.schema import Conversation
+from expertkit.train.advice import Advice, RunFigures, advise, learned_too_little
 
 logger = logging.getLogger(__name__)
 MATCH_CHARS = 64  # an answer counts as "as trained" when its first 64 characters match the training answer
@@ -42,7 +46,11 @@ class LearningCheck:
     tuned_matches: int
     base_matches: int
     samples: list[SampleCheck] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # every advice message too, for readers of the old field
+    global_step: int = 0  # optimiser steps taken
+    effective_batch: int = 0  # sequences per optimiser step (batch x accumulation x devices)
+    learned_too_little: bool = False
+    advice: list[Advice] = field(default_factory=list)
 
     def summary(self) -> str:
         n = len(self.samples)
@@ -54,9 +62,23 @@ class LearningCheck:
             f"(max logit change {self.max_logit_change:.3g})",
             f"training prompts answered as trained: tuned {self.tuned_matches}/{n}, base {self.base_matches}/{n}",
             f"tokens carrying loss: {100 * self.loss_token_share:.1f}%",
+            f"optimiser steps: {self.global_step} (effective batch {self.effective_batch})",
         ]
-        lines += [f"warning: {w}" for w in self.warnings]
+        advised = {a.message for a in self.advice}
+        lines += [f"warning: {w}" for w in self.warnings if w not in advised]
+        if self.advice:
+            lines.append(
+                "learned too little; likely causes in this run:"
+                if self.learned_too_little
+                else "warning: settings that often make a run learn nothing:"
+            )
+            lines += [f"  - {a.message}" for a in self.advice]
         return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["advice"] = [a.to_dict() for a in self.advice]
+        return out
 
 
 def _normalise(text: str) -> str:
@@ -95,20 +117,6 @@ def _logits(model, tokenizer, conv: Conversation):
         return model(**{k: v.to(model.device) for k, v in ids.items()}).logits.float()
 
 
-def advice(config, rows: int, steps: int, loss_fell: bool) -> list[str]:
-    """Plain warnings about settings that often make a run learn nothing."""
-    out = []
-    if not loss_fell:
-        out.append("the training loss did not fall: raise learning_rate or train longer")
-    if config.finetuning_type == "lora" and config.learning_rate < 5e-5:
-        out.append(f"learning_rate {config.learning_rate:g} is low for LoRA (1e-4 to 5e-4 is typical)")
-    if config.max_steps <= 0 and rows < 1000 and config.num_train_epochs < 3:
-        out.append(f"only {config.num_train_epochs:g} epoch(s) over {rows} rows: small datasets usually need 3-10")
-    if steps < 10:
-        out.append(f"only {steps} optimiser steps: lower gradient_accumulation_steps or train more epochs")
-    return out
-
-
 def run_learning_check(
     model,
     tokenizer,
@@ -118,11 +126,58 @@ def run_learning_check(
     rows: int,
     loss_token_share: float,
     base_model=None,
+    *,
+    global_step: int | None = None,
+    world_size: int = 1,
+    truncated: int = 0,
+    dropped: int = 0,
+    longest: int = 0,
 ) -> LearningCheck:
-    """`model` is the tuned model; for LoRA the base is the same model with its adapter disabled."""
+    """`model` is the tuned model; for LoRA the base is the same model with its adapter disabled. The keywords are
+    run figures for the advice (global_step: else the last logged step; examples cut / dropped at cutoff_len)."""
     losses = [h["loss"] for h in log_history if "loss" in h]
     first, last = (losses[0], losses[-1]) if losses else (None, None)
     loss_fell = first is not None and last is not None and last < first
+    checks, change = compare_samples(model, tokenizer, samples, base_model)
+    steps = global_step if global_step is not None else max((h.get("step", 0) for h in log_history), default=0)
+    figures = RunFigures.from_config(
+        config,
+        rows=rows,
+        steps=steps,
+        losses=losses,
+        loss_token_share=loss_token_share,
+        world_size=world_size,
+        truncated=truncated,
+        dropped=dropped,
+        longest=longest,
+    )
+    tuned, base = sum(c.tuned_matches for c in checks), sum(c.base_matches for c in checks)
+    poor = learned_too_little(tuned, base, len(checks))
+    found = advise(figures, poor)
+    result = LearningCheck(
+        first_loss=first,
+        last_loss=last,
+        loss_fell=loss_fell,
+        adapter_applied=change > 1e-5,
+        max_logit_change=change,
+        loss_token_share=loss_token_share,
+        tuned_matches=tuned,
+        base_matches=base,
+        samples=checks,
+        warnings=[a.message for a in found],
+        global_step=steps,
+        effective_batch=figures.effective_batch,
+        learned_too_little=poor,
+        advice=found,
+    )
+    if not result.adapter_applied and samples:
+        result.warnings.insert(0, "the tuned model's outputs equal the base's: the weights did not change")
+    write_json_atomic(Path(config.output_dir) / LEARNING_CHECK, result.to_dict())
+    return result
+
+
+def compare_samples(model, tokenizer, samples: list[Conversation], base_model=None) -> tuple[list[SampleCheck], float]:
+    """Greedy answers of the tuned and the base model to each sample, and the largest logit change between them."""
     model.eval()
     checks, change = [], 0.0
     for conv in samples:
@@ -143,23 +198,7 @@ def run_learning_check(
                 answers_as_trained(tuned, expected),
             )
         )
-    steps = max((h.get("step", 0) for h in log_history), default=0)
-    result = LearningCheck(
-        first,
-        last,
-        loss_fell,
-        change > 1e-5,
-        change,
-        loss_token_share,
-        sum(c.tuned_matches for c in checks),
-        sum(c.base_matches for c in checks),
-        checks,
-        advice(config, rows, steps, loss_fell),
-    )
-    if not result.adapter_applied and samples:
-        result.warnings.insert(0, "the tuned model's outputs equal the base's: the weights did not change")
-    write_json_atomic(Path(config.output_dir) / LEARNING_CHECK, asdict(result))
-    return result
+    return checks, change
 
 
 class _base_of:

@@ -363,6 +363,9 @@ def build_trainer(config: TrainConfig, model, tokenizer, train_set, val_set, pre
             warmup_steps=config.warmup_steps or config.warmup_ratio,
             max_grad_norm=config.max_grad_norm,
             weight_decay=config.weight_decay,
+            adam_beta1=config.adam_beta1,
+            adam_beta2=config.adam_beta2,
+            adam_epsilon=config.adam_epsilon,
             optim=config.optim,
             logging_steps=config.logging_steps,
             save_strategy="steps",
@@ -514,6 +517,11 @@ def check_learning(trainer, tokenizer, rows: list[Conversation], config: TrainCo
         stats.rows,
         stats.loss_tokens / max(stats.tokens, 1),
         base_model=base,
+        global_step=trainer.state.global_step,
+        world_size=trainer.args.world_size,
+        truncated=stats.truncated,
+        dropped=stats.dropped,
+        longest=stats.longest,
     )
     logger.info("learning check (saved to learning_check.json):\n%s", check.summary())
     return check
