@@ -458,7 +458,7 @@ def run_expertkit(spec: dict) -> None:
 
     from expertkit.core.config import load_config
     from expertkit.train.config import TrainConfig
-    from expertkit.train.sft import run
+    from expertkit.train.run import run
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = {k: str(v) for k, v in HYPER.items()}

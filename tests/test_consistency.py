@@ -26,7 +26,7 @@ def training_view(config, question: str, answer: str) -> tuple[list[int], list[i
     """(prompt ids, answer ids up to and including the end-of-turn token) exactly as training rendered them."""
     from expertkit.core.schema import Conversation, Message
     from expertkit.model.render import IGNORE_INDEX, render_conversation
-    from expertkit.train.sft import load_chat_tokenizer
+    from expertkit.train.run import load_chat_tokenizer
 
     tokenizer = load_chat_tokenizer(config)
     conv = Conversation([Message("user", question), Message("assistant", answer)])

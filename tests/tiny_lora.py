@@ -13,7 +13,7 @@ def teach(model_dir, dataset: str, dataset_dir, output_dir, **overrides):
     """(config, result) of `expertkit train`'s LoRA run on `dataset` (in `dataset_dir`) with the recipe's keys."""
     from expertkit.core.config import load_config
     from expertkit.train.config import TrainConfig
-    from expertkit.train.sft import run
+    from expertkit.train.run import run
 
     keys = {
         "model_name_or_path": str(model_dir),

@@ -74,7 +74,7 @@ def demo_config(model_dir: Path, output_dir: str | Path):
 
 def run_demo(output_dir: str = "saves/demo", build_only: bool = False) -> None:
     from expertkit.model.tiny import TINY_LABEL
-    from expertkit.train.sft import run
+    from expertkit.train.run import run
 
     model_dir = build_demo_model(output_dir)
     if build_only:

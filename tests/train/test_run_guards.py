@@ -10,7 +10,7 @@ import pytest
 from expertkit.core.config import load_config
 from expertkit.core.errors import ConfigError, ExpertkitError
 from expertkit.train.config import TrainConfig
-from expertkit.train.sft import FINISHED_MARKER, run
+from expertkit.train.run import FINISHED_MARKER, run
 
 
 def config(tiny_model, identity_dir, out, **over) -> TrainConfig:

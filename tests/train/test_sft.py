@@ -113,7 +113,7 @@ def test_only_lora_weights_changed(lora_run, tiny_model):
 def test_full_and_freeze_train_what_they_should(tiny_model, identity_dir, tmp_path, kind):
     from safetensors.torch import load_file
 
-    from expertkit.train.sft import run
+    from expertkit.train.run import run
 
     config = train_config(
         tiny_model,
@@ -138,7 +138,7 @@ def test_full_and_freeze_train_what_they_should(tiny_model, identity_dir, tmp_pa
 
 
 def test_same_seed_same_loss_curve(tiny_model, identity_dir, tmp_path):
-    from expertkit.train.sft import run
+    from expertkit.train.run import run
 
     losses = []
     for name in ("a", "b"):
@@ -219,7 +219,7 @@ def test_a_second_run_into_a_finished_folder_is_refused(lora_run, capsys):
 
 
 def test_validation_split_logs_eval_loss(tiny_model, identity_dir, tmp_path):
-    from expertkit.train.sft import run
+    from expertkit.train.run import run
 
     out = tmp_path / "eval"
     run(

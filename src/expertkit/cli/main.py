@@ -84,7 +84,7 @@ def train(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=Fa
     Example: expertkit train examples/train/qwen2.5-0.5b-instruct_lora_sft.yaml num_train_epochs=5
     """
     config = load_train_config(args or [])
-    from expertkit.train.sft import run
+    from expertkit.train.run import run
 
     result = run(config)
     typer.echo(

@@ -1,188 +1,59 @@
-"""Supervised fine-tuning (LoRA, full or freeze) on transformers' Trainer + peft.
+"""Stage sft: supervised fine-tuning on instruction data (loss on the assistant turns).
 
     expertkit train examples/train/qwen2.5-0.5b-instruct_lora_sft.yaml
     expertkit train my.yaml lora_rank=16 output_dir=saves/r16
 
-`run(config)` reads top to bottom: prepare the run folder -> data -> model -> header -> train -> save -> check.
+Only what differs from the run skeleton (`expertkit.train.run`): conversations -> ids + labels, transformers'
+Trainer with our collators, and the learning check on training prompts.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-from expertkit.core.config import save_config
-from expertkit.core.errors import ConfigError, DataError, ExpertkitError
-from expertkit.core.runs import RESOLVED_CONFIG, TRAINER_LOG, write_json_atomic
+from expertkit.core.errors import DataError
 from expertkit.core.schema import Conversation
 from expertkit.train.config import TrainConfig
+from expertkit.train.run import Precision, StageData
 
 logger = logging.getLogger(__name__)
-FINISHED_MARKER = "expertkit_finished"
 
 
-@dataclass
-class TrainResult:
-    output_dir: str
-    global_step: int
-    train_loss: float
-    train_runtime: float
-    tokens_seen: int
-    tokens_per_second: float
-    learning_check: object | None = None
-
-
-def run(config: TrainConfig) -> TrainResult:
-    check_optim(config.optim)
-    resume = prepare_output_dir(config)
-    tokenizer = load_chat_tokenizer(config)
+def prepare_data(config: TrainConfig, tokenizer) -> StageData:
     train_rows, val_rows = load_conversations(config)
     train_set, stats = tokenize_conversations(train_rows, tokenizer, config, "train")
     val_set, _ = tokenize_conversations(val_rows, tokenizer, config, "validation") if val_rows else ([], None)
-    at_end = resume_is_at_end(config, resume, len(train_set))
-    model, precision = build_model(config)
-    trainer = build_trainer(config, model, tokenizer, train_set, val_set, precision)
-    print_header(config, trainer, stats, precision, len(train_rows), len(val_rows))
-    (Path(config.output_dir) / FINISHED_MARKER).unlink(missing_ok=True)
-    try:
-        output = finish_from_checkpoint(trainer, resume) if at_end else trainer.train(resume_from_checkpoint=resume)
-        save_final(trainer, tokenizer, config)
-        check = check_learning(trainer, tokenizer, train_rows, config, stats)
-        return finish(config, trainer, output, check)
-    except KeyboardInterrupt:
-        logger.warning("%s", interrupted_message(config, trainer.state.global_step))
-        raise
+    n_valid = len(train_rows) + len(val_rows)
+    header = {
+        "rows": f"{stats.rows} train ({stats.dropped} dropped) + {len(val_rows)} validation, from {n_valid} valid",
+        "sequences": f"longest {stats.longest} tokens vs cutoff_len {config.cutoff_len} ({stats.truncated} cut); "
+        f"{stats.loss_tokens / max(stats.tokens, 1):.0%} of tokens carry loss",
+    }
+    return StageData(train_set, val_set, header, stats.longest, train_rows, stats)
 
 
-def interrupted_message(config: TrainConfig, step: int) -> str:
-    """What Ctrl-C left behind, and how to go on."""
-    from expertkit.train.checkpoints import list_checkpoints
+def build_trainer(config: TrainConfig, model, tokenizer, data: StageData, precision: Precision):
+    from transformers import Trainer
 
-    complete = [(s, d) for s, d, ok in list_checkpoints(config.output_dir) if ok]
-    if not complete:
-        return (
-            f"interrupted at step {step}, before the first checkpoint (save_steps={config.save_steps}): "
-            "running the same command again starts from step 0"
-        )
-    last_step, last = complete[-1]
-    return (
-        f"interrupted at step {step}; {last} (step {last_step}) is complete: continue from it by running the "
-        "same command with resume_from_checkpoint=true"
+    from expertkit.train.collate import PaddedCollator, PaddingFreeCollator
+    from expertkit.train.run import quiet_printer, run_callbacks, training_arguments
+
+    collator = PaddingFreeCollator() if config.padding_free else PaddedCollator(tokenizer.pad_token_id)
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(config, precision),
+        train_dataset=data.train_set,
+        eval_dataset=data.val_set or None,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=run_callbacks(config),
     )
+    return quiet_printer(trainer)
 
 
-def prepare_output_dir(config: TrainConfig) -> str | None:
-    """Refuse to overwrite a run by accident; pick the checkpoint to resume from; save the resolved config."""
-    from expertkit.train.checkpoints import list_checkpoints, resolve_resume
-
-    out = Path(config.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(
-            f"output_dir '{out}' is a file, not a folder",
-            hint="set output_dir to a folder path (it is created when missing), e.g. saves/my-run",
-        )
-    checkpoints = list_checkpoints(out)
-    finished = (out / FINISHED_MARKER).is_file()
-    if config.overwrite_output_dir and not config.resume_from_checkpoint and out.is_dir():
-        for _, d, _ in checkpoints:
-            shutil.rmtree(d)
-        (out / FINISHED_MARKER).unlink(missing_ok=True)
-        (out / TRAINER_LOG).unlink(missing_ok=True)
-    elif not config.resume_from_checkpoint and (checkpoints or finished):
-        what = "a finished run" if finished else f"checkpoints ({', '.join(d.name for _, d, _ in checkpoints[-3:])})"
-        raise ExpertkitError(
-            f"output_dir '{out}' already holds {what}",
-            hint="continue it with resume_from_checkpoint=true, start over with "
-            "overwrite_output_dir=true, or choose another output_dir",
-        )
-    resume = resolve_resume(out, config.resume_from_checkpoint)
-    # a fresh start must not append to an earlier run's log; a resumed one drops the steps it will repeat
-    trim_log(out / TRAINER_LOG, checkpoint_step(resume))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # a file where a folder of the path belongs, no permission, a read-only disk
-        raise ConfigError(
-            f"cannot create output_dir '{out}': {e.strerror}", hint="choose a folder you can write to"
-        ) from None
-    save_config(config, out / RESOLVED_CONFIG)
-    return resume
-
-
-def resume_is_at_end(config: TrainConfig, resume: str | None, n_examples: int) -> bool:
-    """Whether the checkpoint to resume from already holds every planned step.
-
-    transformers would train one step more than planned from there (it checks max_steps only after a step), so
-    a finished run is refused with what to change, and an unfinished one (killed after its last checkpoint) is
-    finished from that checkpoint without training.
-    """
-    if not resume:
-        return False
-    done, planned = checkpoint_step(resume), planned_steps(config, n_examples)
-    if done < planned:
-        return False
-    if (Path(config.output_dir) / FINISHED_MARKER).is_file():
-        limit = (
-            f"max_steps={config.max_steps}" if config.max_steps > 0 else f"num_train_epochs={config.num_train_epochs:g}"
-        )
-        raise ExpertkitError(
-            f"output_dir '{config.output_dir}' holds a finished run: {Path(resume).name} is at step {done}, "
-            f"and {limit} plans {planned} steps, so there is nothing left to train",
-            hint="to train further, raise max_steps or num_train_epochs (with resume_from_checkpoint=true); "
-            "to start over, overwrite_output_dir=true",
-        )
-    logger.warning(
-        "%s is at step %d of %d planned: nothing left to train; finishing the run from it",
-        Path(resume).name,
-        done,
-        planned,
-    )
-    return True
-
-
-def finish_from_checkpoint(trainer, checkpoint: str):
-    """The TrainOutput of a run whose last checkpoint holds every step: its weights and state, no training."""
-    from transformers import TrainerState
-    from transformers.trainer_utils import TrainOutput
-
-    trainer._load_from_checkpoint(checkpoint)
-    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
-    losses = [x["loss"] for x in trainer.state.log_history if "loss" in x]
-    train_loss = sum(losses) / len(losses) if losses else float("nan")
-    return TrainOutput(trainer.state.global_step, train_loss, {"train_loss": train_loss, "train_runtime": 0.0})
-
-
-def checkpoint_step(checkpoint: str | None) -> int:
-    """The global step a checkpoint folder was saved at (from its trainer_state.json)."""
-    import json
-
-    if not checkpoint:
-        return 0
-    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("global_step", 0))
-
-
-def trim_log(path: Path, step: int) -> None:
-    """Drop log lines of steps the resumed run will repeat (they were logged after the checkpoint)."""
-    import json
-
-    from expertkit.core.runs import write_text_atomic
-
-    if path.is_file():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        keep = [x for x in lines if x.strip() and json.loads(x).get("current_steps", 0) <= step]
-        write_text_atomic(path, "".join(x + "\n" for x in keep))
-
-
-def load_chat_tokenizer(config: TrainConfig):
-    from expertkit.model.load import load_tokenizer
-    from expertkit.model.templates import apply_template
-
-    tokenizer = load_tokenizer(config.model_name_or_path, config.trust_remote_code)
-    apply_template(tokenizer, config.template)
-    tokenizer.padding_side = "right"
-    return tokenizer
+def header_lines(config: TrainConfig, trainer) -> dict[str, str]:
+    return {}
 
 
 def load_conversations(config: TrainConfig) -> tuple[list[Conversation], list[Conversation]]:
@@ -241,266 +112,14 @@ def tokenize_conversations(rows: list[Conversation], tokenizer, config: TrainCon
     return examples, stats
 
 
-@dataclass
-class Precision:
-    bf16: bool
-    fp16: bool
-    load_dtype: object  # torch dtype the weights are loaded in
-
-    def describe(self) -> str:
-        mixed = "bf16 mixed precision" if self.bf16 else "fp16 mixed precision" if self.fp16 else "no mixed precision"
-        return f"weights {str(self.load_dtype).replace('torch.', '')}, {mixed}"
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matrix work in hardware (elsewhere bf16 on CPU is emulated and slow)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def choose_precision(config: TrainConfig) -> Precision:
-    import torch
-
-    gpu = torch.cuda.is_available()
-    bf16 = config.bf16
-    if bf16 is None:
-        bf16 = (torch.cuda.is_bf16_supported() if gpu else cpu_has_native_bf16()) and not config.fp16
-    if config.fp16 and not gpu:
-        raise ExpertkitError("fp16 training needs a GPU", hint="use bf16=true (on CPUs with AVX512-BF16) or fp16=false")
-    if bf16 and gpu and not torch.cuda.is_bf16_supported():
-        raise ExpertkitError("this GPU does not support bf16", hint="use fp16=true bf16=false")
-    # LoRA: frozen base weights in half precision (peft keeps the adapters in fp32), so autocast has nothing to
-    # cast or cache; full and freeze keep fp32 master weights for the optimiser
-    half = config.finetuning_type == "lora" and (bf16 or config.fp16)
-    load_dtype = (torch.bfloat16 if bf16 else torch.float16) if half else torch.float32
-    return Precision(bool(bf16), config.fp16, load_dtype)
-
-
-def build_model(config: TrainConfig):
-    from transformers import set_seed
-
-    from expertkit.model.load import load_model
-
-    set_seed(config.seed)  # LoRA's A matrices are random: same seed, same initial adapter, same loss curve
-    precision = choose_precision(config)
-    model = load_model(config.model_name_or_path, precision.load_dtype, config.trust_remote_code)
-    model.config.use_cache = False
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
-        model.enable_input_require_grads()
-    if config.finetuning_type == "lora":
-        model = attach_lora(model, config)
-    elif config.finetuning_type == "freeze":
-        freeze_layers(model, config.freeze_trainable_layers)
-    return model, precision
-
-
-def attach_lora(model, config: TrainConfig):
-    from peft import LoraConfig, PeftModel, get_peft_model
-
-    if config.adapter_name_or_path:
-        logger.info("continuing training of adapter %s", config.adapter_name_or_path)
-        return PeftModel.from_pretrained(model, config.adapter_name_or_path, is_trainable=True)
-    targets = "all-linear" if config.lora_target == ["all"] else config.lora_target
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [t for t in config.lora_target if t != "all" and t not in names]
-    if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
-        raise ExpertkitError(
-            f"lora_target names modules this model does not have: {', '.join(missing)}",
-            hint=f"linear layers of this model: {', '.join(linear)}; or lora_target=all",
-        )
-    lora = LoraConfig(
-        r=config.lora_rank,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=targets,
-        use_rslora=config.use_rslora,
-        use_dora=config.use_dora,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
-
-
-def freeze_layers(model, n: int) -> None:
-    """Train only the last n decoder layers (the first -n when negative)."""
-    import re
-
-    layer_ids = sorted(
-        {int(m.group(1)) for name, _ in model.named_parameters() if (m := re.search(r"\.layers\.(\d+)\.", name))}
-    )
-    if not layer_ids:
-        raise ExpertkitError(
-            "finetuning_type freeze found no decoder layers named '.layers.N.' in this model",
-            hint="use finetuning_type=lora or full for this architecture",
-        )
-    keep = set(layer_ids[-n:] if n > 0 else layer_ids[:-n])
-    for name, param in model.named_parameters():
-        m = re.search(r"\.layers\.(\d+)\.", name)
-        param.requires_grad = bool(m and int(m.group(1)) in keep)
-
-
-def build_trainer(config: TrainConfig, model, tokenizer, train_set, val_set, precision: Precision):
-    from transformers import PrinterCallback, Trainer, TrainingArguments
-
-    from expertkit.train.callbacks import CompleteCheckpointCallback, RunLogCallback
-    from expertkit.train.collate import PaddedCollator, PaddingFreeCollator
-
-    tty = sys.stderr.isatty()
-    try:
-        args = TrainingArguments(
-            output_dir=config.output_dir,
-            per_device_train_batch_size=config.per_device_train_batch_size,
-            per_device_eval_batch_size=config.per_device_eval_batch_size,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            learning_rate=config.learning_rate,
-            num_train_epochs=config.num_train_epochs,
-            max_steps=config.max_steps,
-            lr_scheduler_type=config.lr_scheduler_type,
-            warmup_steps=config.warmup_steps or config.warmup_ratio,
-            max_grad_norm=config.max_grad_norm,
-            weight_decay=config.weight_decay,
-            adam_beta1=config.adam_beta1,
-            adam_beta2=config.adam_beta2,
-            adam_epsilon=config.adam_epsilon,
-            optim=config.optim,
-            logging_steps=config.logging_steps,
-            save_strategy="steps",
-            save_steps=config.save_steps,
-            save_total_limit=config.save_total_limit,
-            eval_strategy=config.eval_strategy,
-            eval_steps=config.eval_steps or config.logging_steps,
-            bf16=precision.bf16,
-            fp16=precision.fp16,
-            seed=config.seed,
-            report_to=config.report_to,
-            remove_unused_columns=False,
-            dataloader_num_workers=0,
-            include_num_input_tokens_seen="non_padding",
-            disable_tqdm=not tty,
-            logging_first_step=True,
-            save_only_model=False,
-            use_cpu=not _has_gpu(),
-        )
-    except ValueError as e:  # a combination transformers refuses that the config's own checks let through
-        raise ConfigError(f"transformers refused the training settings: {e}") from None
-    callbacks = [RunLogCallback(config.output_dir, echo=not tty), CompleteCheckpointCallback()]
-    collator = PaddingFreeCollator() if config.padding_free else PaddedCollator(tokenizer.pad_token_id)
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=val_set or None,
-        data_collator=collator,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
-    trainer.remove_callback(PrinterCallback)  # our RunLogCallback prints a readable line instead of a dict
-    return trainer
-
-
-def check_optim(name: str) -> None:
-    """An optimiser name transformers does not know is a config error with the close names, not a traceback."""
-    import difflib
-
-    from transformers.training_args import OptimizerNames
-
-    names = [o.value for o in OptimizerNames]
-    if name not in names:
-        close = [n for n in names if n.startswith(name)][:3] or difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-        raise ConfigError(
-            f"unknown optim '{name}'",
-            hint=hint + "common: adamw_torch (the default), adamw_torch_fused, adafactor, sgd",
-        )
-
-
-def _has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def planned_steps(config: TrainConfig, n_examples: int) -> int:
-    import math
-
-    if config.max_steps > 0:
-        return config.max_steps
-    per_epoch = max(
-        math.ceil(math.ceil(n_examples / config.per_device_train_batch_size) / config.gradient_accumulation_steps), 1
-    )
-    return math.ceil(config.num_train_epochs * per_epoch)
-
-
-def print_header(
-    config: TrainConfig, trainer, stats: TokenStats, precision: Precision, n_train: int, n_val: int
-) -> None:
-    from expertkit.model.load import count_parameters
-    from expertkit.train.report import GIB, estimate_memory, log_header, memory_advice
-
-    trainable, total = count_parameters(trainer.model)
-    batch = config.per_device_train_batch_size * config.gradient_accumulation_steps * trainer.args.world_size
-    row = config.cutoff_len if config.packing else min(stats.longest, config.cutoff_len)
-    tokens = config.per_device_train_batch_size * row
-    est = estimate_memory(
-        trainer.model, trainable, tokens, config.gradient_checkpointing, 2 if precision.bf16 or precision.fp16 else 4
-    )
-    kind = config.finetuning_type + (
-        f" (r={config.lora_rank}, alpha={config.lora_alpha})" if config.finetuning_type == "lora" else ""
-    )
-    log_header(
-        {
-            "model": f"{config.model_name_or_path} ({precision.describe()})",
-            "method": kind,
-            "parameters": f"{trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
-            "rows": f"{stats.rows} train ({stats.dropped} dropped) + {n_val} validation, from {n_train + n_val} valid",
-            "sequences": f"longest {stats.longest} tokens vs cutoff_len {config.cutoff_len} ({stats.truncated} cut); "
-            f"{stats.loss_tokens / max(stats.tokens, 1):.0%} of tokens carry loss",
-            "batch": f"{config.per_device_train_batch_size} x {config.gradient_accumulation_steps} accumulation "
-            f"x {trainer.args.world_size} device(s) = {batch} sequences per step",
-            "steps": f"{planned_steps(config, len(trainer.train_dataset))}",
-            "memory": f"~{est.total / GIB:.1f} GiB estimated peak of {est.available / GIB:.1f} GiB {est.device}",
-            "output": str(Path(config.output_dir).resolve()),
-        }
-    )
-    if not est.fits():
-        logger.warning(
-            "this run will probably not fit in memory (~%.1f GiB needed, %.1f GiB available); try: %s",
-            est.total / GIB,
-            est.available / GIB,
-            memory_advice(est, config.per_device_train_batch_size, config.cutoff_len, config.gradient_checkpointing),
-        )
-
-
-def save_final(trainer, tokenizer, config: TrainConfig) -> None:
-    """Adapter (or model) + tokenizer with the training chat template, written to a temp dir, then moved."""
-    import os
-
-    out = Path(config.output_dir)
-    tmp = out / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model = trainer.model
-    model.config.use_cache = True  # off during training only (it would also disable padding-free masks)
-    if tokenizer.eos_token_id is not None and config.finetuning_type != "lora":
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    for f in tmp.iterdir():
-        os.replace(f, out / f.name)
-    tmp.rmdir()
-    trainer.save_state()
-
-
-def check_learning(trainer, tokenizer, rows: list[Conversation], config: TrainConfig, stats: TokenStats):
+def check_learning(trainer, tokenizer, data: StageData, config: TrainConfig):
     import random
 
     from expertkit.train.learning_check import run_learning_check
 
     if config.learning_check_samples <= 0:
         return None
+    rows, stats = data.check_rows, data.stats
     samples = random.Random(config.seed).sample(rows, min(config.learning_check_samples, len(rows)))
     base = None
     if config.finetuning_type != "lora":
@@ -525,28 +144,3 @@ def check_learning(trainer, tokenizer, rows: list[Conversation], config: TrainCo
     )
     logger.info("learning check (saved to learning_check.json):\n%s", check.summary())
     return check
-
-
-def finish(config: TrainConfig, trainer, output, check) -> TrainResult:
-    from expertkit.core.runs import write_text_atomic
-    from expertkit.train.callbacks import plot_loss
-
-    out = Path(config.output_dir)
-    metrics = dict(output.metrics)
-    tokens = int(trainer.state.num_input_tokens_seen or 0)
-    runtime = float(metrics.get("train_runtime", 0.0))
-    metrics["train_tokens_per_second"] = tokens / runtime if runtime else 0.0
-    write_json_atomic(out / "train_results.json", metrics)
-    if config.plot_loss:
-        plot_loss(trainer.state.log_history, out)
-    write_text_atomic(out / FINISHED_MARKER, "finished\n")
-    logger.info("saved %s to %s", "adapter" if config.finetuning_type == "lora" else "model", out)
-    return TrainResult(
-        str(out),
-        trainer.state.global_step,
-        float(metrics.get("train_loss", float("nan"))),
-        runtime,
-        tokens,
-        metrics["train_tokens_per_second"],
-        check,
-    )
