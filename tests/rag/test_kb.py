@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -159,6 +160,24 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path, capsys):
     assert "missing.md" in err and "Traceback" not in err
     assert main(["kb", "search", "x", "chunk_size=10", f"kb_dir={tmp_path / 'kb'}"]) == 1
     assert "chunk_size" in capsys.readouterr().err
+
+
+def test_cli_add_html_with_trafilatura_broken_says_why_not_not_installed(tmp_path, docs, capsys, monkeypatch):
+    """Issue 11: under lxml 6 without lxml_html_clean, trafilatura is installed but its import fails."""
+    fake = tmp_path / "broken_site"  # a trafilatura whose import fails as it did, found before the real one
+    (fake / "trafilatura").mkdir(parents=True)
+    (fake / "trafilatura" / "__init__.py").write_text(
+        "raise ImportError('lxml.html.clean module is now a separate project lxml_html_clean')\n", encoding="utf-8"
+    )
+    monkeypatch.syspath_prepend(str(fake))
+    for module in [m for m in sys.modules if m == "trafilatura" or m.startswith("trafilatura.")]:
+        monkeypatch.delitem(sys.modules, module)
+    assert main(["kb", "add", str(docs / "sub" / "oncall.html"), f"kb_dir={tmp_path / 'kb'}"]) == 1
+    err = capsys.readouterr().err
+    assert "oncall.html" in err and "trafilatura" in err and "is installed but could not be imported" in err
+    assert "ImportError: lxml.html.clean module is now a separate project lxml_html_clean" in err
+    assert "pip install --upgrade 'expertkit[rag]'" in err
+    assert "not installed" not in err and "Traceback" not in err
 
 
 def test_later_commands_reuse_the_embedder_the_kb_was_built_with(tmp_path, docs, capsys):

@@ -63,13 +63,39 @@ class DataError(ExpertkitError):
 
 
 class MissingExtraError(ExpertkitError):
-    """An optional dependency group is not installed."""
+    """An optional package is not installed (raised by `expertkit.core.optional.import_optional`).
 
-    def __init__(self, package: str, extra: str):
+    `extra` is the expertkit extra that brings it; None for a package no extra installs (then the hint is a plain
+    ``pip install PACKAGE``). `needed_for` says what needs it (``the reranker``) and starts the message.
+    """
+
+    def __init__(self, package: str, extra: str | None, needed_for: str = ""):
         super().__init__(
-            f"this needs the '{package}' package, which is not installed",
-            hint=f"pip install 'expertkit[{extra}]'",
+            f"{_lead(needed_for)}{package} is not installed", hint=f"pip install {_target(package, extra)}"
         )
+
+
+class BrokenExtraError(ExpertkitError):
+    """An optional package is installed but importing it fails (raised by `import_optional`): one of its own
+    dependencies is missing or does not fit (trafilatura under lxml 5.2+ without lxml_html_clean), or the install is
+    damaged. `error` is the real error's text; `lacks` the module it names when that is another package's."""
+
+    def __init__(
+        self, package: str, extra: str | None, error: str, needed_for: str = "", version: str = "", lacks: str = ""
+    ):
+        installed = f"{package} {version}" if version else package
+        hint = f"pip install --upgrade {_target(package, extra)}"
+        if lacks:
+            hint += f"; or only the module it lacks: pip install {lacks}"
+        super().__init__(f"{_lead(needed_for)}{installed} is installed but could not be imported: {error}", hint=hint)
+
+
+def _lead(needed_for: str) -> str:
+    return f"{needed_for}: " if needed_for else ""
+
+
+def _target(package: str, extra: str | None) -> str:
+    return f"'expertkit[{extra}]'" if extra else package
 
 
 @dataclass

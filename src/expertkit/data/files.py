@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from expertkit.core.errors import DataError, MissingExtraError, Problem
+from expertkit.core.errors import DataError, Problem
+from expertkit.core.optional import import_optional
 from expertkit.core.text import guess_encoding
 
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
@@ -252,10 +253,7 @@ def _read_csv(path: Path, text: str, limit: int | None) -> list[Record]:
 
 
 def _read_parquet(path: Path, limit: int | None) -> list[Record]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise MissingExtraError("pyarrow", "train") from None
+    pq = import_optional("pyarrow.parquet", "pyarrow", "train")
     try:
         table = pq.read_table(path)
     except Exception as e:  # pyarrow raises several types for damaged files

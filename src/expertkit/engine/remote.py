@@ -7,7 +7,8 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 
-from expertkit.core.errors import ExpertkitError, MissingExtraError
+from expertkit.core.errors import ExpertkitError
+from expertkit.core.optional import import_optional
 from expertkit.engine.base import Delta, SamplingParams, TokenLogprob, Usage
 from expertkit.engine.config import EngineConfig
 from expertkit.engine.text import ReasoningSplitter
@@ -15,10 +16,7 @@ from expertkit.engine.text import ReasoningSplitter
 
 class RemoteEngine:
     def __init__(self, config: EngineConfig):
-        try:
-            import httpx
-        except ImportError:
-            raise MissingExtraError("httpx", "serve") from None
+        httpx = import_optional("httpx", "httpx", "serve")
         if not config.base_url:
             raise ExpertkitError("engine=openai needs base_url", hint="e.g. base_url=http://127.0.0.1:11434/v1")
         self.base_url = config.base_url.rstrip("/")

@@ -31,7 +31,8 @@ from collections import Counter
 from collections.abc import Sequence
 from statistics import fmean
 
-from expertkit.core.errors import ExpertkitError, MissingExtraError
+from expertkit.core.errors import ExpertkitError
+from expertkit.core.optional import import_optional
 
 TEXT_METRICS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4", "exact", "contains")
 
@@ -151,10 +152,7 @@ def lcs_length(a: list[str], b: list[str]) -> int:
 
 @functools.lru_cache(maxsize=1)
 def _jieba():
-    try:
-        import jieba
-    except ImportError:
-        raise MissingExtraError("jieba", "eval") from None
+    jieba = import_optional("jieba", "jieba", "eval")
     import logging
 
     jieba.setLogLevel(logging.WARNING)  # its "Building prefix dict ..." lines are DEBUG, printed to stderr
@@ -166,11 +164,7 @@ def jieba_cut(text: str) -> list[str]:
 
 
 def _sacrebleu():
-    try:
-        import sacrebleu
-    except ImportError:
-        raise MissingExtraError("sacrebleu", "eval") from None
-    return sacrebleu
+    return import_optional("sacrebleu", "sacrebleu", "eval")
 
 
 def bleu_tokenizer(*texts: str) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from expertkit.core.errors import ExpertkitError
+from expertkit.core.optional import import_optional
 from expertkit.core.runs import write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -443,13 +444,13 @@ def render_charts(summary: dict) -> dict[str, bytes]:
     if not jobs:
         return {}
     try:
-        from matplotlib.figure import Figure
-    except ImportError:  # the report is still worth having; the tables carry the numbers
-        log.warning("report without charts: matplotlib is not installed (pip install 'expertkit[eval]')")
+        mpl_figure = import_optional("matplotlib.figure", "matplotlib", "eval")
+    except ExpertkitError as e:  # absent or broken: the report is still worth having, the tables carry the numbers
+        log.warning("report without charts: %s (%s)", e.message, e.hint)
         return {}
     out = {}
     for name, (draw, args, height) in jobs.items():
-        fig = Figure(figsize=(8, height), dpi=100)
+        fig = mpl_figure.Figure(figsize=(8, height), dpi=100)
         draw(fig.add_subplot(), *args)
         buf = io.BytesIO()
         fig.savefig(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import logging
 import math
 import sys
 from dataclasses import dataclass
@@ -24,8 +23,6 @@ from expertkit.core.config import save_config
 from expertkit.core.errors import DataError, ExpertkitError, Problem
 from expertkit.core.runs import TRAINER_LOG, append_jsonl, drop_torn_tail, write_json_atomic
 from expertkit.evaluate.config import TEXT_METRICS, Candidate, EvalConfig
-
-logger = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions"
 METRICS = "metrics.json"
@@ -69,13 +66,9 @@ def run(config: EvalConfig, out=None) -> EvalResult:
 
         asyncio.run(judge_all(config, candidates, items, answers, summary, output, out))
     write_json_atomic(output / METRICS, summary)
-    report = None
-    try:
-        from expertkit.evaluate.report import write_report
+    from expertkit.evaluate.report import write_report
 
-        report = write_report(output, summary)
-    except ImportError:  # matplotlib missing: metrics.json is the result
-        logger.warning("no report.html: pip install 'expertkit[eval]'")
+    report = write_report(output, summary)  # without matplotlib (absent or broken) it has no charts, and says why
     say(out, format_table(summary))
     return EvalResult(output, output / METRICS, report, summary)
 

@@ -15,6 +15,11 @@ from functools import lru_cache
 
 import numpy as np
 
+from expertkit.core.errors import ExpertkitError, MissingExtraError
+from expertkit.core.optional import import_optional
+
+logger = logging.getLogger(__name__)
+
 TOKENIZER = "words+jieba+snowball-en/1"  # bumped when `tokens` changes: saved indexes are rebuilt
 CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 TOKEN = re.compile(rf"[{CJK}]+|[^\W{CJK}_]+(?:['’][^\W{CJK}_]+)*", re.UNICODE)
@@ -22,25 +27,25 @@ TOKEN = re.compile(rf"[{CJK}]+|[^\W{CJK}_]+(?:['’][^\W{CJK}_]+)*", re.UNICODE)
 
 @lru_cache(maxsize=1)
 def _stopwords() -> frozenset[str]:
-    from bm25s.stopwords import STOPWORDS_EN
-
-    return frozenset(STOPWORDS_EN)
+    return frozenset(import_optional("bm25s.stopwords", "bm25s", "rag").STOPWORDS_EN)
 
 
 @lru_cache(maxsize=1)
 def _stem():
     """English Snowball stemming (PyStemmer), so 'resume', 'resuming' and 'resumes' match; absent: no stemming."""
     try:
-        import Stemmer
-    except ImportError:
+        pystemmer = import_optional("Stemmer", "PyStemmer", "rag")
+    except MissingExtraError:
         return lambda word: word
-    return Stemmer.Stemmer("english").stemWord
+    except ExpertkitError as e:  # installed but broken: say why, once
+        logger.warning("BM25 without English stemming: %s", e.message)
+        return lambda word: word
+    return pystemmer.Stemmer("english").stemWord
 
 
 @lru_cache(maxsize=1)
 def _jieba():
-    import jieba
-
+    jieba = import_optional("jieba", "jieba", "rag")
     jieba.setLogLevel(logging.WARNING)  # it announces its dictionary on stderr
     return jieba
 

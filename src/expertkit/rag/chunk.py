@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from expertkit.core.errors import ConfigError, MissingExtraError
+from expertkit.core.errors import ConfigError
+from expertkit.core.optional import import_optional
 
 MIN_CHUNK_SIZE = 50  # characters: below this a chunk holds less than a sentence and retrieval finds fragments
 
@@ -39,10 +40,9 @@ def split_text(text: str, size: int = 400, overlap: int = 100, markdown: bool = 
     markdown. Blank text gives no chunks.
     """
     check_chunk_settings(size, overlap)
-    try:
-        from semantic_text_splitter import MarkdownSplitter, TextSplitter
-    except ImportError:
-        raise MissingExtraError("semantic-text-splitter", "rag") from None
+    import_optional("semantic_text_splitter", "semantic-text-splitter", "rag")
+    from semantic_text_splitter import MarkdownSplitter, TextSplitter
+
     if markdown:
         # offsets are str indices (checked on 0.33; the Chinese tests would catch bytes): they slice the original
         spans = _spans(MarkdownSplitter(size, overlap=overlap, trim=True).chunk_indices(_mask_inline_markup(text)))

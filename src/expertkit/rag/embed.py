@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from expertkit.core.errors import ExpertkitError, MissingExtraError
+from expertkit.core.optional import import_optional
 
 if TYPE_CHECKING:
     import numpy as np
@@ -144,9 +145,7 @@ def import_wordllama():
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     try:
-        import wordllama
-    except ImportError:
-        raise MissingExtraError("wordllama", "rag") from None
+        wordllama = import_optional("wordllama", "wordllama", "rag")
     finally:
         # wordllama.inference calls logging.basicConfig(level=INFO) when imported; leave the caller's logging as it was
         root.handlers[:] = handlers
@@ -180,14 +179,12 @@ class SentenceTransformerEmbedder:
 
 @functools.lru_cache(maxsize=4)
 def load_sentence_transformer(folder: str):
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise ExpertkitError(
-            "st: embedders need the 'sentence-transformers' package, which is not installed",
-            hint="pip install sentence-transformers   (or use the default embedder: wordllama)",
-        ) from None
-    return SentenceTransformer(folder, local_files_only=True, trust_remote_code=False)
+    try:  # no extra installs it: the hint is pip install sentence-transformers
+        st = import_optional("sentence_transformers", "sentence-transformers", None, needed_for="st: embedders")
+    except MissingExtraError as e:
+        e.hint += "   (or use the default embedder: wordllama)"
+        raise
+    return st.SentenceTransformer(folder, local_files_only=True, trust_remote_code=False)
 
 
 # ---------------------------------------------------------------------------------------------- HTTP embedders
@@ -245,10 +242,7 @@ class HTTPEmbedder:
 
     def post(self, body: dict) -> dict:
         """POST body as JSON; every way it can fail becomes one ExpertkitError line with a fix."""
-        try:
-            import httpx
-        except ImportError:
-            raise MissingExtraError("httpx", "rag") from None
+        httpx = import_optional("httpx", "httpx", "rag")
         url = self.url()
         try:
             timeout = httpx.Timeout(self.timeout_s, connect=10)

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from expertkit.core.errors import DataError, ExpertkitError, MissingExtraError, Problem
+from expertkit.core.errors import DataError, ExpertkitError, Problem
+from expertkit.core.optional import import_optional
 from expertkit.core.text import guess_encoding
 from expertkit.rag.ids import canonical_source
 
@@ -175,11 +176,10 @@ def _extract(
 
 
 def _html_document(html: str, source: str, fallback_title: str) -> Document:
-    try:
-        import trafilatura
-        from trafilatura.metadata import extract_title
-    except ImportError:
-        raise MissingExtraError("trafilatura", "rag") from None
+    # absent, or installed but failing to import (lxml 5.2+ without lxml_html_clean, issue 11): the error says which
+    trafilatura = import_optional("trafilatura", "trafilatura", "rag")
+    from trafilatura.metadata import extract_title
+
     tree = trafilatura.load_html(html) if html.strip() else None
     if tree is None:  # not HTML at all, or a bare fragment
         return Document(source, fallback_title, _body_text(html), "html")
@@ -307,11 +307,10 @@ def _one_line(text: str) -> str:
 
 
 def _read_pdf(data: bytes, where: str) -> tuple[str, str]:
-    try:
-        from pypdf import PdfReader
-        from pypdf.errors import DependencyError, FileNotDecryptedError
-    except ImportError:
-        raise MissingExtraError("pypdf", "rag") from None
+    import_optional("pypdf", "pypdf", "rag")
+    from pypdf import PdfReader
+    from pypdf.errors import DependencyError, FileNotDecryptedError
+
     try:
         reader = PdfReader(io.BytesIO(data))  # tries the empty password, which many "protected" PDFs have
         pages = [page.extract_text() or "" for page in reader.pages]
@@ -368,11 +367,9 @@ def _is_cjk(char: str) -> bool:
 
 
 def _read_docx(data: bytes, where: str) -> tuple[str, str]:
-    try:
-        import docx
-        from docx.table import Table
-    except ImportError:
-        raise MissingExtraError("python-docx", "rag") from None
+    docx = import_optional("docx", "python-docx", "rag")
+    from docx.table import Table
+
     try:
         document = docx.Document(io.BytesIO(data))
         blocks = [

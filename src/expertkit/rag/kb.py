@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from expertkit.core.errors import ExpertkitError
+from expertkit.core.errors import BrokenExtraError, ExpertkitError, MissingExtraError
 from expertkit.core.runs import write_json_atomic
 from expertkit.rag.bm25 import TOKENIZER, Bm25Index
 from expertkit.rag.chunk import Chunk, split_text
@@ -163,6 +163,9 @@ class KnowledgeBase:
         for path in find_files(paths) if paths else []:
             try:
                 doc = extract_file(path)
+            except (MissingExtraError, BrokenExtraError) as e:  # the install, not the file: the fix goes with it
+                report(AddResult(str(path), "failed", reason=f"{e.message} (fix: {e.hint})"))
+                continue
             except ExpertkitError as e:
                 report(AddResult(str(path), "failed", reason=e.message))
                 continue

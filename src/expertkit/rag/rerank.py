@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from expertkit.core.errors import ExpertkitError
+from expertkit.core.optional import import_optional
 
 BATCH = 16
 MAX_LENGTH = 512
@@ -59,10 +60,9 @@ def load_reranker(path: str) -> CrossEncoderReranker:
             f"reranker '{path}' is not a model folder (no config.json)",
             hint="download one first, e.g. huggingface-cli download BAAI/bge-reranker-v2-m3 --local-dir models/rerank",
         )
-    try:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    except ImportError:
-        raise ExpertkitError("the reranker needs transformers", hint="pip install 'expertkit[train]'") from None
+    import_optional("transformers", "transformers", "train", needed_for="the reranker")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         model = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from expertkit.core.errors import ExpertkitError, MissingExtraError
+from expertkit.core.errors import ExpertkitError
+from expertkit.core.optional import import_optional
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,7 +33,12 @@ if TYPE_CHECKING:
 BACKENDS = ("sqlite-vec", "lancedb", "chroma")
 DEFAULT_BACKEND = "sqlite-vec"  # fastest to index and to open, exact, one file; see bench/README.md "RAG"
 MANIFEST = "store.json"
-PACKAGES = {"sqlite-vec": "sqlite-vec", "lancedb": "lancedb", "chroma": "chromadb"}
+# what each backend's module imports: (module, the package pip installs), all in the [rag] extra
+PACKAGES = {
+    "sqlite-vec": [("numpy", "numpy"), ("apsw", "apsw"), ("sqlite_vec", "sqlite-vec")],
+    "lancedb": [("numpy", "numpy"), ("pyarrow", "pyarrow"), ("lancedb", "lancedb")],
+    "chroma": [("numpy", "numpy"), ("chromadb", "chromadb")],
+}
 
 
 @dataclass
@@ -86,17 +92,14 @@ def open_store(path: str | Path, backend: str, dim: int, *, chroma_url: str | No
     folder = Path(path).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     check_manifest(folder, backend, dim, chroma_url)
-    try:
-        if backend == "sqlite-vec":
-            from expertkit.rag.stores.sqlitevec import SqliteVecStore as cls
-        elif backend == "lancedb":
-            from expertkit.rag.stores.lance import LanceStore as cls
-        else:
-            from expertkit.rag.stores.chroma import ChromaStore as cls
-    except ImportError as e:
-        if e.name and e.name.split(".")[0] in ("sqlite_vec", "apsw", "lancedb", "pyarrow", "chromadb", "numpy"):
-            raise MissingExtraError(PACKAGES[backend], "rag") from None
-        raise
+    for module, package in PACKAGES[backend]:  # absent or installed-but-broken: an error that says which
+        import_optional(module, package, "rag", needed_for=f"the {backend} vector store")
+    if backend == "sqlite-vec":
+        from expertkit.rag.stores.sqlitevec import SqliteVecStore as cls
+    elif backend == "lancedb":
+        from expertkit.rag.stores.lance import LanceStore as cls
+    else:
+        from expertkit.rag.stores.chroma import ChromaStore as cls
     if backend == "chroma":
         return cls(folder, dim, url=chroma_url)
     if chroma_url:

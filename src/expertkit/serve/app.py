@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from expertkit.core.errors import MissingExtraError
+from expertkit.core.optional import import_optional
 
 try:
     from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -21,7 +21,8 @@ try:
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError:
-    raise MissingExtraError("fastapi", "serve") from None
+    import_optional("fastapi", "fastapi", "serve")  # fails again, saying whether fastapi is absent or broken
+    raise
 
 import threading
 

@@ -13,7 +13,8 @@ import signal
 import sys
 import threading
 
-from expertkit.core.errors import ExpertkitError, MissingExtraError
+from expertkit.core.errors import ExpertkitError
+from expertkit.core.optional import import_optional
 from expertkit.serve.config import ServeConfig
 
 logger = logging.getLogger(__name__)
@@ -21,10 +22,7 @@ logger = logging.getLogger(__name__)
 
 def run(config: ServeConfig) -> None:
     """Serve until stopped; raise an ExpertkitError if the model could not be loaded."""
-    try:
-        import uvicorn
-    except ImportError:
-        raise MissingExtraError("uvicorn", "serve") from None
+    uvicorn = import_optional("uvicorn", "uvicorn", "serve")
     from expertkit.engine.base import load_engine
     from expertkit.serve.app import build_app
 

@@ -17,8 +17,9 @@ import subprocess
 import sys
 import time
 
-from expertkit.core.errors import ExpertkitError, MissingExtraError
+from expertkit.core.errors import ExpertkitError
 from expertkit.core.feedback import FeedbackStore, default_feedback_db
+from expertkit.core.optional import import_optional
 from expertkit.ui.config import WebUIConfig
 from expertkit.ui.labels import labels
 
@@ -77,10 +78,7 @@ def build_app(config: WebUIConfig, server_url: str | None = None):
 def run(config: WebUIConfig) -> None:
     """Serve the UI until Ctrl-C; the chat server it started (if any) stops with it."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no telemetry
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise MissingExtraError("gradio", "ui") from None
+    import_optional("gradio", "gradio", "ui")
     check_port_free(config.host, config.port)
     server = start_chat_server(config) if config.starts_server else None
     previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops like Ctrl-C: the chat server with it

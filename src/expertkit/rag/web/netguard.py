@@ -10,13 +10,18 @@ The fetcher connects to the address checked here, never to a second DNS answer (
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import logging
 import re
 import socket
 from collections.abc import Callable, Iterable
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from expertkit.core.errors import ExpertkitError, ProblemList
+from expertkit.core.errors import ExpertkitError, MissingExtraError, ProblemList
+from expertkit.core.optional import import_optional
+
+logger = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -228,18 +233,28 @@ def _ascii_host(url: str, host: str) -> str:
     host = host.lower()
     if host.isascii():
         return host
-    try:
-        import idna  # httpx's dependency: IDNA 2008, as browsers
-
-        return idna.encode(host.rstrip("."), uts46=True).decode("ascii") + ("." if host.endswith(".") else "")
-    except ImportError:
-        pass
-    except Exception as e:  # idna raises its own IDNAError family
-        raise BlockedURLError(url, f"the host {host!r} is not a valid domain name ({e})") from None
+    idna = _idna()
+    if idna is not None:
+        try:
+            return idna.encode(host.rstrip("."), uts46=True).decode("ascii") + ("." if host.endswith(".") else "")
+        except Exception as e:  # idna raises its own IDNAError family
+            raise BlockedURLError(url, f"the host {host!r} is not a valid domain name ({e})") from None
     try:
         return host.encode("idna").decode("ascii")
     except UnicodeError as e:
         raise BlockedURLError(url, f"the host {host!r} is not a valid domain name ({e})") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _idna():
+    """The idna package (httpx's dependency: IDNA 2008, as browsers), or None: Python's IDNA 2003 codec then."""
+    try:
+        return import_optional("idna", "idna", "rag")
+    except MissingExtraError:
+        return None
+    except ExpertkitError as e:  # installed but broken: say why, once
+        logger.warning("%s; host names go through Python's IDNA 2003 codec instead", e.message)
+        return None
 
 
 def _parse_networks(networks: Iterable[str] | str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

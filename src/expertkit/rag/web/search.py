@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from expertkit.core.errors import ExpertkitError, Problem
+from expertkit.core.optional import import_optional
 from expertkit.rag.ids import canonical_source
 from expertkit.rag.web.fetch import DEFAULT_USER_AGENT
 
@@ -127,13 +128,11 @@ class DuckDuckGoSearch:
 
     def _text(self, query: str, max_results: int) -> list[dict]:
         try:
-            import ddgs
-            from ddgs.exceptions import DDGSException, RatelimitException, TimeoutException
-        except ImportError:
-            raise SearchError(
-                "DuckDuckGo search needs the 'ddgs' package, which is not installed",
-                hint="pip install 'expertkit[rag]'",
-            ) from None
+            ddgs = import_optional("ddgs", "ddgs", "rag", needed_for="DuckDuckGo search")
+        except ExpertkitError as e:  # a SearchError, which `ask` reports beside the answer
+            raise SearchError(e.message, hint=e.hint) from e.__cause__
+        from ddgs.exceptions import DDGSException, RatelimitException, TimeoutException
+
         kwargs = {"region": self.region} if self.region else {}
         try:
             return ddgs.DDGS(timeout=math.ceil(self.timeout)).text(
