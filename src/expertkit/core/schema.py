@@ -5,6 +5,14 @@ Example::
     Conversation(messages=[Message("system", "You are a claims assistant."),
                            Message("user", "What is a deductible?"),
                            Message("assistant", "The part of a loss you pay yourself ...")])
+
+Preference data keeps the prompt apart from its answers::
+
+    PreferencePair(prompt=[Message("user", "What is a deductible?")],
+                   chosen=Message("assistant", "The part of a loss you pay yourself ..."),
+                   rejected=Message("assistant", "A discount on your premium."))
+    UnpairedExample(prompt=[Message("user", "What is a deductible?")],
+                    completion=Message("assistant", "A discount on your premium."), label=False)
 """
 
 from __future__ import annotations
@@ -43,10 +51,26 @@ class Conversation:
 
 @dataclass
 class PreferencePair:
-    """A prompt with a preferred and a rejected answer (DPO and friends)."""
+    """A prompt with a preferred and a rejected answer (DPO, reward modelling and friends).
+
+    `prompt` is everything before the answer (optional system, then turns ending on the user's, or a tool result);
+    `chosen` and `rejected` are assistant messages answering it.
+    """
 
     prompt: list[Message]
     chosen: Message
     rejected: Message
-    source: str = ""
+    source: str = ""  # "file:line" of the row, for error messages
     extra: dict[str, Any] = field(default_factory=dict)
+    tools: str | None = None  # JSON text of tool definitions, passed to the chat template
+
+
+@dataclass
+class UnpairedExample:
+    """A prompt with one answer labelled desirable (`label=True`) or undesirable (KTO)."""
+
+    prompt: list[Message]
+    completion: Message
+    label: bool
+    source: str = ""  # "file:line" of the row, for error messages
+    tools: str | None = None  # JSON text of tool definitions, passed to the chat template

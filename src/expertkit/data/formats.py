@@ -51,6 +51,9 @@ class Columns:
     messages: str = "conversations"
     system: str = "system"
     tools: str = "tools"
+    chosen: str = "chosen"  # preference data (ranking: true) only, as the kto_tag
+    rejected: str = "rejected"
+    kto_tag: str = "kto_tag"
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ def convert_record(record: Record, spec: FormatSpec) -> tuple[Conversation | Non
         return None, [record.error]
     check = RowCheck(record.where)
     if not isinstance(record.data, dict):
-        check.add(f"the row is {_kind(record.data)}, but an object belongs here", "", "write each row as {...}")
+        check.add(f"the row is {kind_of(record.data)}, but an object belongs here", "", "write each row as {...}")
         return None, check.problems
     if spec.formatting == "alpaca":
         conversation = alpaca_to_conversation(record.data, spec.columns, check)
@@ -145,24 +148,37 @@ class RowCheck:
 
 def alpaca_to_conversation(row: dict[str, Any], columns: Columns, check: RowCheck) -> Conversation | None:
     """instruction (+ "\\n" + input), optional system and [[question, answer], ...] history, then output."""
-    instruction = _text_field(row, columns.prompt, check, required=True)
-    query = _text_field(row, columns.query, check, required=False)
-    response = _text_field(row, columns.response, check, required=True)
-    system = _text_field(row, columns.system, check, required=False)
+    prompt = alpaca_prompt(row, columns, check)
+    response = answer_text(row, columns.response, check)
+    if prompt is None or response is None:
+        return None
+    return Conversation(prompt + [Message("assistant", response)], tools=row_tools(row, columns.tools, check))
+
+
+def alpaca_prompt(row: dict[str, Any], columns: Columns, check: RowCheck) -> list[Message] | None:
+    """Everything before the answer of an alpaca row: optional system, the history, then the user turn."""
+    instruction = text_field(row, columns.prompt, check, required=True)
+    query = text_field(row, columns.query, check, required=False)
+    system = text_field(row, columns.system, check, required=False)
     history = _alpaca_history(row.get(columns.history), columns.history, check)
-    if response is not None and not response.strip():
-        check.add(f"'{columns.response}' is empty", columns.response, "write the answer, or remove the row")
-    if instruction is None or response is None or query is None or system is None:
+    if instruction is None or query is None or system is None:
         return None
     prompt = "\n".join(x for x in (instruction, query) if x)
     if not prompt.strip():
         check.add(f"'{columns.prompt}' is empty", columns.prompt, f"write the question under '{columns.prompt}'")
     messages = [Message("system", system)] if system.strip() else []
-    messages += history + [Message("user", prompt), Message("assistant", response)]
-    return Conversation(messages, tools=_tools(row, columns.tools, check))
+    return messages + history + [Message("user", prompt)]
 
 
-def _text_field(row: dict[str, Any], key: str, check: RowCheck, required: bool) -> str | None:
+def answer_text(row: dict[str, Any], key: str, check: RowCheck) -> str | None:
+    """The required, non-empty answer text under `key` (None when missing or not text; a problem when empty)."""
+    value = text_field(row, key, check, required=True)
+    if value is not None and not value.strip():
+        check.add(f"'{key}' is empty", key, "write the answer, or remove the row")
+    return value
+
+
+def text_field(row: dict[str, Any], key: str, check: RowCheck, required: bool) -> str | None:
     """The text under `key`: '' when absent and optional; None (with a problem) when missing or not text."""
     if key not in row or (row[key] is None and not required):
         if required:
@@ -173,7 +189,7 @@ def _text_field(row: dict[str, Any], key: str, check: RowCheck, required: bool) 
     value = row[key]
     if not isinstance(value, str):
         hint = f'write it as text, in quotes: "{value}"' if isinstance(value, int | float) else "write it as text"
-        check.add(f"'{key}' is {_kind(value)}, but text belongs here", key, hint)
+        check.add(f"'{key}' is {kind_of(value)}, but text belongs here", key, hint)
         return None
     return value
 
@@ -183,7 +199,7 @@ def _alpaca_history(history: Any, key: str, check: RowCheck) -> list[Message]:
         return []
     pair_hint = 'write it as [["earlier question", "earlier answer"], ...]'
     if not isinstance(history, list):
-        check.add(f"'{key}' is {_kind(history)}, but a list of [question, answer] pairs belongs here", key, pair_hint)
+        check.add(f"'{key}' is {kind_of(history)}, but a list of [question, answer] pairs belongs here", key, pair_hint)
         return []
     messages: list[Message] = []
     for i, pair in enumerate(history):
@@ -195,7 +211,7 @@ def _alpaca_history(history: Any, key: str, check: RowCheck) -> list[Message]:
     return messages
 
 
-def _tools(row: dict[str, Any], key: str, check: RowCheck) -> str | None:
+def row_tools(row: dict[str, Any], key: str, check: RowCheck) -> str | None:
     value = row.get(key)
     if value is None or value == "" or value == []:
         return None
@@ -203,12 +219,24 @@ def _tools(row: dict[str, Any], key: str, check: RowCheck) -> str | None:
         return value
     if isinstance(value, list | dict):
         return json.dumps(value, ensure_ascii=False)
-    check.add(f"'{key}' is {_kind(value)}, but JSON text or a list of tool definitions belongs here", key, "")
+    check.add(f"'{key}' is {kind_of(value)}, but JSON text or a list of tool definitions belongs here", key, "")
     return None
 
 
 def messages_to_conversation(row: dict[str, Any], spec: FormatSpec, check: RowCheck) -> Conversation | None:
     """sharegpt and openai rows: a list of turns with a role and a content key each."""
+    messages = row_messages(row, spec, check)
+    if messages is None:
+        return None
+    check_order(messages, spec.columns.messages, check)
+    return Conversation(messages, tools=row_tools(row, spec.columns.tools, check))
+
+
+def row_messages(row: dict[str, Any], spec: FormatSpec, check: RowCheck) -> list[Message] | None:
+    """The turns of a sharegpt or openai row as messages (the row's `system` first when they have none).
+
+    None when the turns are missing or a turn has no known role; their order is left to `check_order`.
+    """
     key = spec.columns.messages
     turns = row.get(key)
     if turns is None:
@@ -218,21 +246,25 @@ def messages_to_conversation(row: dict[str, Any], spec: FormatSpec, check: RowCh
         )
         return None
     if not isinstance(turns, list):
-        check.add(f"'{key}' is {_kind(turns)}, but a list of turns belongs here", key, "write it as [{...}, {...}]")
+        check.add(f"'{key}' is {kind_of(turns)}, but a list of turns belongs here", key, "write it as [{...}, {...}]")
         return None
-    tags = spec.tags or _default_tags(spec.formatting, turns)
-    converted = [_convert_turn(turn, f"{key}[{i}]", tags, check) for i, turn in enumerate(turns)]
+    tags = row_tags(spec, turns)
+    converted = [convert_turn(turn, f"{key}[{i}]", tags, check) for i, turn in enumerate(turns)]
     _check_unknown_roles(turns, tags, key, spec.tags is not None, check)
     if any(m is None for m in converted):
         return None  # a turn without a known role: its order cannot be checked
-    system = _text_field(row, spec.columns.system, check, required=False)
+    system = text_field(row, spec.columns.system, check, required=False)
     messages = [m for m in converted if m is not None]
     if messages and messages[0].role == "system" and not messages[0].content.strip():
         messages = messages[1:]  # an empty system turn means no system prompt
     if messages and messages[0].role != "system" and system and system.strip():
         messages.insert(0, Message("system", system))
-    _check_order(messages, key, check)
-    return Conversation(messages, tools=_tools(row, spec.columns.tools, check))
+    return messages
+
+
+def row_tags(spec: FormatSpec, turns: list[Any]) -> Tags:
+    """The dataset's tags, or the default for its format (chosen by the keys of the first turn)."""
+    return spec.tags or _default_tags(spec.formatting, turns)
 
 
 def _default_tags(formatting: Format, turns: list[Any]) -> Tags:
@@ -243,10 +275,10 @@ def _default_tags(formatting: Format, turns: list[Any]) -> Tags:
     return OPENAI_TAGS if "role" in first and "from" not in first else Tags()
 
 
-def _convert_turn(turn: Any, path: str, tags: Tags, check: RowCheck) -> Message | None:
+def convert_turn(turn: Any, path: str, tags: Tags, check: RowCheck) -> Message | None:
     if not isinstance(turn, dict):
         example = f'{{"{tags.role_tag}": "{tags.user_tag}", "{tags.content_tag}": "..."}}'
-        check.add(f"the turn is {_kind(turn)}, but an object belongs here", path, f"write it as {example}")
+        check.add(f"the turn is {kind_of(turn)}, but an object belongs here", path, f"write it as {example}")
         return None
     _check_turn_keys(turn, path, tags, check)
     tag = turn.get(tags.role_tag)
@@ -262,7 +294,7 @@ def _convert_turn(turn: Any, path: str, tags: Tags, check: RowCheck) -> Message 
         return Message(role, "")  # type: ignore[arg-type]  # reported by _check_turn_keys
     if not isinstance(content, str):
         check.add(
-            f"'{tags.content_tag}' is {_kind(content)}, but text belongs here",
+            f"'{tags.content_tag}' is {kind_of(content)}, but text belongs here",
             f"{path}.{tags.content_tag}",
             "write it as text, in quotes",
         )
@@ -334,8 +366,15 @@ def _index_of(turns: list[Any], role_tag: str, value: Any, fallback: int) -> int
     return fallback
 
 
-def _check_order(messages: list[Message], key: str, check: RowCheck) -> None:
-    """Optional system first, then user (or tool) and assistant turns alternating, ending with the assistant."""
+def check_order(
+    messages: list[Message], key: str, check: RowCheck, answers_in: str = "", llamafactory: bool = False
+) -> None:
+    """Optional system first, then user (or tool) and assistant turns alternating, ending with the assistant.
+
+    With `answers_in` (such as "'chosen' and 'rejected'") the turns are a prompt whose answers are kept there,
+    so they must end with the user's turn (or a tool result) instead; `llamafactory` says in the problem that
+    LLaMA-Factory skips such rows silently (for its own formats).
+    """
     offset = 1 if messages and messages[0].role == "system" else 0
     turns = messages[offset:]
     for i, m in enumerate(turns):
@@ -343,7 +382,10 @@ def _check_order(messages: list[Message], key: str, check: RowCheck) -> None:
             check.add("a system turn after the first turn", f"{key}[{i + offset}]", "move it to the start, or drop it")
             return
     if not turns:
-        check.add("no user or assistant turns", key, "add the user's question and the assistant's answer")
+        if answers_in:
+            check.add("no user turn", key, "add the user's question")
+        else:
+            check.add("no user or assistant turns", key, "add the user's question and the assistant's answer")
         return
     if turns[0].role == "assistant":
         check.add(
@@ -360,15 +402,23 @@ def _check_order(messages: list[Message], key: str, check: RowCheck) -> None:
                 f"{key}[{i + offset}]",
                 "user and assistant turns must alternate: merge the two, or add the missing turn between them",
             )
-    if turns[-1].role != "assistant":
+    last = f"{key}[{len(turns) - 1 + offset}]"
+    if answers_in and turns[-1].role == "assistant":
+        check.add(
+            f"the prompt ends with an assistant turn, but its answers belong in {answers_in}"
+            + (" (LLaMA-Factory skips such rows without a word)" if llamafactory else ""),
+            last,
+            f"end '{key}' with the user's question: drop the last turn, or move it into {answers_in}",
+        )
+    elif not answers_in and turns[-1].role != "assistant":
         check.add(
             f"the conversation ends with a {turns[-1].role} turn, so there is no answer to learn from",
-            f"{key}[{len(turns) - 1 + offset}]",
+            last,
             "add the assistant's answer, or drop the last turn",
         )
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     """How a JSON value is called in an error message."""
     if value is None:
         return "null"

@@ -1,8 +1,12 @@
-"""Read the datasets a config names into conversations, keeping every invalid row as a located problem.
+"""Read the datasets a config names into conversations (or preference pairs), keeping every invalid row as a
+located problem.
 
 datasets = load_datasets(config)                           # raises only if a file can't be read at all
 conversations = require_usable(datasets, config.max_invalid_ratio)   # refuses mostly-broken data
 train, val = split_validation(conversations, config.val_size, config.seed)
+
+Preference stages read `load_preference_datasets(config, "pairs")` (dpo, rm: `PreferencePair` items) or
+`load_preference_datasets(config, "unpaired")` (kto: `UnpairedExample` items) the same way.
 """
 
 from __future__ import annotations
@@ -11,47 +15,84 @@ import logging
 import math
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from expertkit.core.errors import DataError, Problem
-from expertkit.core.schema import Conversation
+from expertkit.core.schema import Conversation, PreferencePair, UnpairedExample
 from expertkit.data.config import DataConfig
 from expertkit.data.files import Record
 from expertkit.data.formats import FORMATS, convert_record, detect_format
+from expertkit.data.preference import (
+    PREFERENCE_FORMATS,
+    PreferenceKind,
+    answer_keys,
+    convert_preference,
+    detect_preference_format,
+)
 from expertkit.data.registry import DatasetEntry, read_entry, resolve_dataset
 
 logger = logging.getLogger(__name__)
 
 SHOWN_IN_WARNING = 5
 
+T = TypeVar("T")
+
 
 @dataclass
-class LoadedDataset:
-    """One dataset after reading and checking: its valid conversations and a problem per invalid row."""
+class LoadedDataset(Generic[T]):
+    """One dataset after reading and checking: its valid items and a problem per invalid row.
+
+    Items are `Conversation`s (`load_datasets`), `PreferencePair`s or `UnpairedExample`s
+    (`load_preference_datasets`), each with `.source`.
+    """
 
     name: str  # as given in `dataset`
     path: str  # resolved file, folder or hub id
-    format: str  # alpaca | sharegpt | openai ("unknown" when no row is an object)
+    format: str  # alpaca | sharegpt | openai | trl ("unknown" when no row is an object)
     total_rows: int  # rows read (after num_samples and max_samples)
-    conversations: list[Conversation] = field(default_factory=list)  # valid rows, each with .source
+    items: list[T] = field(default_factory=list)  # valid rows, each with .source
     problems: list[Problem] = field(default_factory=list)  # every problem of every invalid row
 
     @property
+    def conversations(self) -> list[T]:
+        """The items, under the name instruction data uses."""
+        return self.items
+
+    @property
     def invalid_rows(self) -> int:
-        return self.total_rows - len(self.conversations)
+        return self.total_rows - len(self.items)
 
 
-def load_datasets(config: DataConfig) -> list[LoadedDataset]:
+def load_datasets(config: DataConfig) -> list[LoadedDataset[Conversation]]:
     """Read and check every dataset in `config.dataset`, in order.
 
     Invalid rows are kept as problems (see `require_usable`); a `DataError` is raised only when a dataset
     cannot be read at all, naming every such dataset at once.
     """
-    loaded: list[LoadedDataset] = []
+    return _load_each(config, lambda name: load_dataset(name, config))
+
+
+@overload
+def load_preference_datasets(config: DataConfig, kind: Literal["pairs"]) -> list[LoadedDataset[PreferencePair]]: ...
+@overload
+def load_preference_datasets(config: DataConfig, kind: Literal["unpaired"]) -> list[LoadedDataset[UnpairedExample]]: ...
+def load_preference_datasets(config: DataConfig, kind: PreferenceKind) -> list[LoadedDataset[Any]]:
+    """Read and check every dataset in `config.dataset` as chosen/rejected pairs or as labelled answers (KTO).
+
+    As `load_datasets`: invalid rows are kept as problems; a `DataError` names every dataset that cannot be
+    read, or that holds another kind of data (instruction rows given to a pair stage, pairs given to KTO).
+    """
+    return _load_each(config, lambda name: load_preference_dataset(name, config, kind))
+
+
+def _load_each(config: DataConfig, load_one: Callable[[str], LoadedDataset[T]]) -> list[LoadedDataset[T]]:
+    loaded: list[LoadedDataset[T]] = []
     errors: list[DataError] = []
     for name in config.dataset:
         try:
-            loaded.append(load_dataset(name, config))
+            loaded.append(load_one(name))
         except DataError as e:
             errors.append(e)
     if len(errors) == 1:
@@ -62,24 +103,17 @@ def load_datasets(config: DataConfig) -> list[LoadedDataset]:
     return loaded
 
 
-def load_dataset(name: str, config: DataConfig) -> LoadedDataset:
+def load_dataset(name: str, config: DataConfig) -> LoadedDataset[Conversation]:
     """Read one dataset: resolve the name, read rows, sample, detect the format, convert each row."""
     entry = resolve_dataset(name, config.dataset_dir)
-    media = [c for c in ("images", "videos", "audios") if c in entry.other_columns]
-    if media:
-        raise DataError(
-            f"dataset '{name}' is multimodal (columns: {', '.join(media)}): expertkit trains text-only models",
-            hint="pick a text dataset; removing the columns would leave <image>-style tags in the text",
-        )
-    if entry.ranking or entry.other_columns:
-        what = "ranking: true" if entry.ranking else f"columns: {', '.join(entry.other_columns)}"
-        raise DataError(
-            f"dataset '{name}' is preference data ({what}), for DPO / reward training, which `expertkit train` "
-            "(supervised fine-tuning) does not read",
-            hint="pick an instruction dataset (alpaca, sharegpt or openai rows with one answer each)",
-        )
-    limit = config.max_samples if entry.num_samples is None else None
-    records = sample_records(read_entry(entry, limit), entry.num_samples, config.max_samples, config.seed)
+    _refuse_multimodal(entry)
+    if entry.ranking or entry.preference_columns:
+        what = "ranking: true" if entry.ranking else f"columns: {', '.join(entry.preference_columns)}"
+        raise _preference_for_sft_error(entry, what, kto=not entry.ranking and "kto_tag" in entry.columns)
+    records = read_records(entry, config)
+    first = next((r.data for r in records if isinstance(r.data, dict)), {})
+    if entry.formatting is None and {"chosen", "rejected"} <= first.keys():
+        raise _preference_for_sft_error(entry, "its rows have chosen and rejected answers", kto=False)
     formatting = entry.formatting or detect_format(records)
     if formatting is None and any(isinstance(r.data, dict) for r in records):
         raise _undetected_format_error(entry, records)
@@ -95,6 +129,89 @@ def load_dataset(name: str, config: DataConfig) -> LoadedDataset:
     return LoadedDataset(name, entry.path, formatting or "unknown", len(records), conversations, problems)
 
 
+def load_preference_dataset(name: str, config: DataConfig, kind: PreferenceKind) -> LoadedDataset[Any]:
+    """Read one dataset as pairs or labelled answers: resolve, read, sample, detect, check the kind, convert."""
+    entry = resolve_dataset(name, config.dataset_dir)
+    _refuse_multimodal(entry)
+    if kind == "unpaired" and entry.ranking:
+        raise DataError(
+            f"dataset '{name}' holds chosen/rejected pairs (ranking: true), but KTO reads one answer per row "
+            "labelled with a boolean kto_tag",
+            hint="use stage: dpo (or rm) for pairs, or write one row per answer with a kto_tag true or false",
+        )
+    records = read_records(entry, config)
+    formatting = entry.formatting or detect_preference_format(records)
+    if formatting is None and any(isinstance(r.data, dict) for r in records):
+        raise _undetected_format_error(entry, records, kind)
+    spec = entry.spec(formatting if formatting in FORMATS else "alpaca")  # type: ignore[arg-type]
+    if formatting is not None and not _holds(kind, entry, records, answer_keys(formatting, spec.columns, kind)):
+        raise _other_kind_error(entry, records, kind, answer_keys(formatting, spec.columns, kind))
+    items: list[Any] = []
+    problems: list[Problem] = []
+    for record in records:
+        item, found = convert_preference(record, formatting or "alpaca", spec, kind)
+        if item is not None:
+            items.append(item)
+        problems += found
+    return LoadedDataset(name, entry.path, formatting or "unknown", len(records), items, problems)
+
+
+def read_records(entry: DatasetEntry, config: DataConfig) -> list[Record]:
+    """The rows of a dataset after LLaMA-Factory's num_samples and max_samples."""
+    limit = config.max_samples if entry.num_samples is None else None
+    return sample_records(read_entry(entry, limit), entry.num_samples, config.max_samples, config.seed)
+
+
+def _refuse_multimodal(entry: DatasetEntry) -> None:
+    media = [c for c in ("images", "videos", "audios") if c in entry.other_columns]
+    if media:
+        raise DataError(
+            f"dataset '{entry.name}' is multimodal (columns: {', '.join(media)}): expertkit trains text-only models",
+            hint="pick a text dataset; removing the columns would leave <image>-style tags in the text",
+        )
+
+
+def _preference_for_sft_error(entry: DatasetEntry, what: str, kto: bool) -> DataError:
+    use = "for KTO training" if kto else "for DPO / reward training"
+    stage = "set stage: kto to train on its labelled answers" if kto else "set stage: dpo (or rm) to train on its pairs"
+    return DataError(
+        f"dataset '{entry.name}' is preference data ({what}), {use}, which supervised fine-tuning (stage: sft) "
+        "does not read",
+        hint=f"{stage}, or pick an instruction dataset (alpaca, sharegpt or openai rows with one answer each)",
+    )
+
+
+def _holds(kind: PreferenceKind, entry: DatasetEntry, records: list[Record], keys: tuple[str, ...]) -> bool:
+    """Whether the dataset holds the kind of data asked for: by its dataset_info.json entry, or by its rows' keys."""
+    if kind == "pairs" and entry.ranking:
+        return True
+    mapped = {"pairs": ("chosen", "rejected"), "unpaired": ("kto_tag",)}[kind]
+    if all(c in entry.columns for c in mapped):
+        return True
+    rows = [r.data for r in records[:50] if isinstance(r.data, dict)]
+    return not rows or any(all(k in row for k in keys) for row in rows)
+
+
+def _other_kind_error(
+    entry: DatasetEntry, records: list[Record], kind: PreferenceKind, keys: tuple[str, ...]
+) -> DataError:
+    first = next(r for r in records if isinstance(r.data, dict))
+    row_keys = ", ".join(map(str, first.data)) or "none"
+    lacks = "ranking: true" if kind == "pairs" else "kto_tag column"
+    source = f"its dataset_info.json entry has no {lacks}, and {first.where}" if entry.described else first.where
+    if kind == "pairs":
+        return DataError(
+            f"dataset '{entry.name}' has no chosen/rejected pairs: {source} has keys {row_keys}, no "
+            f"{' and '.join(repr(k) for k in keys)}",
+            hint="set ranking: true in dataset_info.json with chosen/rejected columns, or use stage: sft",
+        )
+    return DataError(
+        f"dataset '{entry.name}' has no KTO labels: {source} has keys {row_keys}, no {keys[0]!r}",
+        hint='give each row a boolean "kto_tag" (or map its column: "columns": {"kto_tag": "label"} in '
+        "dataset_info.json); use stage: dpo for chosen/rejected pairs, stage: sft for plain answers",
+    )
+
+
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]\w*)\s*\}\}")
 
 
@@ -103,11 +220,11 @@ def placeholder_warning(dataset: LoadedDataset) -> str | None:
     the model would otherwise learn as written. A warning, not a problem: such text can be meant literally."""
     names: dict[str, None] = {}
     rows = []
-    for conv in dataset.conversations:
-        found = [m.group(0) for msg in conv.messages for m in _PLACEHOLDER.finditer(msg.content)]
+    for item in dataset.items:
+        found = [m.group(0) for text in item_texts(item) for m in _PLACEHOLDER.finditer(text)]
         if found:
             names.update(dict.fromkeys(found))
-            rows.append(conv.source)
+            rows.append(item.source)
     if not rows:
         return None
     shown = ", ".join(names)
@@ -117,6 +234,14 @@ def placeholder_warning(dataset: LoadedDataset) -> str | None:
         f"{shown} (first {rows[0]}), which training would teach as written; replace them first, e.g. "
         f"sed -i '{example}' {dataset.path}"
     )
+
+
+def item_texts(item: Conversation | PreferencePair | UnpairedExample) -> list[str]:
+    """Every text of a conversation, pair or labelled answer, in order."""
+    if isinstance(item, Conversation):
+        return [m.content for m in item.messages]
+    answers = [item.chosen, item.rejected] if isinstance(item, PreferencePair) else [item.completion]
+    return [m.content for m in item.prompt + answers]
 
 
 def sample_records(records: list[Record], num_samples: int | None, max_samples: int | None, seed: int) -> list[Record]:
@@ -132,21 +257,31 @@ def sample_records(records: list[Record], num_samples: int | None, max_samples: 
     return records[:max_samples] if max_samples is not None else records
 
 
-def _undetected_format_error(entry: DatasetEntry, records: list[Record]) -> DataError:
+def _undetected_format_error(
+    entry: DatasetEntry, records: list[Record], kind: PreferenceKind | None = None
+) -> DataError:
     first = next(r for r in records if isinstance(r.data, dict))
     keys = ", ".join(map(str, first.data)) or "none"
-    hint = "use instruction/output (alpaca), conversations (sharegpt) or messages (openai) keys, or describe the "
-    hint += 'columns and "formatting" in a dataset_info.json entry'
-    if {"chosen", "rejected"} <= first.data.keys():
-        hint = "chosen/rejected rows are preference data, for DPO training, not instruction training"
+    if kind is None:
+        hint = "use instruction/output (alpaca), conversations (sharegpt) or messages (openai) keys, or describe the "
+        hint += 'columns and "formatting" in a dataset_info.json entry'
+        if {"prompt", "completion", "label"} <= first.data.keys():
+            hint = "prompt/completion/label rows are KTO data: set stage: kto to train on them"
+        formats = FORMATS
+    else:
+        answers = "chosen/rejected" if kind == "pairs" else "output plus a boolean kto_tag"
+        trl = "prompt/chosen/rejected" if kind == "pairs" else "prompt/completion/label"
+        hint = f"use instruction with {answers} (alpaca), conversations with {answers.split(' plus ')[-1]} "
+        hint += f'(sharegpt), or TRL\'s {trl} keys; or describe the columns and "formatting" in dataset_info.json'
+        formats = PREFERENCE_FORMATS
     return DataError(
         f"cannot tell the format of dataset '{entry.name}': {first.where} has keys {keys}",
-        hint=f"{hint} (formats: {', '.join(FORMATS)})",
+        hint=f"{hint} (formats: {', '.join(formats)})",
     )
 
 
-def require_usable(datasets: list[LoadedDataset], max_invalid_ratio: float) -> list[Conversation]:
-    """The valid conversations of all datasets, mixed in order; refuse data that is mostly invalid.
+def require_usable(datasets: list[LoadedDataset[T]], max_invalid_ratio: float) -> list[T]:
+    """The valid items (conversations, pairs ...) of all datasets, mixed in order; refuse mostly invalid data.
 
     Raises `DataError` listing the problems when a dataset has no rows or no valid row, or when more than
     `max_invalid_ratio` of all rows are invalid. Otherwise logs one warning about skipped rows.
@@ -159,7 +294,7 @@ def require_usable(datasets: list[LoadedDataset], max_invalid_ratio: float) -> l
     for d in datasets:
         if d.total_rows == 0:
             raise DataError(f"dataset '{d.name}' ({d.path}) has no rows", hint="check that the file is not empty")
-        if not d.conversations:
+        if not d.items:
             raise DataError(
                 f"every one of the {d.total_rows} rows of dataset '{d.name}' ({d.path}) is invalid:",
                 problems=d.problems,
@@ -183,25 +318,23 @@ def require_usable(datasets: list[LoadedDataset], max_invalid_ratio: float) -> l
             shown,
             more,
         )
-    return [c for d in datasets for c in d.conversations]
+    return [item for d in datasets for item in d.items]
 
 
-def split_validation(
-    conversations: list[Conversation], val_size: float, seed: int
-) -> tuple[list[Conversation], list[Conversation]]:
+def split_validation(rows: list[T], val_size: float, seed: int) -> tuple[list[T], list[T]]:
     """Hold out `val_size` rows at random: a share when below 1, a count from 1 up. Same seed, same split.
 
     Both parts keep the original order of the rows.
     """
     if val_size <= 0:
-        return list(conversations), []
-    count = math.ceil(val_size * len(conversations)) if val_size < 1 else int(val_size)
-    if count >= len(conversations):
+        return list(rows), []
+    count = math.ceil(val_size * len(rows)) if val_size < 1 else int(val_size)
+    if count >= len(rows):
         raise DataError(
-            f"val_size={val_size:g} holds out {count} rows, but there are only {len(conversations)}",
+            f"val_size={val_size:g} holds out {count} rows, but there are only {len(rows)}",
             hint="lower val_size (a share such as 0.1, or a count smaller than the number of rows)",
         )
-    held_out = set(random.Random(seed).sample(range(len(conversations)), count))
-    train = [c for i, c in enumerate(conversations) if i not in held_out]
-    val = [c for i, c in enumerate(conversations) if i in held_out]
+    held_out = set(random.Random(seed).sample(range(len(rows)), count))
+    train = [c for i, c in enumerate(rows) if i not in held_out]
+    val = [c for i, c in enumerate(rows) if i in held_out]
     return train, val

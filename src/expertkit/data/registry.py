@@ -23,6 +23,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from expertkit.core.errors import DataError, ProblemList
+from expertkit.core.optional import import_optional
 from expertkit.data.files import DATA_SUFFIXES, Record, missing_file_error, read_path
 from expertkit.data.formats import FORMATS, Columns, Format, FormatSpec, Tags
 
@@ -33,8 +34,10 @@ SOURCE_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_fi
 ENTRY_KEYS = frozenset(SOURCE_KEYS) | {
     "formatting", "ranking", "subset", "split", "folder", "num_samples", "revision", "columns", "tags", "file_sha1",
 }  # fmt: skip
-# LLaMA-Factory columns for preference and multimodal data: kept on the entry, not read by load_datasets
-OTHER_COLUMNS = frozenset({"chosen", "rejected", "kto_tag", "images", "videos", "audios"})
+# columns that make a dataset preference data, read by load_preference_datasets only
+PREFERENCE_COLUMNS = frozenset({"chosen", "rejected", "kto_tag"})
+# LLaMA-Factory columns for multimodal data: kept on the entry to refuse the dataset, never read
+OTHER_COLUMNS = frozenset({"images", "videos", "audios"})
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -55,9 +58,15 @@ class DatasetEntry:
     revision: str | None = None
     num_samples: int | None = None
     other_columns: dict[str, str] = field(default_factory=dict)
+    described: bool = False  # found in dataset_info.json (not a bare file, folder or hub id)
 
     def spec(self, formatting: Format) -> FormatSpec:
         return FormatSpec.build(formatting, self.columns, self.tags)
+
+    @property
+    def preference_columns(self) -> list[str]:
+        """The chosen / rejected / kto_tag columns the entry maps (they mark preference data)."""
+        return [c for c in ("chosen", "rejected", "kto_tag") if c in self.columns]
 
 
 def load_dataset_info(dataset_dir: str | Path) -> dict[str, Any] | None:
@@ -181,6 +190,7 @@ def parse_entry(name: str, raw: Any, dataset_dir: str | Path) -> DatasetEntry:
         revision=raw.get("revision"),
         num_samples=num_samples,
         other_columns=other,
+        described=True,
     )
     if source == "hf_hub_url":
         entry.load_from, entry.path = "hf_hub", str(raw[source])
@@ -228,12 +238,7 @@ def read_entry(entry: DatasetEntry, limit: int | None = None) -> list[Record]:
 
 def _load_hf_dataset(entry: DatasetEntry) -> Any:
     """A `datasets.Dataset` from a save_to_disk folder, a local dataset folder, or the hub."""
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(
-            f"reading '{entry.path}' needs the 'datasets' package", hint="pip install 'expertkit[train]'"
-        ) from None
+    datasets = import_optional("datasets", "datasets", "train", needed_for=f"reading '{entry.path}'")
     if entry.load_from == "hf_hub" and not _hub_offline() and not _hub_reachable():
         if entry.name != entry.path:  # a dataset_info.json entry with hf_hub_url
             where = f"is the hub dataset '{entry.path}' (hf_hub_url in its dataset_info.json entry), but"

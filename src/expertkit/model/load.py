@@ -50,16 +50,20 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model(path: str, dtype=None, trust_remote_code: bool = False, device: str | None = None):
-    """A causal LM in the given torch dtype (None: float32 on CPU, the checkpoint's own on GPU)."""
+def load_model(
+    path: str, dtype=None, trust_remote_code: bool = False, device: str | None = None, head: str | None = None
+):
+    """A causal LM in the given torch dtype (None: float32 on CPU, the checkpoint's own on GPU); head="score": the
+    same model with a one-output score head instead of the LM head (a reward model, new head weights)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     check_model_path(path)
     if dtype is None:
         dtype = "auto" if torch.cuda.is_available() else torch.float32
+    auto, extra = (AutoModelForSequenceClassification, {"num_labels": 1}) if head else (AutoModelForCausalLM, {})
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = auto.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
     except OSError as e:
         raise _hub_error(path, e) from None
     if device:

@@ -56,7 +56,7 @@ class RunLogCallback(TrainerCallback):
         append_jsonl(self.path, record)
         if self.echo and any(k in logs for k in ("loss", "eval_loss")):
             parts = [f"step {state.global_step}/{state.max_steps}"]
-            for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
+            for key in ("loss", "eval_loss", "rewards/accuracies", "rewards/margins", "learning_rate", "grad_norm"):
                 if key in logs:
                     parts.append(f"{key} {logs[key]:.4g}")
             parts.append(f"elapsed {record['elapsed_time']} eta {record['remaining_time']}")
@@ -101,6 +101,42 @@ def plot_loss(log_history: list[dict], output_dir: str | os.PathLike) -> Path | 
     ax.grid(alpha=0.3)
     path = Path(output_dir) / LOSS_PLOT
     tmp = path.with_name(".training_loss.tmp.png")
+    fig.savefig(tmp, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins")
+
+
+def plot_rewards(log_history: list[dict], output_dir: str | os.PathLike) -> Path | None:
+    """training_rewards.png for preference stages: the rewards/* TRL logs (chosen, rejected, margins), and the
+    share of pairs ranked right (rewards/accuracies) when logged."""
+    keys = sorted({k for h in log_history for k in h if k.startswith("rewards/") and k != "rewards/accuracies"})
+    if not keys:  # kto logs rewards/chosen and rewards/rejected (margins only for batches holding both)
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    for key in [k for k in REWARD_KEYS if k in keys] + [k for k in keys if k not in REWARD_KEYS]:
+        points = [(h["step"], h[key]) for h in log_history if key in h and "step" in h]
+        if points:
+            left.plot(*zip(*points), label=key)
+    accuracy = [(h["step"], h["rewards/accuracies"]) for h in log_history if "rewards/accuracies" in h and "step" in h]
+    if accuracy:
+        right.plot(*zip(*accuracy), color="#2ca02c", label="rewards/accuracies")
+    right.set_ylim(-0.05, 1.05)
+    for ax, title in ((left, "rewards"), (right, "pairs ranked right")):
+        ax.set_xlabel("step")
+        ax.set_title(f"{title} of {Path(output_dir).name}")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    path = Path(output_dir) / "training_rewards.png"
+    tmp = path.with_name(".training_rewards.tmp.png")
     fig.savefig(tmp, bbox_inches="tight")
     plt.close(fig)
     os.replace(tmp, path)

@@ -30,6 +30,10 @@ _RANGES: tuple[tuple[str, float, bool, str], ...] = (
     ("weight_decay", 0, True, "0 or more"),
     ("max_grad_norm", 0, True, "0 (no clipping) or more"),
     ("learning_check_samples", 0, True, "0 (skip the check) or more"),
+    ("pref_beta", 0, False, "a positive number such as 0.1"),
+    ("pref_ftx", 0, True, "0 (no SFT loss) or more"),
+    ("kto_chosen_weight", 0, False, "a positive number such as 1.0"),
+    ("kto_rejected_weight", 0, False, "a positive number such as 1.0"),
 )
 _RANGE_OF = {key: rest for key, *rest in _RANGES}
 
@@ -51,8 +55,11 @@ class TrainConfig(DataConfig):
         "max_invalid_ratio": "LLaMA-Factory skips broken rows silently.",
     }
 
-    stage: Literal["sft"] = "sft"
-    """Training stage. Supervised fine-tuning (sft) now; preference tuning (dpo) comes later."""
+    stage: Literal["sft", "dpo", "kto", "rm"] = "sft"
+    """Training stage: sft (supervised fine-tuning on instruction data), dpo (preference tuning on chosen /
+    rejected pairs: DPO and its variants, picked by pref_loss), kto (preference tuning on single answers labelled
+    good or bad, kto_tag) or rm (a reward model scoring answers, trained on chosen / rejected pairs). ppo is not
+    supported: TRL 1.16 no longer ships a PPOTrainer."""
 
     do_train: bool = True
     """Kept for LLaMA-Factory compatibility; `expertkit train` always trains."""
@@ -182,8 +189,40 @@ class TrainConfig(DataConfig):
     per_device_eval_batch_size: int = 8
     """Sequences per forward pass during evaluation."""
 
+    pref_beta: float = 0.1
+    """stage dpo: beta, how far the tuned model may move from the reference (lower: further). 0.1 is usual."""
+
+    pref_loss: Literal["sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo"] = "sigmoid"
+    """stage dpo: the preference loss. sigmoid (DPO), hinge (SLiC), ipo (IPO); kto_pair is gone from TRL (use
+    stage kto)."""
+
+    kto_chosen_weight: float = 1.0
+    """stage kto: weight of the loss on desirable (good) answers; raise it when they are fewer than the bad ones."""
+
+    kto_rejected_weight: float = 1.0
+    """stage kto: weight of the loss on undesirable (bad) answers; raise it when they are fewer than the good ones."""
+
+    pref_ftx: float = 0.0
+    """stage dpo: weight of an SFT loss on the chosen answers added to the preference loss (0: none)."""
+
+    dpo_label_smoothing: float = 0.0
+    """stage dpo, pref_loss sigmoid: robust DPO (cDPO) label smoothing, the assumed share of flipped labels (0-0.5)."""
+
+    simpo_gamma: float = 0.5
+    """pref_loss simpo: the target reward margin."""
+
     learning_check_samples: int = 5
     """After training, greedy-decode this many training prompts with base and tuned model (0: skip)."""
+
+    @field_validator("stage", mode="before")
+    @classmethod
+    def _stage(cls, v: object) -> object:
+        if v == "ppo":
+            raise ValueError(
+                "stage ppo is not supported: TRL 1.16 no longer ships a PPOTrainer. Use stage dpo (pairs) or kto "
+                "(answers labelled good or bad); stage rm trains a reward model"
+            )
+        return v
 
     @field_validator("lora_target", "report_to", mode="before")
     @classmethod
@@ -234,6 +273,30 @@ class TrainConfig(DataConfig):
                 f"adapter_name_or_path continues a LoRA adapter, but finetuning_type is "
                 f"'{self.finetuning_type}': set finetuning_type=lora, or merge the adapter first"
             )
+        if self.pref_loss == "kto_pair":
+            raise ValueError(
+                "pref_loss kto_pair is gone from TRL: train unpaired good / bad answers with stage: kto, or pairs "
+                "with pref_loss: sigmoid"
+            )
+        if self.stage == "dpo" and self.pref_loss in ("orpo", "simpo"):
+            raise ValueError(
+                f"pref_loss {self.pref_loss} is not supported yet (TRL computes it in a separate trainer): use "
+                "pref_loss: sigmoid (DPO), hinge or ipo"
+            )
+        if self.stage == "kto" and self.per_device_train_batch_size < 2:
+            raise ValueError(
+                "stage kto needs per_device_train_batch_size of at least 2: TRL's KL estimate pairs each answer with "
+                "another prompt of the same batch, so a batch of 1 has no other prompt (raise it to 2 or more and "
+                "lower gradient_accumulation_steps to keep the effective batch)"
+            )
+        if self.stage == "kto" and self.pref_ftx > 0:
+            raise ValueError(
+                "pref_ftx is not supported with stage kto yet (TRL's KTOTrainer has no SFT loss term): set pref_ftx: 0"
+            )
+        if not 0 <= self.dpo_label_smoothing < 0.5:
+            raise ValueError("dpo_label_smoothing must be from 0 up to (not including) 0.5")
+        if self.dpo_label_smoothing and self.pref_loss != "sigmoid":
+            raise ValueError("dpo_label_smoothing applies to pref_loss: sigmoid only")
         if self.eval_strategy != "no" and self.val_size <= 0:
             raise ValueError(f"eval_strategy is '{self.eval_strategy}' but val_size is 0: set val_size (e.g. 0.1)")
         return self

@@ -18,7 +18,7 @@ LF_UNSUPPORTED = frozenset(
     dataloader_in_order dataloader_multiprocessing_context dataloader_num_workers dataloader_persistent_workers
     dataloader_pin_memory dataloader_prefetch_factor ddp_backend ddp_broadcast_buffers ddp_bucket_cap_mb
     ddp_find_unused_parameters ddp_static_graph ddp_timeout debug deepspeed default_system disable_shuffling
-    disable_tqdm do_eval do_predict do_sample double_quantization download_mode dpo_label_smoothing
+    disable_tqdm do_eval do_predict do_sample double_quantization download_mode 
     early_stopping_steps enable_jit_checkpoint enable_liger_kernel enable_thinking enable_torch_profiler
     eval_accumulation_steps eval_dataset eval_delay eval_do_concat_batches eval_num_beams eval_on_each_dataset
     eval_on_start eval_use_gather_object evaluation_strategy export_device export_dir export_hub_model_id
@@ -34,7 +34,7 @@ LF_UNSUPPORTED = frozenset(
     include_num_input_tokens_seen include_tokens_per_second infer_backend infer_dtype init_special_tokens
     interleave_probs jit_mode_eval kt_config kt_cpu_activation kt_expert_checkpoint_path kt_force_think
     kt_lora_expert_intermediate_size kt_lora_expert_num kt_maxlen kt_mode kt_non_expert_weight_path
-    kt_optimize_rule kt_use_cuda_graph kt_use_lora_experts kt_weight_path kto_chosen_weight kto_rejected_weight
+    kt_optimize_rule kt_use_cuda_graph kt_use_lora_experts kt_weight_path
     label_names label_smoothing_factor lang ld_alpha length_column_name length_penalty liger_kernel_config
     load_best_model_at_end local_rank log_level log_level_replica log_on_each_node logging_dir
     logging_first_step logging_nan_inf_filter logging_strategy lora_parameters loraplus_lr_embedding
@@ -44,7 +44,7 @@ LF_UNSUPPORTED = frozenset(
     new_special_tokens new_special_tokens_config no_cuda num_beams offload_folder oft_block_size oft_rank
     oft_target om_hub_token optim_args optim_target_modules overwrite_cache parallelism_config past_index
     pissa_convert pissa_init pissa_iter placement_strategy ppo_buffer_size ppo_epochs ppo_score_norm ppo_target
-    ppo_whiten_rewards predict_with_generate prediction_loss_only pref_bco_weight pref_beta pref_ftx pref_loss
+    ppo_whiten_rewards predict_with_generate prediction_loss_only pref_bco_weight   
     preprocessing_batch_size preprocessing_num_workers preserve_thinking print_param_status profile_modules
     profiler_active_steps profiler_output_dir profiler_profile_memory profiler_record_shapes profiler_repeat
     profiler_wait_steps profiler_warmup_steps profiler_with_stack project pure_bf16 push_to_hub
@@ -55,7 +55,7 @@ LF_UNSUPPORTED = frozenset(
     restore_callback_states_from_checkpoint reward_model reward_model_adapters reward_model_quantization_bit
     reward_model_type rope_scaling run_name save_dir save_on_each_node save_only_model save_safetensors
     save_strategy sglang_config sglang_lora_backend sglang_maxlen sglang_mem_fraction sglang_tp_size shift_attn
-    simpo_gamma skip_memory_metrics skip_special_tokens sortish_sampler split_special_tokens streaming
+     skip_memory_metrics skip_special_tokens sortish_sampler split_special_tokens streaming
     swanlab_api_key swanlab_lark_secret swanlab_lark_webhook_url swanlab_logdir swanlab_mode swanlab_project
     swanlab_run_name swanlab_workspace system_message task task_dir temperature tf32 tokenized_path tool_format
     top_k top_p torch_compile torch_compile_backend torch_compile_mode torch_empty_cache_steps torchdynamo

@@ -2,10 +2,11 @@
 
     expertkit train examples/train/qwen2.5-0.5b-instruct_lora_sft.yaml             # stage: sft
     expertkit train examples/train/qwen2.5-0.5b-instruct_lora_dpo.yaml             # stage: dpo
+    expertkit train ... stage=kto                                                  # or rm (a reward model)
 
 `run(config)` reads top to bottom: prepare the run folder -> data -> model -> header -> train -> save -> check.
-A stage module (`sft`, `dpo`) holds only what differs: how its data becomes examples, which trainer trains them,
-the header lines it adds and its learning check (see `Stage`).
+A stage module (`sft`, `dpo`, `kto`, `rm`) holds only what differs: how its data becomes examples, which trainer
+trains them, the header lines it adds and its learning check (see `Stage`).
 """
 
 from __future__ import annotations
@@ -259,19 +260,22 @@ def build_model(config: TrainConfig):
 
     set_seed(config.seed)  # LoRA's A matrices are random: same seed, same initial adapter, same loss curve
     precision = choose_precision(config)
-    model = load_model(config.model_name_or_path, precision.load_dtype, config.trust_remote_code)
+    head = "score" if config.stage == "rm" else None  # rm: a sequence-classification model, one score per sequence
+    model = load_model(config.model_name_or_path, precision.load_dtype, config.trust_remote_code, head=head)
     model.config.use_cache = False
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
         model.enable_input_require_grads()
     if config.finetuning_type == "lora":
-        model = attach_lora(model, config)
+        model = attach_lora(model, config, head)
     elif config.finetuning_type == "freeze":
         freeze_layers(model, config.freeze_trainable_layers)
+        if head:
+            getattr(model, head).requires_grad_(True)  # the new head starts random: it always trains
     return model, precision
 
 
-def attach_lora(model, config: TrainConfig):
+def attach_lora(model, config: TrainConfig, head: str | None = None):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if config.adapter_name_or_path:
@@ -293,7 +297,8 @@ def attach_lora(model, config: TrainConfig):
         target_modules=targets,
         use_rslora=config.use_rslora,
         use_dora=config.use_dora,
-        task_type="CAUSAL_LM",
+        task_type="SEQ_CLS" if head else "CAUSAL_LM",
+        modules_to_save=[head] if head else None,  # the new head trains in full and is saved with the adapter
     )
     return get_peft_model(model, lora)
 
@@ -415,7 +420,7 @@ def print_header(config: TrainConfig, trainer, data: StageData, precision: Preci
     trainable, total = count_parameters(trainer.model)
     batch = config.per_device_train_batch_size * config.gradient_accumulation_steps * trainer.args.world_size
     row = config.cutoff_len if config.packing else min(data.longest, config.cutoff_len)
-    tokens = config.per_device_train_batch_size * row * (2 if config.stage == "dpo" else 1)  # dpo: chosen + rejected
+    tokens = config.per_device_train_batch_size * row * (1 if config.stage == "sft" else 2)  # two sequences per row
     est = estimate_memory(
         trainer.model, trainable, tokens, config.gradient_checkpointing, 2 if precision.bf16 or precision.fp16 else 4
     )
@@ -456,9 +461,12 @@ def save_final(trainer, tokenizer, config: TrainConfig) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model = trainer.model
     model.config.use_cache = True  # off during training only (it would also disable padding-free masks)
-    if tokenizer.eos_token_id is not None and config.finetuning_type != "lora":
+    generates = getattr(model, "generation_config", None) is not None  # a reward model (rm) has no generation config
+    if tokenizer.eos_token_id is not None and config.finetuning_type != "lora" and generates:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(tmp, safe_serialization=True)
+    # a PEFT model may also hold the DPO reference's frozen adapter copy: save only the one that trained
+    only = {"selected_adapters": [model.active_adapter]} if hasattr(model, "peft_config") else {}
+    model.save_pretrained(tmp, safe_serialization=True, **only)
     tokenizer.save_pretrained(tmp)
     for f in tmp.iterdir():
         os.replace(f, out / f.name)
@@ -468,7 +476,7 @@ def save_final(trainer, tokenizer, config: TrainConfig) -> None:
 
 def finish(config: TrainConfig, trainer, output, check) -> TrainResult:
     from expertkit.core.runs import write_text_atomic
-    from expertkit.train.callbacks import plot_loss
+    from expertkit.train.callbacks import plot_loss, plot_rewards
 
     out = Path(config.output_dir)
     metrics = dict(output.metrics)
@@ -478,6 +486,7 @@ def finish(config: TrainConfig, trainer, output, check) -> TrainResult:
     write_json_atomic(out / "train_results.json", metrics)
     if config.plot_loss:
         plot_loss(trainer.state.log_history, out)
+        plot_rewards(trainer.state.log_history, out)
     write_text_atomic(out / FINISHED_MARKER, "finished\n")
     logger.info("saved %s to %s", "adapter" if config.finetuning_type == "lora" else "model", out)
     return TrainResult(
