@@ -133,7 +133,8 @@ def plot_rewards(log_history: list[dict], output_dir: str | os.PathLike) -> Path
     for ax, title in ((left, "rewards"), (right, "pairs ranked right")):
         ax.set_xlabel("step")
         ax.set_title(f"{title} of {Path(output_dir).name}")
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # kto logs no rewards/accuracies
+            ax.legend()
         ax.grid(alpha=0.3)
     path = Path(output_dir) / "training_rewards.png"
     tmp = path.with_name(".training_rewards.tmp.png")
