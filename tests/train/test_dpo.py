@@ -192,3 +192,12 @@ def test_dpo_sigkill_then_resume_continues_the_same_run(tiny_model, pref_dir, tm
     for step in range(done[-1] + 1, 31):
         assert abs(got[step] - ref[step]) < 1e-4, f"step {step}: {got[step]} vs {ref[step]}"
     assert not (out / "ref").exists()
+
+
+def test_a_dpo_adapter_exports_like_an_sft_one(dpo_run, tiny_model, tmp_path, capsys):
+    _config, result = dpo_run
+    out = tmp_path / "merged"
+    args = ["export", f"model_name_or_path={tiny_model}", f"adapter_name_or_path={result.output_dir}"]
+    assert main(args + [f"export_dir={out}"]) == 0
+    assert "logits equal base + adapter" in capsys.readouterr().out
+    assert (out / "model.safetensors").is_file()
