@@ -271,7 +271,9 @@ def check_conversations(run_dir: Path | None) -> list[list[dict]]:
             samples = json.loads(path.read_text(encoding="utf-8")).get("samples", [])
         except ValueError:
             samples = []
-        for s in samples[:3]:
+        # every stage's check has samples; those with a prompt and its trained answer (sft, dpo's chosen) are used
+        usable = [s for s in samples if isinstance(s.get("prompt"), str) and isinstance(s.get("expected"), str)]
+        for s in usable[:3]:
             convs.append([{"role": "user", "content": s["prompt"]}, {"role": "assistant", "content": s["expected"]}])
     return convs
 

@@ -172,6 +172,8 @@ def describe_reference(config: TrainConfig, trainer) -> str:
 @dataclass
 class PairCheck:
     source: str
+    prompt: str  # the last prompt turn
+    expected: str  # the chosen answer
     margin_start: float  # log p(chosen) - log p(rejected) under the starting (reference) model
     margin_tuned: float
     greedy_start: str
@@ -226,7 +228,17 @@ def check_learning(trainer, tokenizer, data: StageData, config: TrainConfig):
         g_tuned = greedy(model, tokenizer, ex["prompt_ids"], len(ex["chosen_ids"]))
         chosen = tokenizer.decode(ex["chosen_ids"], skip_special_tokens=True)
         samples.append(
-            PairCheck(pair.source, m_start, m_tuned, g_start, g_tuned, _same(g_start, chosen), _same(g_tuned, chosen))
+            PairCheck(
+                pair.source,
+                pair.prompt[-1].content,
+                pair.chosen.content,
+                m_start,
+                m_tuned,
+                g_start,
+                g_tuned,
+                _same(g_start, chosen),
+                _same(g_tuned, chosen),
+            )
         )
     check = summarise(samples, trainer.state.log_history, config)
     write_json_atomic(Path(config.output_dir) / LEARNING_CHECK, asdict(check))
