@@ -49,3 +49,24 @@ def test_the_loss_plot_draws_eval_loss_beside_the_training_loss(tmp_path):
     (tmp_path / "trainer_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[::2]))
     points = loss_points(read_progress(tmp_path))  # no evaluation (yet): an empty point keeps it in the legend
     assert points["series"].tolist() == ["loss", "loss", "eval_loss"] and points["loss"].isna().tolist()[-1]
+
+
+def test_a_preference_run_plots_reward_accuracy_and_margin_beside_the_loss(tmp_path):
+    records = [
+        {"current_steps": 1, "total_steps": 2, "loss": 0.6931, "rewards/accuracies": 0.0, "rewards/margins": 0.0},
+        {"current_steps": 2, "total_steps": 2, "loss": 0.5, "rewards/accuracies": 1.0, "rewards/margins": 0.4},
+    ]
+    (tmp_path / "trainer_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    series = loss_points(read_progress(tmp_path)).groupby("series")["loss"].apply(list).to_dict()
+    assert series["rewards/accuracies"] == [0.0, 1.0] and series["rewards/margins"] == [0.0, 0.4]
+    assert series["loss"] == [0.6931, 0.5]
+
+
+def test_the_train_form_offers_the_stage_and_its_keys():
+    from expertkit.train.config import TrainConfig
+    from expertkit.ui.forms import field_specs
+    from expertkit.ui.train_tab import COMMON
+
+    assert "stage" in COMMON
+    specs = {s.name: s for s in field_specs(TrainConfig)}
+    assert {"pref_beta", "pref_loss", "pref_ftx", "kto_chosen_weight"} <= set(specs)

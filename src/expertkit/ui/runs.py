@@ -16,6 +16,7 @@ from expertkit.core.runs import RESOLVED_CONFIG, TRAINER_LOG
 from expertkit.ui.jobs import Job
 
 FINISHED_MARKER = "expertkit_finished"  # written by `expertkit train` last, once the run is complete
+PLOTTED = ("loss", "eval_loss", "rewards/accuracies", "rewards/margins")  # preference stages log the rewards too
 MAX_DEPTH = 4  # saves/<model>/<method>/<stage>/ is LLaMA-Factory's usual depth
 
 
@@ -80,7 +81,7 @@ def read_progress(folder: str | os.PathLike) -> Progress:
             progress.epoch = record.get("epoch", progress.epoch)
             progress.elapsed = record.get("elapsed_time", progress.elapsed)
             progress.remaining = record.get("remaining_time", progress.remaining)
-        for key in ("loss", "eval_loss"):
+        for key in PLOTTED:
             if isinstance(record.get(key), (int, float)) and isinstance(step, int):
                 progress.points.append({"step": step, "loss": float(record[key]), "series": key})
                 if key == "loss":

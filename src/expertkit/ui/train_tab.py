@@ -29,6 +29,7 @@ COMMON = [
     "template",
     "dataset",
     "dataset_dir",
+    "stage",
     "finetuning_type",
     "output_dir",
     "lora_rank",
@@ -43,6 +44,7 @@ COMMON = [
 REFRESH_S = 2.0
 LOG_BYTES = 12_000
 LOSS_SERIES = ("loss", "eval_loss")
+REWARD_SERIES = ("rewards/accuracies", "rewards/margins")  # stage dpo / kto: plotted beside the loss
 CHECK_TIMEOUT_S = 900  # `Check data`
 LENGTHS_TIMEOUT_S = 300  # the token lengths measured when a dataset is picked
 
@@ -267,15 +269,17 @@ def lengths_text(report: str, L: dict[str, str]) -> str:
 
 
 def loss_points(progress) -> pd.DataFrame:
-    """The plot's lines: the training loss and eval_loss (when the run evaluates: val_size, eval_strategy).
+    """The plot's lines: the training loss and eval_loss (when the run evaluates: val_size, eval_strategy), and a
+    preference run's reward accuracy and margin.
 
     A series without points yet gets one empty (NaN) point, which draws nothing: Gradio fixes a plot's series when it
     first draws it, so both must be there from the start for eval_loss to appear once the first evaluation ran."""
     first = min((pt["step"] for pt in progress.points), default=0)
     rows = []
-    for series in LOSS_SERIES:
+    for series in LOSS_SERIES + REWARD_SERIES:
         points = [(pt["step"], pt["loss"], series) for pt in progress.points if pt["series"] == series]
-        rows += points or [(first, float("nan"), series)]
+        if series in LOSS_SERIES or points:  # a preference run logs its rewards from the first step on
+            rows += points or [(first, float("nan"), series)]
     frame = pd.DataFrame(rows, columns=["step", "loss", "series"])
     return frame.astype({"step": "int64", "loss": "float64", "series": "str"})
 
