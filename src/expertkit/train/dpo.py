@@ -101,10 +101,9 @@ def tokenize_pairs(pairs: list[PreferencePair], tokenizer, config: TrainConfig, 
 
 
 def build_trainer(config: TrainConfig, model, tokenizer, data: StageData, precision: Precision):
-    from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from expertkit.train.run import quiet_printer, run_callbacks, training_arguments
+    from expertkit.train.run import training_arguments
 
     class PretokenizedDPOTrainer(DPOTrainer):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -121,13 +120,28 @@ def build_trainer(config: TrainConfig, model, tokenizer, data: StageData, precis
         loss_type=loss_types,
         loss_weights=weights,
         label_smoothing=config.dpo_label_smoothing,
-        max_length=None,  # cut already, to cutoff_len
-        gradient_checkpointing=False,  # build_model turns it on when asked; TRL's own default is on
-        disable_dropout=True,  # as LLaMA-Factory's DPO trainer does: the policy and reference see the same net
         padding_free=False,
-        precompute_ref_log_probs=False,
+        **PREFERENCE_ARGS,
     )
-    trainer = PretokenizedDPOTrainer(
+    return preference_trainer(PretokenizedDPOTrainer, config, model, tokenizer, data, args)
+
+
+# what every preference stage (dpo, kto) sets on TRL's config
+PREFERENCE_ARGS = {
+    "max_length": None,  # cut already, to cutoff_len
+    "gradient_checkpointing": False,  # build_model turns it on when asked; TRL's own default is on
+    "disable_dropout": True,  # as LLaMA-Factory's preference trainers do: policy and reference see the same net
+    "precompute_ref_log_probs": False,
+}
+
+
+def preference_trainer(trainer_class, config: TrainConfig, model, tokenizer, data: StageData, args):
+    """A TRL preference trainer on our pre-tokenized rows, with the run's callbacks and the right reference."""
+    from datasets import Dataset
+
+    from expertkit.train.run import quiet_printer, run_callbacks
+
+    trainer = trainer_class(
         model=model,
         ref_model=reference_copy(config, model) if config.finetuning_type != "lora" else None,
         args=args,

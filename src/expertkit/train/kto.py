@@ -24,7 +24,7 @@ from expertkit.core.errors import DataError
 from expertkit.core.runs import LEARNING_CHECK, write_json_atomic
 from expertkit.core.schema import UnpairedExample
 from expertkit.train.config import TrainConfig
-from expertkit.train.dpo import answer_logp, describe_reference, reference_copy, starting_model
+from expertkit.train.dpo import PREFERENCE_ARGS, answer_logp, describe_reference, preference_trainer, starting_model
 from expertkit.train.run import Precision, StageData
 
 logger = logging.getLogger(__name__)
@@ -90,10 +90,9 @@ def tokenize_rows(rows: list[UnpairedExample], tokenizer, config: TrainConfig, s
 
 
 def build_trainer(config: TrainConfig, model, tokenizer, data: StageData, precision: Precision):
-    from datasets import Dataset
     from trl import KTOConfig, KTOTrainer
 
-    from expertkit.train.run import quiet_printer, run_callbacks, training_arguments
+    from expertkit.train.run import training_arguments
 
     class PretokenizedKTOTrainer(KTOTrainer):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -114,21 +113,9 @@ def build_trainer(config: TrainConfig, model, tokenizer, data: StageData, precis
         beta=config.pref_beta,
         desirable_weight=config.kto_chosen_weight,
         undesirable_weight=config.kto_rejected_weight,
-        max_length=None,  # cut already, to cutoff_len
-        gradient_checkpointing=False,  # build_model turns it on when asked; TRL's own default is on
-        disable_dropout=True,
-        precompute_ref_log_probs=False,
+        **PREFERENCE_ARGS,
     )
-    trainer = PretokenizedKTOTrainer(
-        model=model,
-        ref_model=reference_copy(config, model) if config.finetuning_type != "lora" else None,
-        args=args,
-        train_dataset=Dataset.from_list(data.train_set),
-        eval_dataset=Dataset.from_list(data.val_set) if data.val_set else None,
-        processing_class=tokenizer,
-        callbacks=run_callbacks(config),
-    )
-    return quiet_printer(trainer)
+    return preference_trainer(PretokenizedKTOTrainer, config, model, tokenizer, data, args)
 
 
 def header_lines(config: TrainConfig, trainer) -> dict[str, str]:
