@@ -22,11 +22,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from expertkit.core.errors import DataError
 from expertkit.core.runs import LEARNING_CHECK, write_json_atomic
 from expertkit.core.schema import PreferencePair
 from expertkit.train.config import TrainConfig
-from expertkit.train.run import Precision, StageData
+from expertkit.train.run import Precision, StageData, refuse_empty_after_cut
 
 logger = logging.getLogger(__name__)
 LN2 = math.log(2)
@@ -82,20 +81,7 @@ def tokenize_pairs(pairs: list[PreferencePair], tokenizer, config: TrainConfig, 
             continue
         examples.append({"prompt_ids": cut.prompt_ids, "chosen_ids": cut.chosen_ids, "rejected_ids": cut.rejected_ids})
         kept.append((pair, examples[-1]))
-    if dropped:
-        logger.warning(
-            "%d %s pair(s) keep no answer token after cutoff_len=%d and are skipped (e.g. %s); raise cutoff_len "
-            "to keep them",
-            len(dropped),
-            split,
-            config.cutoff_len,
-            ", ".join(dropped[:3]),
-        )
-    if not examples:
-        raise DataError(
-            f"no {split} pair keeps an answer token within cutoff_len={config.cutoff_len}",
-            hint="raise cutoff_len or shorten the prompts",
-        )
+    refuse_empty_after_cut(examples, dropped, config, split, "pair")
     tokens = sum(len(e["prompt_ids"]) + len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in examples)
     return examples, PairStats(len(examples), len(dropped), truncated, longest, tokens), kept
 

@@ -20,12 +20,11 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from expertkit.core.errors import DataError
 from expertkit.core.runs import LEARNING_CHECK, write_json_atomic
 from expertkit.core.schema import UnpairedExample
 from expertkit.train.config import TrainConfig
 from expertkit.train.dpo import PREFERENCE_ARGS, answer_logp, describe_reference, preference_trainer, starting_model
-from expertkit.train.run import Precision, StageData
+from expertkit.train.run import Precision, StageData, refuse_empty_after_cut
 
 logger = logging.getLogger(__name__)
 
@@ -73,19 +72,7 @@ def tokenize_rows(rows: list[UnpairedExample], tokenizer, config: TrainConfig, s
             continue
         examples.append({"prompt_ids": cut.prompt_ids, "completion_ids": cut.chosen_ids, "label": bool(row.label)})
         kept.append((row, examples[-1]))
-    if dropped:
-        logger.warning(
-            "%d %s row(s) keep no answer token after cutoff_len=%d and are skipped (e.g. %s); raise cutoff_len",
-            len(dropped),
-            split,
-            config.cutoff_len,
-            ", ".join(dropped[:3]),
-        )
-    if not examples:
-        raise DataError(
-            f"no {split} row keeps an answer token within cutoff_len={config.cutoff_len}",
-            hint="raise cutoff_len or shorten the prompts",
-        )
+    refuse_empty_after_cut(examples, dropped, config, split, "row")
     return examples, RowStats(len(examples), len(dropped), truncated, longest), kept
 
 

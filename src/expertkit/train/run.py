@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from expertkit.core.config import save_config
-from expertkit.core.errors import ConfigError, ExpertkitError
+from expertkit.core.errors import ConfigError, DataError, ExpertkitError
 from expertkit.core.runs import RESOLVED_CONFIG, TRAINER_LOG, write_json_atomic
 from expertkit.train.config import TrainConfig
 
@@ -319,6 +319,28 @@ def freeze_layers(model, n: int) -> None:
     for name, param in model.named_parameters():
         m = re.search(r"\.layers\.(\d+)\.", name)
         param.requires_grad = bool(m and int(m.group(1)) in keep)
+
+
+def refuse_empty_after_cut(examples: list, dropped: list[str], config: TrainConfig, split: str, unit: str) -> None:
+    """Every stage's cutoff_len outcome: say which items kept no answer token (skipped); refuse when none is left.
+
+    `unit` names the items in the stage's words (example, pair, row); `dropped` holds their sources.
+    """
+    if dropped:
+        logger.warning(
+            "%d %s %s(s) keep no answer token after cutoff_len=%d and are skipped (e.g. %s); raise cutoff_len "
+            "to keep them",
+            len(dropped),
+            split,
+            unit,
+            config.cutoff_len,
+            ", ".join(dropped[:3]),
+        )
+    if not examples:
+        raise DataError(
+            f"no {split} {unit} keeps an answer token within cutoff_len={config.cutoff_len}",
+            hint="raise cutoff_len or shorten the prompts",
+        )
 
 
 def training_arguments(config: TrainConfig, precision: Precision, args_class=None, **stage_args):

@@ -12,10 +12,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from expertkit.core.errors import DataError
 from expertkit.core.schema import Conversation
 from expertkit.train.config import TrainConfig
-from expertkit.train.run import Precision, StageData
+from expertkit.train.run import Precision, StageData, refuse_empty_after_cut
 
 logger = logging.getLogger(__name__)
 
@@ -90,20 +89,7 @@ def tokenize_conversations(rows: list[Conversation], tokenizer, config: TrainCon
             dropped.append(conv.source or "?")
             continue
         examples.append({"input_ids": r.input_ids, "labels": r.labels})
-    if dropped:
-        logger.warning(
-            "%d %s example(s) have no answer token left after cutoff_len=%d and are skipped "
-            "(e.g. %s); raise cutoff_len to keep them",
-            len(dropped),
-            split,
-            config.cutoff_len,
-            ", ".join(dropped[:3]),
-        )
-    if not examples:
-        raise DataError(
-            f"no {split} example has an answer token within cutoff_len={config.cutoff_len}",
-            hint="raise cutoff_len or shorten the prompts",
-        )
+    refuse_empty_after_cut(examples, dropped, config, split, "example")
     tokens = sum(len(e["input_ids"]) for e in examples)
     loss_tokens = sum(sum(1 for x in e["labels"] if x != -100) for e in examples)
     stats = TokenStats(len(examples), len(dropped), truncated, longest, tokens, loss_tokens)
