@@ -8,6 +8,7 @@ import json
 import pytest
 
 from expertkit.cli.main import main
+from expertkit.core.errors import ExpertkitError
 from expertkit.core.feedback import FeedbackStore
 
 
@@ -75,3 +76,29 @@ def test_mistakes_are_explained(db, tmp_path, capsys):
     assert main(["feedback", "export", f"feedback_db={empty}", f"output={tmp_path / 'x.jsonl'}"]) == 1
     assert "no liked or edited answers to export" in capsys.readouterr().err
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_arms_raters_and_votes_are_stored(tmp_path):
+    store = FeedbackStore(tmp_path / "feedback.sqlite")
+    question = [{"role": "user", "content": "Who are you?"}]
+    a = store.record_conversation(question, "I am Sail.", model="r1", alias="expert", arm="r1", source="arena")
+    b = store.record_conversation(question, "Hello.", model="r2", alias="expert", arm="r2", source="arena")
+    store.record_feedback(a, rating=1, rater="alice")
+    assert store.feedback(a)["rater"] == "alice"
+    vote = store.record_vote(a, b, "a", rater="bob")
+    assert store.votes() == [
+        {
+            "id": vote,
+            "message_a": a,
+            "message_b": b,
+            "winner": "a",
+            "rater": "bob",
+            "created": store.votes()[0]["created"],
+        }
+    ]
+    with pytest.raises(ValueError, match="winner must be"):
+        store.record_vote(a, b, "c")
+    with pytest.raises(ExpertkitError, match="no message"):
+        store.record_vote(a, "missing", "tie")
+    rows = store._read("SELECT alias, arm FROM conversations ORDER BY rowid")
+    assert rows == [("expert", "r1"), ("expert", "r2")]

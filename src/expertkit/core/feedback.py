@@ -37,6 +37,8 @@ from expertkit.core.runs import write_text_atomic
 FEEDBACK_DB = "feedback.sqlite"
 
 Rating = Literal[-1, 0, 1]
+Vote = Literal["a", "b", "tie", "both_bad"]
+VOTES = ("a", "b", "tie", "both_bad")
 ExportOnly = Literal["good", "edited", "all"]
 MESSAGE_COLUMNS = (
     "id, conversation_id, position, role, content, reasoning, model, options, created, completion_id, choice_index, "
@@ -98,6 +100,26 @@ def m002_server_records(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE messages ADD COLUMN choice_index INTEGER")
     db.execute("ALTER TABLE messages ADD COLUMN sources TEXT")
     db.execute("CREATE INDEX messages_completion ON messages(completion_id, choice_index)")
+
+
+@migration
+def m003_arms_raters_votes(db: sqlite3.Connection) -> None:
+    """The improvement loop's records: which alias and A/B arm served a conversation (`alias` as the client asked,
+    `arm` the served name it was routed to), who gave a rating (`rater`: a web UI account, an API key's name), and
+    arena votes: one question, two anonymous answers (each stored as a message), the winner."""
+    db.execute("ALTER TABLE conversations ADD COLUMN alias TEXT")
+    db.execute("ALTER TABLE conversations ADD COLUMN arm TEXT")
+    db.execute("ALTER TABLE feedback ADD COLUMN rater TEXT")
+    db.execute(
+        """CREATE TABLE votes (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            message_a TEXT NOT NULL REFERENCES messages(id),
+            message_b TEXT NOT NULL REFERENCES messages(id),
+            winner TEXT NOT NULL CHECK (winner IN ('a', 'b', 'tie', 'both_bad')),
+            rater TEXT,
+            created TEXT NOT NULL
+        )"""
+    )
 
 
 class FeedbackExportConfig(StageConfig):
@@ -176,14 +198,25 @@ class FeedbackStore:
     def close(self) -> None:
         self._db.close()
 
-    def start_conversation(self, model: str | None = None, system: str | None = None, source: str = "webui") -> str:
-        """A new conversation; returns its id."""
+    def start_conversation(
+        self,
+        model: str | None = None,
+        system: str | None = None,
+        source: str = "webui",
+        alias: str | None = None,
+        arm: str | None = None,
+    ) -> str:
+        """A new conversation; returns its id. `alias` / `arm`: the name asked for and the A/B arm that answered."""
         cid = uuid.uuid4().hex
         with self._transaction():
-            self._db.execute(
-                "INSERT INTO conversations VALUES (?, ?, ?, ?, ?)", (cid, now(), source, model, system or None)
-            )
+            self._insert_conversation(cid, now(), source, model, system or None, alias, arm)
         return cid
+
+    def _insert_conversation(self, cid, created, source, model, system, alias=None, arm=None) -> None:
+        self._db.execute(
+            "INSERT INTO conversations (id, created, source, model, system, alias, arm) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (cid, created, source, model, system, alias, arm),
+        )
 
     def add_message(
         self,
@@ -251,15 +284,18 @@ class FeedbackStore:
         choice_index: int = 0,
         started: str | None = None,
         source: str = "server",
+        alias: str | None = None,
+        arm: str | None = None,
     ) -> str:
         """A whole exchange at once, as the server sees it: the request's messages ({"role", "content"}; system
-        messages become the conversation's system prompt), then the answer. Returns the answer's id."""
+        messages become the conversation's system prompt), then the answer. Returns the answer's id. `alias` / `arm`:
+        the name the client asked for and the served name (A/B arm) that answered."""
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system" and m["content"]) or None
         turns = [m for m in messages if m["role"] != "system"]
         cid = uuid.uuid4().hex
         started = started or now()
         with self._transaction():
-            self._db.execute("INSERT INTO conversations VALUES (?, ?, ?, ?, ?)", (cid, started, source, model, system))
+            self._insert_conversation(cid, started, source, model, system, alias, arm)
             for position, m in enumerate(turns):
                 self._insert_message(cid, position, m["role"], m["content"], created=started)
             return self._insert_message(
@@ -307,11 +343,13 @@ class FeedbackStore:
         rating: Rating | None = None,
         edited_content: str | None = None,
         comment: str | None = None,
+        rater: str | None = None,
     ) -> int:
         """Store a thumbs up (1), down (-1) or its removal (0), and/or an edited answer; the latest one counts.
 
         A rating keeps the message's earlier edit and an edit keeps its earlier rating: each call adds a row that
-        carries both forward, so the history stays and the newest row says where the message stands.
+        carries both forward, so the history stays and the newest row says where the message stands. `rater`: who
+        gave it (a web UI account, an API key's name), kept with the row.
         """
         if rating not in (None, -1, 0, 1):
             raise ValueError(f"rating must be -1, 0 or 1, not {rating!r}")
@@ -323,25 +361,46 @@ class FeedbackStore:
                 (message_id,),
             ).fetchone() or (None, None)
             cur = self._db.execute(
-                "INSERT INTO feedback (message_id, rating, edited_content, comment, created) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO feedback (message_id, rating, edited_content, comment, created, rater) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     message_id,
                     last[0] if rating is None else rating,
                     last[1] if edited_content is None else edited_content,
                     comment,
                     now(),
+                    rater,
                 ),
             )
             return int(cur.lastrowid)
 
+    def record_vote(self, message_a: str, message_b: str, winner: Vote, rater: str | None = None) -> int:
+        """An arena vote on two answers to the same question (each already stored as a message): 'a', 'b', 'tie' or
+        'both_bad'. Returns the vote's id."""
+        if winner not in VOTES:
+            raise ValueError(f"winner must be one of {', '.join(VOTES)}, not {winner!r}")
+        with self._transaction():
+            for mid in (message_a, message_b):
+                if self._db.execute("SELECT 1 FROM messages WHERE id = ?", (mid,)).fetchone() is None:
+                    raise ExpertkitError(f"no message '{mid}' in the feedback store {self.path}")
+            cur = self._db.execute(
+                "INSERT INTO votes (message_a, message_b, winner, rater, created) VALUES (?, ?, ?, ?, ?)",
+                (message_a, message_b, winner, rater, now()),
+            )
+            return int(cur.lastrowid)
+
+    def votes(self) -> list[dict[str, Any]]:
+        """Every arena vote, oldest first: {"id", "message_a", "message_b", "winner", "rater", "created"}."""
+        keys = ("id", "message_a", "message_b", "winner", "rater", "created")
+        return [dict(zip(keys, row)) for row in self._read(f"SELECT {', '.join(keys)} FROM votes ORDER BY id")]
+
     def feedback(self, message_id: str) -> dict[str, Any] | None:
-        """Where a message stands now: {"rating", "edited_content", "comment", "created"}, or None."""
+        """Where a message stands now: {"rating", "edited_content", "comment", "created", "rater"}, or None."""
+        keys = ("rating", "edited_content", "comment", "created", "rater")
         rows = self._read(
-            "SELECT rating, edited_content, comment, created FROM feedback WHERE message_id = ? ORDER BY id DESC "
-            "LIMIT 1",
-            (message_id,),
+            f"SELECT {', '.join(keys)} FROM feedback WHERE message_id = ? ORDER BY id DESC LIMIT 1", (message_id,)
         )
-        return dict(zip(("rating", "edited_content", "comment", "created"), rows[0])) if rows else None
+        return dict(zip(keys, rows[0])) if rows else None
 
     def training_rows(
         self, only: ExportOnly = "good", with_reasoning: bool = True, skipped: list[str] | None = None
