@@ -28,10 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
-
-from expertkit.core.config import StageConfig
 from expertkit.core.errors import ExpertkitError
+from expertkit.core.feedback_config import ExportOnly, FeedbackExportConfig  # noqa: F401  (imported from here too)
 from expertkit.core.runs import write_text_atomic
 
 FEEDBACK_DB = "feedback.sqlite"
@@ -39,10 +37,9 @@ FEEDBACK_DB = "feedback.sqlite"
 Rating = Literal[-1, 0, 1]
 Vote = Literal["a", "b", "tie", "both_bad"]
 VOTES = ("a", "b", "tie", "both_bad")
-ExportOnly = Literal["good", "edited", "all"]
 MESSAGE_COLUMNS = (
     "id, conversation_id, position, role, content, reasoning, model, options, created, completion_id, choice_index, "
-    "sources"
+    "sources, grounded"
 )
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
@@ -122,23 +119,12 @@ def m003_arms_raters_votes(db: sqlite3.Connection) -> None:
     )
 
 
-class FeedbackExportConfig(StageConfig):
-    """Keys of `expertkit feedback export`."""
-
-    feedback_db: str | None = None
-    """The feedback store to read (unset: ~/.expertkit/feedback.sqlite, where the web UI and
-    `expertkit serve store_conversations=true` write)."""
-
-    output: str = Field("feedback.jsonl", min_length=1)
-    """The training file to write: OpenAI `messages` JSONL, one row per kept answer (`expertkit train
-    dataset=FILE` reads it)."""
-
-    only: ExportOnly = "good"
-    """Which answers: good (liked ones and every edited one; a thumbs down without an edit is left out), edited
-    (edited ones only), all (every stored answer, unrated and disliked ones too). An edit always replaces the answer."""
-
-    with_reasoning: bool = True
-    """Keep an answer's reasoning as <think>...</think> before it (R1-style models); false: the answer alone."""
+@migration
+def m004_grounded_prompt(db: sqlite3.Connection) -> None:
+    """A grounded answer's prompt as the model saw it: {"system": the grounding rules (after the client's system
+    prompt), "user": the numbered sources and the question}, JSON, so `feedback export with_context=true` trains on
+    what the answer was written from (the conversation keeps the question as asked)."""
+    db.execute("ALTER TABLE messages ADD COLUMN grounded TEXT")
 
 
 def default_feedback_db() -> Path:
@@ -250,10 +236,11 @@ class FeedbackStore:
         completion_id: str | None = None,
         choice_index: int | None = None,
         sources: list[dict[str, Any]] | None = None,
+        grounded: dict[str, str] | None = None,
     ) -> str:
         mid = uuid.uuid4().hex
         self._db.execute(
-            f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 12)})",
+            f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 13)})",
             (
                 mid,
                 conversation_id,
@@ -267,6 +254,7 @@ class FeedbackStore:
                 completion_id,
                 choice_index,
                 json.dumps(sources, ensure_ascii=False) if sources else None,
+                json.dumps(grounded, ensure_ascii=False) if grounded else None,
             ),
         )
         return mid
@@ -286,10 +274,12 @@ class FeedbackStore:
         source: str = "server",
         alias: str | None = None,
         arm: str | None = None,
+        grounded: dict[str, str] | None = None,
     ) -> str:
         """A whole exchange at once, as the server sees it: the request's messages ({"role", "content"}; system
         messages become the conversation's system prompt), then the answer. Returns the answer's id. `alias` / `arm`:
-        the name the client asked for and the served name (A/B arm) that answered."""
+        the name the client asked for and the served name (A/B arm) that answered. `grounded`: a grounded answer's
+        {"system", "user"} turns as the model saw them (the retrieved sources in the user turn)."""
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system" and m["content"]) or None
         turns = [m for m in messages if m["role"] != "system"]
         cid = uuid.uuid4().hex
@@ -300,7 +290,7 @@ class FeedbackStore:
                 self._insert_message(cid, position, m["role"], m["content"], created=started)
             return self._insert_message(
                 cid, len(turns), "assistant", answer, reasoning, model, options, None, completion_id, choice_index,
-                sources,
+                sources, grounded,
             )  # fmt: skip
 
     def find_message(self, completion_id: str, choice_index: int = 0) -> str | None:
@@ -312,12 +302,12 @@ class FeedbackStore:
 
     def message(self, message_id: str) -> dict[str, Any] | None:
         """One stored message: {"id", "conversation_id", "position", "role", "content", "reasoning", "model",
-        "options", "created", "completion_id", "choice_index", "sources"} (options and sources decoded), or None."""
+        "options", "created", "completion_id", "choice_index", "sources", "grounded"} (JSON decoded), or None."""
         rows = self._read(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,))
         if not rows:
             return None
         row = dict(zip([c.strip() for c in MESSAGE_COLUMNS.split(",")], rows[0]))
-        for key in ("options", "sources"):
+        for key in ("options", "sources", "grounded"):
             row[key] = json.loads(row[key]) if row[key] else None
         return row
 
@@ -473,6 +463,59 @@ class FeedbackStore:
             "edited": f"SELECT COUNT(*) FROM ({latest}) WHERE edited_content IS NOT NULL",
         }
         return {name: self._read(sql)[0][0] for name, sql in queries.items()}
+
+    def export_snapshot(self) -> dict[str, Any]:
+        """What `feedback export` reads, in one consistent read: {"messages": every message with its conversation's
+        system, alias, arm and model (conversation order, then position), "feedback": the latest feedback row per
+        message id, "votes": every vote, "marks": the highest feedback id, vote id and message rowid (the bookmark of
+        `since=last`)}."""
+        keys = ("rowid", "id", "conversation_id", "position", "role", "content", "reasoning", "model", "created",
+                "sources", "grounded", "system", "alias", "arm", "conversation_model")  # fmt: skip
+        with self._lock:
+            self._db.execute("BEGIN")  # one snapshot (WAL): a rating given meanwhile is in the next export
+            try:
+                messages = self._db.execute(
+                    "SELECT m.rowid, m.id, m.conversation_id, m.position, m.role, m.content, m.reasoning, m.model, "
+                    "m.created, m.sources, m.grounded, c.system, c.alias, c.arm, c.model FROM messages m "
+                    "JOIN conversations c ON c.id = m.conversation_id ORDER BY c.rowid, m.position, m.rowid"
+                ).fetchall()
+                feedback = self._db.execute(
+                    "SELECT f.message_id, f.id, f.rating, f.edited_content, f.rater, f.created FROM feedback f JOIN "
+                    "(SELECT message_id, MAX(id) AS id FROM feedback GROUP BY message_id) l ON f.id = l.id"
+                ).fetchall()
+                votes = self._db.execute(
+                    "SELECT id, message_a, message_b, winner, rater, created FROM votes ORDER BY id"
+                ).fetchall()
+                marks = self._db.execute(
+                    "SELECT (SELECT COALESCE(MAX(id), 0) FROM feedback), (SELECT COALESCE(MAX(id), 0) FROM votes), "
+                    "(SELECT COALESCE(MAX(rowid), 0) FROM messages)"
+                ).fetchone()
+            finally:
+                self._db.execute("COMMIT")
+        return {
+            "messages": [dict(zip(keys, row)) for row in messages],
+            "feedback": {
+                row[0]: dict(zip(("id", "rating", "edited_content", "rater", "created"), row[1:])) for row in feedback
+            },
+            "votes": [dict(zip(("id", "message_a", "message_b", "winner", "rater", "created"), v)) for v in votes],
+            "marks": dict(zip(("feedback_id", "vote_id", "message_rowid"), marks)),
+        }
+
+    def arm_counts(self) -> list[dict[str, Any]]:
+        """Per alias and arm (a conversation without an arm: its model): conversations, answers (requests), user
+        turns, and answers rated (thumbs up or down, or edited), liked and edited by their latest feedback."""
+        rows = self._read(
+            "WITH latest AS (SELECT f.message_id, f.rating, f.edited_content FROM feedback f JOIN "
+            "(SELECT message_id, MAX(id) AS id FROM feedback GROUP BY message_id) l ON f.id = l.id) "
+            "SELECT c.alias, COALESCE(c.arm, c.model), COUNT(DISTINCT c.id), SUM(m.role = 'assistant'), "
+            "SUM(m.role = 'user'), "
+            "SUM(m.role = 'assistant' AND (f.rating IN (1, -1) OR f.edited_content IS NOT NULL)), "
+            "SUM(m.role = 'assistant' AND f.rating = 1), SUM(m.role = 'assistant' AND f.edited_content IS NOT NULL) "
+            "FROM conversations c JOIN messages m ON m.conversation_id = c.id "
+            "LEFT JOIN latest f ON f.message_id = m.id GROUP BY c.alias, COALESCE(c.arm, c.model)"
+        )
+        keys = ("alias", "arm", "conversations", "requests", "user_turns", "rated", "thumbs_up", "edited")
+        return [dict(zip(keys, row)) for row in rows]
 
 
 def write_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:

@@ -171,6 +171,33 @@ def measure_preference_lengths(items: list[PreferencePair] | list[UnpairedExampl
     return LengthStats(percentiles(full), percentiles(answers), cut, empty)
 
 
+def token_lengths(
+    items: list[Conversation] | list[PreferencePair] | list[UnpairedExample],
+    model_name_or_path: str,
+    template: str | None = None,
+    trust_remote_code: bool = False,
+) -> list[int]:
+    """Each item's whole length in tokens under the chat template, as training measures it: a conversation; a pair's
+    prompt + longer answer; a KTO example's prompt + answer (`feedback export cutoff_len=` leaves out the longer)."""
+    from expertkit.model.load import load_tokenizer
+    from expertkit.model.render import render_conversation, render_pair, render_preference
+    from expertkit.model.templates import apply_template
+
+    tokenizer = load_tokenizer(model_name_or_path, trust_remote_code)
+    apply_template(tokenizer, template)
+    lengths = []
+    for item in items:
+        if isinstance(item, Conversation):
+            lengths.append(render_conversation(tokenizer, item, None).full_length)
+        elif isinstance(item, PreferencePair):
+            r = render_preference(tokenizer, item)
+            lengths.append(len(r.prompt_ids) + max(len(r.chosen_ids), len(r.rejected_ids)))
+        else:
+            prompt_ids, answer_ids = render_pair(tokenizer, item.prompt, item.completion, item.tools, item.source)
+            lengths.append(len(prompt_ids) + len(answer_ids))
+    return lengths
+
+
 def _tokenizer(config: DataConfig):
     from expertkit.model.load import load_tokenizer
     from expertkit.model.templates import apply_template

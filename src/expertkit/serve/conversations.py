@@ -51,8 +51,10 @@ class ConversationLog:
         index: int,
         options: dict[str, Any],
         sources: list[dict] | None,
+        grounded: dict[str, str] | None = None,
     ) -> AsyncIterator[Delta]:
-        """`deltas` passed on unchanged; the whole answer is stored before the delta that finishes it goes out."""
+        """`deltas` passed on unchanged; the whole answer is stored before the delta that finishes it goes out.
+        `grounded`: a grounded answer's system prompt and user turn as the model saw them (sources included)."""
         started = now()
         turns = [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
 
@@ -62,12 +64,16 @@ class ConversationLog:
                 async for d in deltas:
                     whole.extend(d)
                     if d.finish_reason is not None:
-                        await self._store(turns, whole, model, completion_id, index, options, sources, started)
+                        await self._store(
+                            turns, whole, model, completion_id, index, options, sources, started, grounded
+                        )
                     yield d
 
         return passing()
 
-    async def _store(self, turns, whole: Delta, model, completion_id, index, options, sources, started) -> None:
+    async def _store(
+        self, turns, whole: Delta, model, completion_id, index, options, sources, started, grounded=None
+    ) -> None:
         try:
             await asyncio.to_thread(
                 self.store.record_conversation,
@@ -80,6 +86,7 @@ class ConversationLog:
                 completion_id=completion_id,
                 choice_index=index,
                 started=started,
+                grounded=grounded,
             )
         except (sqlite3.Error, OSError, ExpertkitError) as e:  # the answer still goes out; the log says why
             logger.warning("could not record the conversation of %s in %s: %s", completion_id, self.store.path, e)

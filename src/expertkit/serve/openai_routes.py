@@ -50,10 +50,11 @@ def v1_router(state: ServerState) -> APIRouter:
         engine = state.ready_engine()
         model = await pick_model(engine, req.model)
         messages = asked = engine_messages(req)
-        sources = None
+        sources = grounded = None
         if req.retrieval:
             messages, sources = await state.grounding.apply(messages, req.retrieval)
             sources = [s.to_json() for s in sources]
+            grounded = {"system": messages[0]["content"], "user": messages[-1]["content"]}  # stored for export
         tools = request_tools(req)
         call, forward = forced_call(req.tool_choice, tools), None
         if call is not None and forwards_tool_choice(engine):
@@ -86,7 +87,8 @@ def v1_router(state: ServerState) -> APIRouter:
         if state.conversations is not None:  # store_conversations: the question as asked, not the grounded prompt
             options = request_options(req)
             streams = [
-                state.conversations.recorded(s, asked, model, cid, i, options, sources) for i, s in enumerate(streams)
+                state.conversations.recorded(s, asked, model, cid, i, options, sources, grounded)
+                for i, s in enumerate(streams)
             ]
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
