@@ -502,12 +502,14 @@ class FeedbackStore:
         }
 
     def arm_counts(self) -> list[dict[str, Any]]:
-        """Per alias and arm (a conversation without an arm: its model): conversations, answers (requests), user
-        turns, and answers rated (thumbs up or down, or edited), liked and edited by their latest feedback."""
+        """Per alias and arm (a conversation without an arm: its model): conversations, requests (answers the model
+        wrote: they carry its name; the history a client resends does not), user turns, and answers rated (thumbs up
+        or down, or edited), liked and edited, by their latest feedback."""
         rows = self._read(
             "WITH latest AS (SELECT f.message_id, f.rating, f.edited_content FROM feedback f JOIN "
             "(SELECT message_id, MAX(id) AS id FROM feedback GROUP BY message_id) l ON f.id = l.id) "
-            "SELECT c.alias, COALESCE(c.arm, c.model), COUNT(DISTINCT c.id), SUM(m.role = 'assistant'), "
+            "SELECT c.alias, COALESCE(c.arm, c.model), COUNT(DISTINCT c.id), "
+            "SUM(m.role = 'assistant' AND m.model IS NOT NULL), "
             "SUM(m.role = 'user'), "
             "SUM(m.role = 'assistant' AND (f.rating IN (1, -1) OR f.edited_content IS NOT NULL)), "
             "SUM(m.role = 'assistant' AND f.rating = 1), SUM(m.role = 'assistant' AND f.edited_content IS NOT NULL) "
