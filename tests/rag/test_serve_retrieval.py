@@ -3,6 +3,8 @@ the server allows it) and returns the numbered sources, through the official ope
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from openai import OpenAI
@@ -88,4 +90,18 @@ def test_a_recorded_grounded_answer_keeps_the_question_as_asked_and_its_sources(
     assert stored["sources"] == answer.model_extra["sources"]
     assert stored["options"] == {"retrieval": {"kb": True, "web": False, "top_k": 2}}
     question = store._read("SELECT content FROM messages WHERE role = 'user'")
-    assert question == [(QUESTION,)]  # not the grounded prompt the model saw
+    assert question == [(QUESTION,)]  # not the grounded prompt the model saw, which is kept beside the answer:
+    grounded = stored["grounded"]
+    assert grounded["user"].startswith("<sources>") and grounded["user"].endswith(f"Question: {QUESTION}")
+    assert "14 March 2026" in grounded["user"] and "numbered sources" in grounded["system"]
+    store.record_feedback(stored["id"], edited_content="It was decommissioned on 14 March 2026 [1].")
+    store.close()
+    out = tmp_path / "data" / "grounded_kto.json"
+    args = ["feedback", "export", "format=kto", f"feedback_db={db}", f"output={out}"]
+    assert main(args) == 0 and json.loads(out.read_text()) == []  # without with_context: left out
+    assert main([*args, "with_context=true"]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["kto_tag"] for r in rows] == [True, False]
+    assert rows[0]["messages"][:2] == [
+        {"role": "system", "content": grounded["system"]}, {"role": "user", "content": grounded["user"]}
+    ]
