@@ -100,11 +100,11 @@ def test_kto_with_batch_1_is_refused_before_loading_a_model(tiny_model, kto_dir,
     assert not (tmp_path / "o").exists()
 
 
-def test_kto_weights_are_config_fields_and_ppo_is_refused_clearly():
+def test_kto_weights_are_config_fields_and_ppo_without_a_reward_model_is_refused_clearly():
     from expertkit.core.errors import ConfigError
 
     base = {"model_name_or_path": "m", "dataset": "d"}
     config = load_config(TrainConfig, None, {**base, "stage": "kto", "kto_chosen_weight": 1.33})
     assert config.kto_chosen_weight == 1.33 and config.kto_rejected_weight == 1.0
-    with pytest.raises(ConfigError, match="no longer ships a PPOTrainer"):
+    with pytest.raises(ConfigError, match="stage ppo needs reward_model"):
         load_config(TrainConfig, None, {**base, "stage": "ppo"})

@@ -49,6 +49,18 @@ LLAMA_FACTORY_DEFAULTS = {
     "use_rslora": False,
     "use_dora": False,
     "freeze_trainable_layers": 2,
+    "reward_model": None,
+    "reward_model_type": "lora",
+    "ppo_epochs": 4,
+    "ppo_buffer_size": 1,
+    "ppo_target": 6.0,
+    "ppo_score_norm": False,
+    "ppo_whiten_rewards": False,
+    # GeneratingArguments (stage ppo's rollouts)
+    "max_new_tokens": 1024,
+    "top_k": 50,
+    "top_p": 0.7,
+    "temperature": 0.95,
     # DataArguments
     "cutoff_len": 2048,
     "val_size": 0.0,

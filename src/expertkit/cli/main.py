@@ -81,6 +81,8 @@ def load_train_config(args: list[str]):
 def train(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=False)) -> None:
     """Fine-tune a model (LoRA, full or freeze) from a LLaMA-Factory style YAML.
 
+    Stages (stage=...): sft, dpo, kto, rm (a reward model), ppo (EXPERIMENTAL: against a reward_model from rm).
+
     Example: expertkit train examples/train/qwen2.5-0.5b-instruct_lora_sft.yaml num_train_epochs=5
     """
     config = load_train_config(args or [])

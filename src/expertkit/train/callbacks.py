@@ -56,7 +56,16 @@ class RunLogCallback(TrainerCallback):
         append_jsonl(self.path, record)
         if self.echo and any(k in logs for k in ("loss", "eval_loss")):
             parts = [f"step {state.global_step}/{state.max_steps}"]
-            for key in ("loss", "eval_loss", "rewards/accuracies", "rewards/margins", "learning_rate", "grad_norm"):
+            keys = (
+                "loss",
+                "eval_loss",
+                "rewards/accuracies",
+                "rewards/margins",
+                "rewards/score",
+                "kl",
+                "learning_rate",
+            )
+            for key in (*keys, "grad_norm"):
                 if key in logs:
                     parts.append(f"{key} {logs[key]:.4g}")
             parts.append(f"elapsed {record['elapsed_time']} eta {record['remaining_time']}")
@@ -77,6 +86,7 @@ def plot_loss(log_history: list[dict], output_dir: str | os.PathLike) -> Path | 
     """training_loss.png: the raw and smoothed training loss, and eval loss when there is one."""
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
     evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    parts = {k: [(h["step"], h[k]) for h in log_history if k in h] for k in ("policy_loss", "value_loss")}  # ppo
     if not train:
         return None
     import matplotlib
@@ -94,6 +104,9 @@ def plot_loss(log_history: list[dict], output_dir: str | os.PathLike) -> Path | 
     ax.plot(steps, smoothed, color="#1f77b4", label="train loss (smoothed)")
     if evals:
         ax.plot(*zip(*evals), "o-", color="#d62728", label="eval loss")
+    for key, points in parts.items():
+        if points:
+            ax.plot(*zip(*points), label=key.replace("_", " "), alpha=0.8)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(f"training loss of {Path(output_dir).name}")
@@ -112,7 +125,8 @@ REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins")
 
 def plot_rewards(log_history: list[dict], output_dir: str | os.PathLike) -> Path | None:
     """training_rewards.png for preference stages: the rewards/* TRL logs (chosen, rejected, margins), and the
-    share of pairs ranked right (rewards/accuracies) when logged."""
+    share of pairs ranked right (rewards/accuracies) when logged; for ppo, rewards/score and the KL to the
+    reference."""
     keys = sorted({k for h in log_history for k in h if k.startswith("rewards/") and k != "rewards/accuracies"})
     if not keys:  # kto logs rewards/chosen and rewards/rejected (margins only for batches holding both)
         return None
@@ -129,8 +143,12 @@ def plot_rewards(log_history: list[dict], output_dir: str | os.PathLike) -> Path
     accuracy = [(h["step"], h["rewards/accuracies"]) for h in log_history if "rewards/accuracies" in h and "step" in h]
     if accuracy:
         right.plot(*zip(*accuracy), color="#2ca02c", label="rewards/accuracies")
-    right.set_ylim(-0.05, 1.05)
-    for ax, title in ((left, "rewards"), (right, "pairs ranked right")):
+    kl = [(h["step"], h["kl"]) for h in log_history if "kl" in h and "step" in h]  # ppo
+    if kl and not accuracy:
+        right.plot(*zip(*kl), color="#9467bd", label="kl")
+    else:
+        right.set_ylim(-0.05, 1.05)
+    for ax, title in ((left, "rewards"), (right, "KL to the reference" if kl else "pairs ranked right")):
         ax.set_xlabel("step")
         ax.set_title(f"{title} of {Path(output_dir).name}")
         if ax.get_legend_handles_labels()[0]:  # kto logs no rewards/accuracies

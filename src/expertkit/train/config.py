@@ -34,6 +34,13 @@ _RANGES: tuple[tuple[str, float, bool, str], ...] = (
     ("pref_ftx", 0, True, "0 (no SFT loss) or more"),
     ("kto_chosen_weight", 0, False, "a positive number such as 1.0"),
     ("kto_rejected_weight", 0, False, "a positive number such as 1.0"),
+    ("ppo_epochs", 1, True, _AT_LEAST_ONE),
+    ("ppo_buffer_size", 1, True, _AT_LEAST_ONE),
+    ("ppo_target", 0, False, "a positive KL such as 6.0"),
+    ("max_new_tokens", 1, True, _AT_LEAST_ONE),
+    ("top_k", 0, True, "0 (no limit) or more"),
+    ("top_p", 0, False, "a share above 0, at most 1, e.g. 0.7"),
+    ("temperature", 0, False, "a positive number such as 0.95"),
 )
 _RANGE_OF = {key: rest for key, *rest in _RANGES}
 
@@ -55,11 +62,12 @@ class TrainConfig(DataConfig):
         "max_invalid_ratio": "LLaMA-Factory skips broken rows silently.",
     }
 
-    stage: Literal["sft", "dpo", "kto", "rm"] = "sft"
+    stage: Literal["sft", "dpo", "kto", "rm", "ppo"] = "sft"
     """Training stage: sft (supervised fine-tuning on instruction data), dpo (preference tuning on chosen /
     rejected pairs: DPO and its variants, picked by pref_loss), kto (preference tuning on single answers labelled
-    good or bad, kto_tag) or rm (a reward model scoring answers, trained on chosen / rejected pairs). ppo is not
-    supported: TRL 1.16 no longer ships a PPOTrainer."""
+    good or bad, kto_tag), rm (a reward model scoring answers, trained on chosen / rejected pairs) or ppo
+    (EXPERIMENTAL: reinforcement learning against a reward model from stage rm, reward_model, on the prompts of
+    instruction data)."""
 
     do_train: bool = True
     """Kept for LLaMA-Factory compatibility; `expertkit train` always trains."""
@@ -211,18 +219,44 @@ class TrainConfig(DataConfig):
     simpo_gamma: float = 0.5
     """pref_loss simpo: the target reward margin."""
 
+    reward_model: str | None = None
+    """stage ppo: the reward model, a run folder of stage rm (a LoRA adapter with its score head over the same
+    base, reward_model_type lora) or a full reward model folder (reward_model_type full)."""
+
+    reward_model_type: Literal["lora", "full", "api"] = "lora"
+    """stage ppo: lora (reward_model is a LoRA reward adapter, applied to the policy's own base: no second copy) or
+    full (a whole reward model, loaded beside the policy). api is not supported."""
+
+    ppo_epochs: int = 4
+    """stage ppo: optimisation passes over each step's rollouts."""
+
+    ppo_buffer_size: int = 1
+    """stage ppo: rollouts per step, in effective batches (prompts per step = batch x accumulation x this)."""
+
+    ppo_target: float = 6.0
+    """stage ppo: the KL (to the reference, summed over an answer's tokens) the adaptive KL penalty steers
+    towards."""
+
+    ppo_score_norm: bool = False
+    """stage ppo: normalise the reward model's scores with their running mean and standard deviation."""
+
+    ppo_whiten_rewards: bool = False
+    """stage ppo: whiten the per-token rewards (scale to unit variance) before computing advantages."""
+
+    max_new_tokens: int = 1024
+    """stage ppo: longest answer the policy samples per prompt, in tokens."""
+
+    top_k: int = 50
+    """stage ppo: sample each answer token among the k likeliest (0: no limit)."""
+
+    top_p: float = 0.7
+    """stage ppo: sample each answer token among the likeliest whose probabilities add up to top_p (nucleus)."""
+
+    temperature: float = 0.95
+    """stage ppo: sampling temperature of the answers (higher: more varied)."""
+
     learning_check_samples: int = 5
     """After training, greedy-decode this many training prompts with base and tuned model (0: skip)."""
-
-    @field_validator("stage", mode="before")
-    @classmethod
-    def _stage(cls, v: object) -> object:
-        if v == "ppo":
-            raise ValueError(
-                "stage ppo is not supported: TRL 1.16 no longer ships a PPOTrainer. Use stage dpo (pairs) or kto "
-                "(answers labelled good or bad); stage rm trains a reward model"
-            )
-        return v
 
     @field_validator("lora_target", "report_to", mode="before")
     @classmethod
@@ -297,6 +331,29 @@ class TrainConfig(DataConfig):
             raise ValueError("dpo_label_smoothing must be from 0 up to (not including) 0.5")
         if self.dpo_label_smoothing and self.pref_loss != "sigmoid":
             raise ValueError("dpo_label_smoothing applies to pref_loss: sigmoid only")
+        if self.stage == "ppo":
+            self._check_ppo()
         if self.eval_strategy != "no" and self.val_size <= 0:
             raise ValueError(f"eval_strategy is '{self.eval_strategy}' but val_size is 0: set val_size (e.g. 0.1)")
         return self
+
+    def _check_ppo(self) -> None:
+        if self.reward_model_type == "api":
+            raise ValueError(
+                "reward_model_type api (scores from an HTTP server) is not supported: train a reward model with "
+                "stage: rm and set reward_model to its run folder with reward_model_type: lora"
+            )
+        if not self.reward_model:
+            raise ValueError(
+                "stage ppo needs reward_model: train one first with stage: rm (same model_name_or_path, pairs of "
+                "chosen / rejected answers), then set reward_model to its output_dir"
+            )
+        if self.finetuning_type != "lora":
+            raise ValueError(
+                f"stage ppo trains a LoRA adapter only (finetuning_type is '{self.finetuning_type}'): the reference is "
+                "the same model with the adapter disabled; set finetuning_type: lora"
+            )
+        if self.top_p > 1:
+            raise ValueError(f"top_p={self.top_p:g} must be at most 1 (1: no nucleus cut)")
+        if self.eval_strategy != "no":
+            raise ValueError("stage ppo has no validation loss: set eval_strategy: no")

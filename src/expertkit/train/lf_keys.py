@@ -38,13 +38,13 @@ LF_UNSUPPORTED = frozenset(
     label_names label_smoothing_factor lang ld_alpha length_column_name length_penalty liger_kernel_config
     load_best_model_at_end local_rank log_level log_level_replica log_on_each_node logging_dir
     logging_first_step logging_nan_inf_filter logging_strategy lora_parameters loraplus_lr_embedding
-    loraplus_lr_ratio low_cpu_mem_usage lr_scheduler_kwargs master_addr master_port max_length max_new_tokens
+    loraplus_lr_ratio low_cpu_mem_usage lr_scheduler_kwargs master_addr master_port max_length 
     media_dir metric_for_best_model mix_strategy mixture_of_depths mode model_revision module_dropout
     module_to_save moe_aux_loss_coef mp_parameters ms_hub_token n_shot neat_packing neftune_noise_alpha
     new_special_tokens new_special_tokens_config no_cuda num_beams offload_folder oft_block_size oft_rank
     oft_target om_hub_token optim_args optim_target_modules overwrite_cache parallelism_config past_index
-    pissa_convert pissa_init pissa_iter placement_strategy ppo_buffer_size ppo_epochs ppo_score_norm ppo_target
-    ppo_whiten_rewards predict_with_generate prediction_loss_only pref_bco_weight   
+    pissa_convert pissa_init pissa_iter placement_strategy    
+     predict_with_generate prediction_loss_only pref_bco_weight   
     preprocessing_batch_size preprocessing_num_workers preserve_thinking print_param_status profile_modules
     profiler_active_steps profiler_output_dir profiler_profile_memory profiler_record_shapes profiler_repeat
     profiler_wait_steps profiler_warmup_steps profiler_with_stack project pure_bf16 push_to_hub
@@ -52,13 +52,13 @@ LF_UNSUPPORTED = frozenset(
     quantization_method quantization_type ray_init_kwargs ray_num_workers ray_run_name ray_scope
     ray_storage_filesystem ray_storage_path ref_model ref_model_adapters ref_model_quantization_bit
     remove_unused_columns repetition_penalty resize_vocab resources_per_worker
-    restore_callback_states_from_checkpoint reward_model reward_model_adapters reward_model_quantization_bit
-    reward_model_type rope_scaling run_name save_dir save_on_each_node save_only_model save_safetensors
+    restore_callback_states_from_checkpoint  reward_model_adapters reward_model_quantization_bit
+     rope_scaling run_name save_dir save_on_each_node save_only_model save_safetensors
     save_strategy sglang_config sglang_lora_backend sglang_maxlen sglang_mem_fraction sglang_tp_size shift_attn
      skip_memory_metrics skip_special_tokens sortish_sampler split_special_tokens streaming
     swanlab_api_key swanlab_lark_secret swanlab_lark_webhook_url swanlab_logdir swanlab_mode swanlab_project
-    swanlab_run_name swanlab_workspace system_message task task_dir temperature tf32 tokenized_path tool_format
-    top_k top_p torch_compile torch_compile_backend torch_compile_mode torch_empty_cache_steps torchdynamo
+    swanlab_run_name swanlab_workspace system_message task task_dir  tf32 tokenized_path tool_format
+      torch_compile torch_compile_backend torch_compile_mode torch_empty_cache_steps torchdynamo
     tpu_num_cores trackio_bucket_id trackio_space_id trackio_static_space_id train_from_scratch
     train_mm_proj_only train_sampling_strategy upcast_layernorm upcast_lmhead_output use_adam_mini use_apollo
     use_audio_in_video use_badam use_cache use_cpu use_dft_loss use_fast_tokenizer use_galore use_ipex use_kt

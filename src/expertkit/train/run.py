@@ -3,9 +3,10 @@
     expertkit train examples/train/qwen2.5-0.5b-instruct_lora_sft.yaml             # stage: sft
     expertkit train examples/train/qwen2.5-0.5b-instruct_lora_dpo.yaml             # stage: dpo
     expertkit train ... stage=kto                                                  # or rm (a reward model)
+    expertkit train ... stage=ppo reward_model=saves/my-rm                         # EXPERIMENTAL
 
 `run(config)` reads top to bottom: prepare the run folder -> data -> model -> header -> train -> save -> check.
-A stage module (`sft`, `dpo`, `kto`, `rm`) holds only what differs: how its data becomes examples, which trainer
+A stage module (`sft`, `dpo`, `kto`, `rm`, `ppo`) holds only what differs: how its data becomes examples, which trainer
 trains them, the header lines it adds and its learning check (see `Stage`).
 """
 
@@ -429,9 +430,8 @@ def planned_steps(config: TrainConfig, n_examples: int) -> int:
 
     if config.max_steps > 0:
         return config.max_steps
-    per_epoch = max(
-        math.ceil(math.ceil(n_examples / config.per_device_train_batch_size) / config.gradient_accumulation_steps), 1
-    )
+    per_pass = config.per_device_train_batch_size * (config.ppo_buffer_size if config.stage == "ppo" else 1)
+    per_epoch = max(math.ceil(math.ceil(n_examples / per_pass) / config.gradient_accumulation_steps), 1)
     return math.ceil(config.num_train_epochs * per_epoch)
 
 
