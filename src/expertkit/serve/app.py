@@ -25,6 +25,7 @@ except ImportError:
     raise
 
 import asyncio
+import functools
 import threading
 
 from expertkit.engine.base import Engine, SamplingParams
@@ -43,12 +44,13 @@ EngineSource = Engine | Callable[[], Engine]
 
 
 def build_app(engine: EngineSource | None, config: ServeConfig | None = None) -> FastAPI:
-    """The FastAPI app. `engine` is an Engine, or a no-argument factory run in a thread at startup; None with
-    `config.models`: the models file's engine (serve/models.py)."""
+    """The FastAPI app. `engine` is an Engine, or a no-argument factory run in a thread at startup. With
+    `config.models`: None (the local engine) or an engine class taking (config, served=) like LocalEngine, loaded
+    with the models file's entries (serve/models.py)."""
     config = config or ServeConfig()
     state = ServerState(config)
-    if engine is None and state.models is not None:
-        state.engine, factory = None, state.models.load_engine
+    if state.models is not None:
+        factory = functools.partial(state.models.load_engine, engine)
     elif callable(engine) and not hasattr(engine, "stream"):
         factory = engine
     else:

@@ -126,13 +126,15 @@ class ServedModels:
 
     # -- loading -------------------------------------------------------------------------------------------------
 
-    def load_engine(self):
-        """The engine serving every entry of the file (the app's loader, in its load thread)."""
-        from expertkit.engine.local import LocalEngine
+    def load_engine(self, engine_class=None):
+        """The engine serving every entry of the file (the app's loader, in its load thread); `engine_class`: one
+        taking (config, served=) and offering add / remove, LocalEngine by default."""
+        if engine_class is None:
+            from expertkit.engine.local import LocalEngine as engine_class
 
         models = self.read()
         sources = {name: (models.base_of(name), e.adapter_name_or_path) for name, e in models.models.items()}
-        self.engine = LocalEngine(self.config, served=sources)
+        self.engine = engine_class(self.config, served=sources)
         self.mapping, self.loaded_at = Mapping.of(models, {name: name for name in models.models}), now()
         logger.info("models file %s: serving %s", self.path, ", ".join(self.mapping.listed()))
         return self.engine
