@@ -189,10 +189,11 @@ async def test_a_request_in_flight_finishes_on_its_model_and_the_old_one_is_free
         ({"models": {"r1": {"adapter_name_or_path": "missing"}}}, "does not exist"),
         ({"aliases": {"expert": {"r1": 0.5, "r2": 0.3}}}, "weights sum to 0.8"),
         ({"aliases": {"expert": {"r1": 0.5, "stable": 0.5}}}, "arm 'stable' is another alias"),
-        ({"models": {"r3": {"adapter_name_or_path": "round3"}, "r4": {"adapter_name_or_path": "broken"}}}, "do not fit"),
+        ({"models": {"r3": {"adapter_name_or_path": "round3"}, "r4": {"adapter_name_or_path": "broken"}}},
+         "do not fit"),  # r3 loads, r4 fails: r3 is dropped again
         ("models: [oops", "not valid YAML"),
     ],
-)
+)  # fmt: skip
 async def test_a_bad_file_is_refused_shown_on_health_and_the_old_mapping_keeps_serving(models_file, change, says):
     app, c = await serve(models_file)
     good = models_file.read_text()
