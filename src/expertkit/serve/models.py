@@ -23,13 +23,13 @@ import signal
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from expertkit.core.errors import ExpertkitError
-from expertkit.core.feedback import now
 from expertkit.core.models_file import ModelsFile, load_models_file
 from expertkit.serve.auth import key_from_headers, key_is_accepted
 from expertkit.serve.errors import APIError
@@ -81,6 +81,10 @@ def identity(models: ModelsFile, name: str) -> tuple:
             except OSError:
                 pass
     return models.base_of(name), adapter, tuple(stamps)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def file_stamp(path: Path) -> tuple[int, int, int]:
