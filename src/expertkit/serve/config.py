@@ -59,7 +59,8 @@ class ServeConfig(WebConfig, EngineConfig):
     apply. Off: such requests get 400."""
 
     store_conversations: bool = False
-    """Record every chat completion on /v1 (the request's messages, the answer, model, sampling, sources, when) in
+    """Record every answer of /v1/chat/completions, /v1/completions and Ollama's /api/chat and /api/generate (the
+    request's messages, the answer, model, the alias asked for and the arm that answered, sampling, sources, when) in
     the feedback store, and accept thumbs up / down and edited answers for them at `POST /v1/feedback`. Off by
     default: conversations hold what users typed; turn it on only where they know it is kept."""
 
