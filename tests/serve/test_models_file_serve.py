@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -70,9 +71,12 @@ class Live:
     def state(self):
         return self.app.state.server
 
-    def write(self, models: dict[str, str], aliases: dict) -> None:
-        """Write the models file the way `expertkit promote` does (atomically)."""
-        entries = {name: ModelEntry(adapter_name_or_path=adapter) for name, adapter in models.items()}
+    def write(self, models: dict[str, str | dict], aliases: dict) -> None:
+        """Write the models file the way `expertkit promote` does (atomically); an entry: an adapter, or its keys."""
+        entries = {
+            name: ModelEntry(**entry) if isinstance(entry, dict) else ModelEntry(adapter_name_or_path=entry)
+            for name, entry in models.items()
+        }
         write_models_file(self.path, ModelsFile(base=self.base, models=entries, aliases=aliases))
 
     def health(self) -> dict:
@@ -194,6 +198,18 @@ def test_an_ab_alias_keeps_each_user_on_one_arm_blind_and_the_store_records_it(s
     )
     assert rows[0] == ("next", "next", out.choices[0].text)
     assert rows[1] == ("expert", pick_arm("expert", arms, users[0]), r.json()["message"]["content"])
+
+
+def test_an_entry_on_another_model_folder_loads_that_model_beside_the_base(server, tmp_path):
+    other = tmp_path / "other-model"
+    shutil.copytree(server.base, other)
+    server.put({"current": server.sail, "plain": {"model_name_or_path": str(other)}}, {"expert": "current"})
+    engine = server.state.engine
+    assert set(engine.bases) == {server.base, str(other)}
+    assert engine.served["plain"].model is engine.bases[str(other)]
+    assert server.ask("plain")[0] not in (SAIL, NOVA) and server.ask("expert")[0] == SAIL
+    server.put({"current": server.sail}, {"expert": "current"})
+    wait_until(lambda: set(engine.bases) == {server.base})  # its last name gone: the second model is let go
 
 
 def test_sighup_and_the_admin_route_reload(server):
