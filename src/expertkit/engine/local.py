@@ -18,6 +18,7 @@ and PEFT's mixed-adapter batches (`adapter_names=`) select an adapter per row, s
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
@@ -34,12 +35,13 @@ from expertkit.engine.decode import needs_own_loop
 logger = logging.getLogger(__name__)
 
 
-def load_chat_tokenizer(config: EngineConfig, adapter: str | None = None):
-    """The adapter's tokenizer when it saved one (it carries the training chat template), else the base's."""
+def load_chat_tokenizer(config: EngineConfig, adapter: str | None = None, model: str | None = None):
+    """The adapter's tokenizer when it saved one (it carries the training chat template), else the model's (`model`,
+    default: the config's model_name_or_path)."""
     from expertkit.model.load import load_tokenizer
     from expertkit.model.templates import apply_template
 
-    source = config.model_name_or_path
+    source = model or config.model_name_or_path
     if adapter and (Path(adapter) / "tokenizer_config.json").is_file():
         source = adapter
     tokenizer = load_tokenizer(source, config.trust_remote_code)
@@ -47,14 +49,14 @@ def load_chat_tokenizer(config: EngineConfig, adapter: str | None = None):
     return tokenizer
 
 
-def load_base_model(config: EngineConfig):
+def load_base_model(config: EngineConfig, model: str | None = None):
     import torch
 
     from expertkit.model.load import load_model
 
     dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
     device = "cuda" if torch.cuda.is_available() else None
-    return load_model(config.model_name_or_path, dtype, config.trust_remote_code, device=device).eval()
+    return load_model(model or config.model_name_or_path, dtype, config.trust_remote_code, device=device).eval()
 
 
 def check_adapter_path(name: str, path: str) -> None:
@@ -94,33 +96,67 @@ class Served:
     model: Any
     manager: Any
     eos_ids: list[int]
+    base: str = ""  # the model folder (or hub id) it was built on
+
+
+Source = tuple[str, str | None]  # (model folder or hub id, LoRA adapter folder or None)
 
 
 class LocalEngine:
-    def __init__(self, config: EngineConfig):
+    """`served`: name -> (model, adapter) to load instead of the config's model and adapters (a models file's
+    entries, serve/models.py); entries on the same model share its weights. `add` / `remove` change the names while
+    serving (a hot swap): each is one reference swap of `self.served`, so a request sees the old dict or the new."""
+
+    def __init__(self, config: EngineConfig, served: dict[str, Source] | None = None):
         self.config = config
-        adapters = config.adapters()
-        for name, path in adapters.items():
-            check_adapter_path(name, path)
-        base = load_base_model(config)
-        # the default model (first in model_names) is the first adapter; the base comes last
-        sources = [(name, path) for name, path in adapters.items()] + [(config.base_name(), None)]
+        if served is None:
+            adapters = config.adapters()
+            for name, path in adapters.items():
+                check_adapter_path(name, path)
+            # the default model (first in model_names) is the first adapter; the base comes last
+            base = config.model_name_or_path
+            served = {name: (base, path) for name, path in adapters.items()} | {config.base_name(): (base, None)}
         self.served: dict[str, Served] = {}
+        self.bases: dict[str, Any] = {}  # model -> its loaded weights, shared by every name built on it
+        self.lock = threading.Lock()  # one add / remove at a time
         try:
-            for i, (name, adapter) in enumerate(sources):
-                tokenizer = load_chat_tokenizer(config, adapter)
-                model = merge_adapter_copy(base, adapter) if adapter else base
-                share = (i, len(sources))
-                self.served[name] = Served(name, tokenizer, model, None, [])
-                self.served[name].eos_ids = eos_ids(model, tokenizer)
-                self.served[name].manager = start_manager(config, self.served[name], share)
+            for i, (name, (model, adapter)) in enumerate(served.items()):
+                self.add(name, adapter, model, share=(i, len(served)))
         except BaseException:
-            for served in self.served.values():
-                if served.manager is not None:
-                    served.manager.stop(block=True)
+            for s in self.served.values():
+                s.manager.stop(block=True)
             raise
         # requests continuous batching cannot serve (engine/decode.py) run here, at most max_concurrency at once
         self.pool = ThreadPoolExecutor(config.max_concurrency, thread_name_prefix="expertkit-decode")
+
+    def add(self, name: str, adapter: str | None = None, model: str | None = None, share=(0, 1)) -> Served:
+        """Load `name` (model + adapter merged, with its own batching manager) and serve it; blocking (seconds)."""
+        model = model or self.config.model_name_or_path
+        if adapter:
+            check_adapter_path(name, adapter)
+        with self.lock:
+            if name in self.served:
+                raise ExpertkitError(f"the model '{name}' is served already", hint="remove it first")
+            if model not in self.bases:
+                self.bases[model] = load_base_model(self.config, model)
+            base = self.bases[model]
+            tokenizer = load_chat_tokenizer(self.config, adapter, model)
+            merged = merge_adapter_copy(base, adapter) if adapter else base
+            served = Served(name, tokenizer, merged, None, eos_ids(merged, tokenizer), model)
+            served.manager = start_manager(self.config, served, share)
+            self.served = {**self.served, name: served}
+        return served
+
+    def remove(self, name: str) -> Served:
+        """Stop serving `name`: out of `served` at once, its manager stopped (blocking: call it when no request
+        uses it any more) and a base no name uses is let go."""
+        with self.lock:
+            served = self.served[name]
+            self.served = {n: s for n, s in self.served.items() if n != name}
+            if all(s.base != served.base for s in self.served.values()):
+                self.bases.pop(served.base, None)
+        served.manager.stop(block=True)
+        return served
 
     # the default model's parts, for callers that use a single model
     @property

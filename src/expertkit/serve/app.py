@@ -24,6 +24,8 @@ except ImportError:
     import_optional("fastapi", "fastapi", "serve")  # fails again, saying whether fastapi is absent or broken
     raise
 
+import asyncio
+import functools
 import threading
 
 from expertkit.engine.base import Engine, SamplingParams
@@ -32,19 +34,24 @@ from expertkit.serve.config import ServeConfig
 from expertkit.serve.conversations import feedback_router
 from expertkit.serve.errors import APIError, from_validation_error, status_type
 from expertkit.serve.guard import Guard
+from expertkit.serve.models import ReleaseLeases, admin_router
 from expertkit.serve.ollama import ollama_router
 from expertkit.serve.openai_routes import v1_router
-from expertkit.serve.state import RETRY, ServerState, check_context, pick_model
+from expertkit.serve.state import RETRY, ServerState, check_context
 from expertkit.serve.stream import KeepAlive, run_whole
 
 EngineSource = Engine | Callable[[], Engine]
 
 
-def build_app(engine: EngineSource, config: ServeConfig | None = None) -> FastAPI:
-    """The FastAPI app. `engine` is an Engine, or a no-argument factory run in a thread at startup."""
+def build_app(engine: EngineSource | None, config: ServeConfig | None = None) -> FastAPI:
+    """The FastAPI app. `engine` is an Engine, or a no-argument factory run in a thread at startup. With
+    `config.models`: None (the local engine) or an engine class taking (config, served=) like LocalEngine, loaded
+    with the models file's entries (serve/models.py)."""
     config = config or ServeConfig()
     state = ServerState(config)
-    if callable(engine) and not hasattr(engine, "stream"):
+    if state.models is not None:
+        factory = functools.partial(state.models.load_engine, engine)
+    elif callable(engine) and not hasattr(engine, "stream"):
         factory = engine
     else:
         state.engine, factory = engine, None
@@ -53,7 +60,10 @@ def build_app(engine: EngineSource, config: ServeConfig | None = None) -> FastAP
     async def lifespan(app: FastAPI):
         if factory is not None:
             threading.Thread(target=state.load, args=(factory,), name="expertkit-load", daemon=True).start()
+        watcher = asyncio.ensure_future(state.models.watch()) if state.models is not None else None
         yield
+        if watcher is not None:
+            watcher.cancel()
         if state.engine is not None:
             await state.engine.close()
         if state.conversations is not None:
@@ -68,7 +78,9 @@ def build_app(engine: EngineSource, config: ServeConfig | None = None) -> FastAP
     app.include_router(feedback_router(state.conversations), dependencies=keyed)
     app.include_router(ollama_router(state), dependencies=keyed)
     app.include_router(plain_router(state), dependencies=keyed)
+    app.include_router(admin_router(state), dependencies=keyed)
     app.add_middleware(KeepAlive, interval=config.keepalive_s)
+    app.add_middleware(ReleaseLeases)
     app.add_middleware(
         Guard,
         max_request_bytes=config.max_request_bytes,
@@ -93,7 +105,10 @@ def health_router(state: ServerState) -> APIRouter:
     @router.get("/health")
     async def health() -> Response:
         if state.engine is not None:
-            return JSONResponse({"status": "ok"})
+            body = {"status": "ok"}
+            if state.models is not None:  # a refused reload's error shows here while the old mapping serves
+                body["models_file"] = state.models.health()
+            return JSONResponse(body)
         if state.load_error is not None:
             return JSONResponse({"status": "error", "message": str(state.load_error)}, status_code=503)
         return JSONResponse({"status": "loading"}, status_code=503, headers=RETRY)
@@ -119,7 +134,7 @@ def plain_router(state: ServerState) -> APIRouter:
         model: str | None = None,
     ) -> dict:
         engine = state.ready_engine()
-        name = await pick_model(engine, model)
+        name = (await state.route(request, model)).key
         messages = [{"role": "user", "content": prompt}]
         params = SamplingParams(temperature=temperature, max_tokens=max_tokens or state.config.max_new_tokens)
         params.max_tokens = check_context(engine, name, params.max_tokens, messages=messages, asked=bool(max_tokens))

@@ -19,12 +19,26 @@ def key_from_headers(headers) -> str | None:
 
 
 def key_is_accepted(given: str | None, accepted: list[str]) -> bool:
+    return key_index(given, accepted) is not None
+
+
+def key_index(given: str | None, accepted: list[str]) -> int | None:
+    """Which accepted key (0-based) `given` is, or None."""
     if given is None:
-        return False
+        return None
     given_bytes = given.encode("utf-8", "surrogatepass")
     # compare against every key, without stopping early, so the time taken says nothing about which matched
     matches = [hmac.compare_digest(given_bytes, k.encode("utf-8")) for k in accepted]
-    return any(matches)
+    return matches.index(True) if any(matches) else None
+
+
+KEY_INDEX = "expertkit.api_key_index"  # the ASGI scope key: which API key a request gave (1-based), never the key
+
+
+def key_rater(scope) -> str | None:
+    """A rater name for a request's API key, `api_key#N` (its place among the accepted keys); None: no key."""
+    index = scope.get(KEY_INDEX)
+    return f"api_key#{index}" if index else None
 
 
 def build_key_check(accepted: list[str]):
@@ -35,7 +49,10 @@ def build_key_check(accepted: list[str]):
         if not accepted:
             return
         given = key_from_headers(request.headers)
-        if not key_is_accepted(given, accepted):
+        index = key_index(given, accepted)
+        if index is not None:
+            request.scope[KEY_INDEX] = index + 1
+        else:
             what = "no API key given" if given is None else "the API key is not accepted"
             raise APIError(
                 401,

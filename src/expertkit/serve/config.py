@@ -6,7 +6,7 @@ import ipaddress
 import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from expertkit.core.config import split_list
 from expertkit.core.errors import ConfigError
@@ -59,7 +59,8 @@ class ServeConfig(WebConfig, EngineConfig):
     apply. Off: such requests get 400."""
 
     store_conversations: bool = False
-    """Record every chat completion on /v1 (the request's messages, the answer, model, sampling, sources, when) in
+    """Record every answer of /v1/chat/completions, /v1/completions and Ollama's /api/chat and /api/generate (the
+    request's messages, the answer, model, the alias asked for and the arm that answered, sampling, sources, when) in
     the feedback store, and accept thumbs up / down and edited answers for them at `POST /v1/feedback`. Off by
     default: conversations hold what users typed; turn it on only where they know it is kept."""
 
@@ -69,6 +70,33 @@ class ServeConfig(WebConfig, EngineConfig):
 
     max_request_bytes: int = Field(1_048_576, ge=1024)
     """Largest request body accepted, in bytes (1 MiB); larger bodies get 413."""
+
+    models: str | None = None
+    """A models file (YAML: served names, aliases, weighted A/B arms; see docs/serve.md) to serve instead of
+    model_name_or_path / adapter_name_or_path. Reloaded without a restart when it changes, on SIGHUP, or on
+    `POST /admin/models`; a file with problems is refused and the old mapping keeps serving. engine=transformers
+    only."""
+
+    admin_key: str | None = Field(None, repr=False)
+    """The key `POST /admin/models` (reload the models file now) needs, sent as `X-Admin-Key: KEY` (besides the API
+    key, when there are API keys); unset: that route answers 403. Never logged."""
+
+    @model_validator(mode="after")
+    def _model_or_url(self) -> ServeConfig:
+        """EngineConfig's check, except that a models file names the models itself."""
+        if not self.models:
+            return EngineConfig._model_or_url(self)
+        if self.adapter_name_or_path or self.served_model_name:
+            raise ValueError(
+                "models= names the served models itself: leave out adapter_name_or_path and served_model_name "
+                "(put each adapter in the models file instead)"
+            )
+        if self.engine != "transformers":
+            raise ValueError(
+                f"models= works with engine=transformers only (not engine={self.engine}); serve the names one "
+                "server each, or leave out models="
+            )
+        return self
 
     @field_validator("api_key", "cors_origins", mode="before")
     @classmethod

@@ -1,6 +1,9 @@
-"""What the server keeps when told to (`store_conversations=true`): each chat completion on /v1 as a conversation in
-the feedback store (the web UI's file and schema), and `POST /v1/feedback`, so any client can rate an answer or say
-what it should have been:
+"""What the server keeps when told to (`store_conversations=true`): each answer of /v1/chat/completions,
+/v1/completions (the prompt as the user's turn, `"raw_prompt": true` in its options) and Ollama's /api/chat and
+/api/generate as a conversation in the feedback store (the web UI's file and schema), with the name the client asked
+for (`alias`) and the served name that answered (`arm`, an A/B arm of a models file's alias), and `POST /v1/feedback`,
+so any client can rate an answer or say what it should have been (`rater`: who rates; unset: the API key's place
+among the accepted keys, `api_key#N`):
 
     POST /v1/feedback {"completion_id": "chatcmpl-...", "rating": 1}
     POST /v1/feedback {"message_id": "3f2a...", "rating": -1, "edited_answer": "What it should have said."}
@@ -26,8 +29,10 @@ from fastapi.responses import JSONResponse
 from expertkit.core.errors import ExpertkitError
 from expertkit.core.feedback import FeedbackStore, default_feedback_db, now
 from expertkit.engine.base import Delta
+from expertkit.serve.auth import key_rater
 from expertkit.serve.config import ServeConfig
 from expertkit.serve.errors import APIError, parse_model
+from expertkit.serve.models import Route
 from expertkit.serve.protocol import FeedbackRequest
 from expertkit.serve.state import read_json
 
@@ -46,14 +51,15 @@ class ConversationLog:
         self,
         deltas: AsyncIterator[Delta],
         messages: list[dict],
-        model: str,
+        route: Route,
         completion_id: str,
         index: int,
         options: dict[str, Any],
         sources: list[dict] | None,
         grounded: dict[str, str] | None = None,
     ) -> AsyncIterator[Delta]:
-        """`deltas` passed on unchanged; the whole answer is stored before the delta that finishes it goes out.
+        """`deltas` passed on unchanged; the whole answer is stored before the delta that finishes it goes out, with
+        the served name that answered as `model` and `arm`, and the name the client asked for as `alias`.
         `grounded`: a grounded answer's system prompt and user turn as the model saw them (sources included)."""
         started = now()
         turns = [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
@@ -65,14 +71,14 @@ class ConversationLog:
                     whole.extend(d)
                     if d.finish_reason is not None:
                         await self._store(
-                            turns, whole, model, completion_id, index, options, sources, started, grounded
+                            turns, whole, route, completion_id, index, options, sources, started, grounded
                         )
                     yield d
 
         return passing()
 
     async def _store(
-        self, turns, whole: Delta, model, completion_id, index, options, sources, started, grounded=None
+        self, turns, whole: Delta, route, completion_id, index, options, sources, started, grounded=None
     ) -> None:
         try:
             await asyncio.to_thread(
@@ -80,7 +86,9 @@ class ConversationLog:
                 turns,
                 whole.text,
                 reasoning=whole.reasoning,
-                model=model,
+                model=route.arm,
+                alias=route.alias,
+                arm=route.arm,
                 options=options,
                 sources=sources,
                 completion_id=completion_id,
@@ -98,7 +106,7 @@ class ConversationLog:
 def request_options(req) -> dict[str, Any]:
     """The request's sampling settings and retrieval option, as stored beside the answer."""
     options = {k: getattr(req, k) for k in RECORDED_OPTIONS if getattr(req, k, None) is not None}
-    if req.retrieval:
+    if getattr(req, "retrieval", None):
         options["retrieval"] = req.retrieval if req.retrieval is True else req.retrieval.model_dump(exclude_none=True)
     return options
 
@@ -118,7 +126,10 @@ def feedback_router(log: ConversationLog | None) -> APIRouter:
         if req.rating is None and req.edited_answer is None:
             raise APIError(400, "give a rating (1, -1 or 0) or an edited_answer", param="rating", code="invalid_value")
         message_id = await asyncio.to_thread(target_message, log.store, req)
-        row = await asyncio.to_thread(log.store.record_feedback, message_id, req.rating, req.edited_answer, req.comment)
+        rater = req.rater or key_rater(request.scope)
+        row = await asyncio.to_thread(
+            log.store.record_feedback, message_id, req.rating, req.edited_answer, req.comment, rater=rater
+        )
         state = await asyncio.to_thread(log.store.feedback, message_id)
         return JSONResponse(
             {
@@ -128,6 +139,7 @@ def feedback_router(log: ConversationLog | None) -> APIRouter:
                 "rating": state["rating"],
                 "edited_answer": state["edited_content"],
                 "comment": state["comment"],
+                "rater": state["rater"],
             }
         )
 

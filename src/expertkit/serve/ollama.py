@@ -28,9 +28,10 @@ from pydantic import Field
 
 from expertkit.engine.base import Delta, Engine, SamplingParams
 from expertkit.serve.errors import APIError, parse_model
+from expertkit.serve.models import Route
 from expertkit.serve.openai_routes import SSEResponse, embed, text_engine
-from expertkit.serve.protocol import Lenient
-from expertkit.serve.state import ServerState, check_context, context_length, model_names, pick_model, read_json
+from expertkit.serve.protocol import Lenient, completion_id
+from expertkit.serve.state import ServerState, check_context, context_length, read_json
 from expertkit.serve.stream import finish_reason, run_whole, within_deadline
 
 OLLAMA_API_VERSION = "0.9.0"  # the Ollama release whose API this mirrors (clients compare it for features)
@@ -102,50 +103,51 @@ def ollama_router(state: ServerState) -> APIRouter:
     @router.get("/api/tags")
     async def tags() -> dict:
         engine = state.ready_engine()
-        return {"models": [model_entry(engine, name) for name in await model_names(engine)]}
+        return {"models": [model_entry(engine, name, state.key_of(name)) for name in await state.listed_names()]}
 
     @router.post("/api/show")
     async def show(request: Request) -> dict:
         req = parse_model(OllamaShowRequest, await read_json(request))
         engine = state.ready_engine()
-        return show_body(engine, await pick_model(engine, req.model or req.name))
+        route = await state.route(request, req.model or req.name)
+        return show_body(engine, route.key, route.shown)
 
     @router.post("/api/chat")
     async def chat(request: Request) -> Response:
         req = parse_model(OllamaChatRequest, await read_json(request))
         state.log_unknown_fields(req)
         engine = state.ready_engine()
-        model = await pick_model(engine, req.model)
+        route = await state.route(request, req.model, ollama_user(req))
         if not req.messages:  # Ollama's way to load a model: an answer with nothing in it
-            return JSONResponse({**header(model), "message": {"role": "assistant", "content": ""}, **loaded()})
+            return JSONResponse({**header(route.shown), "message": {"role": "assistant", "content": ""}, **loaded()})
         messages = chat_messages(req.messages)
-        return await answer(state, request, req, engine, model, "chat", messages=messages)
+        return await answer(state, request, req, engine, route, "chat", messages=messages)
 
     @router.post("/api/generate")
     async def generate(request: Request) -> Response:
         req = parse_model(OllamaGenerateRequest, await read_json(request))
         state.log_unknown_fields(req)
         engine = state.ready_engine()
-        model = await pick_model(engine, req.model)
+        route = await state.route(request, req.model, ollama_user(req))
         if req.images:
             raise APIError(400, "images are not supported: this is a text model", param="images")
         if not req.prompt:
-            return JSONResponse({**header(model), "response": "", **loaded()})
+            return JSONResponse({**header(route.shown), "response": "", **loaded()})
         if req.raw:
-            return await answer(state, request, req, text_engine(engine), model, "generate", prompt=req.prompt)
+            return await answer(state, request, req, text_engine(engine), route, "generate", prompt=req.prompt)
         messages = ([{"role": "system", "content": req.system}] if req.system else []) + [
             {"role": "user", "content": req.prompt}
         ]
-        return await answer(state, request, req, engine, model, "generate", messages=messages)
+        return await answer(state, request, req, engine, route, "generate", messages=messages)
 
     @router.post("/api/embed")
     async def embed_route(request: Request) -> dict:
         req = parse_model(OllamaEmbedRequest, await read_json(request))
-        model = await pick_model(state.ready_engine(), req.model)
+        route = await state.route(request, req.model, ollama_user(req))
         started = time.monotonic_ns()
-        vectors, tokens = await embed(state, [req.input] if isinstance(req.input, str) else req.input, model)
+        vectors, tokens = await embed(state, [req.input] if isinstance(req.input, str) else req.input, route.key)
         duration = time.monotonic_ns() - started
-        return {"model": model, "embeddings": vectors, "total_duration": duration, "prompt_eval_count": tokens}
+        return {"model": route.shown, "embeddings": vectors, "total_duration": duration, "prompt_eval_count": tokens}
 
     return router
 
@@ -195,14 +197,28 @@ def response_format(format: str | dict | None) -> dict | None:
     raise APIError(400, f"format '{format[:50]}' is not supported: give \"json\" or a JSON schema object")
 
 
-async def answer(state: ServerState, request, req, engine: Engine, model: str, kind: str, **prompt) -> Response:
-    """One /api/chat or /api/generate answer: NDJSON lines (stream, Ollama's default) or one JSON object."""
+def ollama_user(req) -> str | None:
+    """A `user` an Ollama request may carry (not Ollama's own field): it keeps the user on one A/B arm."""
+    user = (req.model_extra or {}).get("user")
+    return user if isinstance(user, str) else None
+
+
+async def answer(state: ServerState, request, req, engine: Engine, route: Route, kind: str, **prompt) -> Response:
+    """One /api/chat or /api/generate answer: NDJSON lines (stream, Ollama's default) or one JSON object; recorded
+    with store_conversations."""
     params = sampling_params(req.options, state.config.max_new_tokens, req.format)
     asked = bool(req.options and req.options.num_predict and req.options.num_predict > 0)
-    params.max_tokens = check_context(engine, model, params.max_tokens, asked=asked, **prompt)
+    params.max_tokens = check_context(engine, route.key, params.max_tokens, asked=asked, **prompt)
     state.admit()
     timer = Timer()
-    deltas = timer.watch(state.generate(engine, params, model, **prompt))
+    deltas = state.generate(engine, params, route.key, **prompt)
+    if state.conversations is not None:
+        options = req.options.model_dump(exclude_none=True) if req.options else {}
+        turns = prompt.get("messages") or [{"role": "user", "content": prompt.get("prompt", "")}]
+        options = options if "messages" in prompt else {**options, "raw_prompt": True}
+        deltas = state.conversations.recorded(deltas, turns, route, completion_id("ollama"), 0, options, None)
+    deltas = timer.watch(deltas)
+    model = route.shown
     deadline = time.monotonic() + state.config.request_timeout
     if req.stream:
         lines = ndjson_lines(deltas, kind, model, deadline, timer, state)
@@ -293,7 +309,8 @@ def model_details(engine: Engine, name: str) -> dict:
     }
 
 
-def model_entry(engine: Engine, name: str) -> dict:
+def model_entry(engine: Engine, name: str, key: str | None = None) -> dict:
+    """/api/tags' entry for `name` (`key`: the engine's name for what it serves, when it differs: an alias)."""
     now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
     return {
         "name": name,
@@ -301,11 +318,11 @@ def model_entry(engine: Engine, name: str) -> dict:
         "modified_at": now,
         "size": 0,
         "digest": "",
-        "details": model_details(engine, name),
+        "details": model_details(engine, key or name),
     }
 
 
-def show_body(engine: Engine, name: str) -> dict:
+def show_body(engine: Engine, name: str, shown: str | None = None) -> dict:
     config = model_config(engine, name)
     family = getattr(config, "model_type", None) or "unknown"
     info: dict = {"general.architecture": family}
@@ -318,7 +335,7 @@ def show_body(engine: Engine, name: str) -> dict:
     template = getattr(getattr(served, "tokenizer", None), "chat_template", None)
     capabilities = ["completion"] + (["embedding"] if config is not None else [])
     return {
-        "modelfile": f"# served by expertkit: {name}\n",
+        "modelfile": f"# served by expertkit: {shown or name}\n",
         "parameters": "",
         "template": template if isinstance(template, str) else "",
         "details": model_details(engine, name),

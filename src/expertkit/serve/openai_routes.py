@@ -24,7 +24,7 @@ from expertkit.serve.protocol import (
     SamplingRequest,
     completion_id,
 )
-from expertkit.serve.state import ServerState, check_context, context_length, model_names, pick_model, read_json
+from expertkit.serve.state import ServerState, check_context, context_length, read_json
 from expertkit.serve.stream import (
     chat_chunks,
     chat_completion_body,
@@ -40,7 +40,7 @@ def v1_router(state: ServerState) -> APIRouter:
 
     @router.get("/models")
     async def list_models() -> dict:
-        names = await model_names(state.ready_engine())
+        names = await state.listed_names()
         return ModelList(data=[ModelCard(id=n) for n in names]).model_dump()
 
     @router.post("/chat/completions")
@@ -48,7 +48,8 @@ def v1_router(state: ServerState) -> APIRouter:
         req = parse_model(ChatCompletionRequest, await read_json(request))
         state.log_unknown_fields(req)
         engine = state.ready_engine()
-        model = await pick_model(engine, req.model)
+        route = await state.route(request, req.model, req.user)
+        model = route.key
         messages = asked = engine_messages(req)
         sources = grounded = None
         if req.retrieval:
@@ -87,20 +88,22 @@ def v1_router(state: ServerState) -> APIRouter:
         if state.conversations is not None:  # store_conversations: the question as asked, not the grounded prompt
             options = request_options(req)
             streams = [
-                state.conversations.recorded(s, asked, model, cid, i, options, sources, grounded)
+                state.conversations.recorded(s, asked, route, cid, i, options, sources, grounded)
                 for i, s in enumerate(streams)
             ]
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             chunks = chat_chunks(
-                streams, cid, model, include_usage, deadline, state.metrics, tools=parse, sources=sources
+                streams, cid, route.shown, include_usage, deadline, state.metrics, tools=parse, sources=sources
             )
             return SSEResponse(chunks, on_close=state.release)
         try:
             outs = await run_all(streams, deadline, request)
         finally:
             state.release()
-        return JSONResponse(chat_completion_body(outs, cid, int(time.time()), model, tools=parse, sources=sources))
+        return JSONResponse(
+            chat_completion_body(outs, cid, int(time.time()), route.shown, tools=parse, sources=sources)
+        )
 
     @router.post("/completions")
     async def completions(request: Request) -> Response:
@@ -108,7 +111,8 @@ def v1_router(state: ServerState) -> APIRouter:
         state.log_unknown_fields(req)
         prompts = completion_prompts(req)
         engine = text_engine(state.ready_engine())
-        model = await pick_model(engine, req.model)
+        route = await state.route(request, req.model, req.user)
+        model = route.key
         params = sampling_params(req, state.config.max_new_tokens, max_n=MAX_N)
         check_choices(len(prompts), req.n)
         params.logprobs, params.top_logprobs = req.logprobs is not None, req.logprobs or 0
@@ -123,23 +127,29 @@ def v1_router(state: ServerState) -> APIRouter:
             for j in range(req.n)
         ]
         echoes = [prompt if req.echo else "" for prompt in prompts for _ in range(req.n)]
+        if state.conversations is not None:  # store_conversations: each prompt as the user turn, marked raw
+            options = {**request_options(req), "raw_prompt": True}
+            asked = [[{"role": "user", "content": prompt}] for prompt in prompts for _ in range(req.n)]
+            streams = [
+                state.conversations.recorded(s, asked[i], route, cid, i, options, None) for i, s in enumerate(streams)
+            ]
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            chunks = completion_chunks(streams, cid, model, include_usage, deadline, state.metrics, echoes, req.n)
+            chunks = completion_chunks(streams, cid, route.shown, include_usage, deadline, state.metrics, echoes, req.n)
             return SSEResponse(chunks, on_close=state.release)
         try:
             outs = await run_all(streams, deadline, request)
         finally:
             state.release()
-        return JSONResponse(text_completion_body(echoes, outs, cid, int(time.time()), model, req.n))
+        return JSONResponse(text_completion_body(echoes, outs, cid, int(time.time()), route.shown, req.n))
 
     @router.post("/embeddings")
     async def embeddings(request: Request) -> Response:
         req = parse_model(EmbeddingRequest, await read_json(request))
         state.log_unknown_fields(req)
         texts = [req.input] if isinstance(req.input, str) else req.input
-        model = await pick_model(state.ready_engine(), req.model)
-        vectors, tokens = await embed(state, texts, model)
+        route = await state.route(request, req.model, req.user)
+        vectors, tokens = await embed(state, texts, route.key)
         if req.dimensions is not None and req.dimensions != len(vectors[0]):
             raise APIError(
                 400,
@@ -150,7 +160,7 @@ def v1_router(state: ServerState) -> APIRouter:
         encode = base64_floats if req.encoding_format == "base64" else (lambda v: v)
         data = [{"object": "embedding", "embedding": encode(v), "index": i} for i, v in enumerate(vectors)]
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-        return JSONResponse({"object": "list", "data": data, "model": model, "usage": usage})
+        return JSONResponse({"object": "list", "data": data, "model": route.shown, "usage": usage})
 
     return router
 

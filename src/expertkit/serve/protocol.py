@@ -108,6 +108,7 @@ class FeedbackRequest(BaseModel):
     rating: Literal[-1, 0, 1] | None = None
     edited_answer: str | None = Field(None, min_length=1)
     comment: str | None = None
+    rater: str | None = Field(None, min_length=1, max_length=200)  # who rates (else the API key's place: api_key#N)
 
 
 class CompletionRequest(SamplingRequest):

@@ -25,11 +25,12 @@ def run(config: ServeConfig) -> None:
     uvicorn = import_optional("uvicorn", "uvicorn", "serve")
     from expertkit.engine.base import load_engine
     from expertkit.serve.app import build_app
+    from expertkit.serve.models import watch_sighup
 
     keys = config.accepted_keys()  # a missing api_key_file fails here, before anything loads
     if not keys and not config.loopback:
         logger.warning("serving on %s without an API key: anyone who can reach this port can use it", config.host)
-    app = build_app(lambda: load_engine(config), config)
+    app = build_app(None if config.models else (lambda: load_engine(config)), config)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -40,10 +41,16 @@ def run(config: ServeConfig) -> None:
         )
     )
     state = app.state.server
-    print(f"loading {config.adapter_name_or_path or config.model_name_or_path or config.base_url} ...", flush=True)
+    what = config.models or config.adapter_name_or_path or config.model_name_or_path or config.base_url
+    print(f"loading {what} ...", flush=True)
     threading.Thread(target=announce, args=(server, state, config, bool(keys)), daemon=True).start()
-    with signals_end_quietly():
-        server.run()
+    saved = watch_sighup(state.models) if state.models is not None else None
+    try:
+        with signals_end_quietly():
+            server.run()
+    finally:
+        if saved is not None:
+            signal.signal(signal.SIGHUP, saved)
     if state.load_error is not None:
         raise ExpertkitError(f"the model could not be loaded: {state.load_error}") from state.load_error
     print("server stopped", flush=True)
@@ -55,7 +62,11 @@ def announce(server, state, config: ServeConfig, with_key: bool) -> None:
     if state.load_error is not None:
         server.should_exit = True
         return
-    names = ", ".join(state.engine.model_names()) or "(the remote's models)"
+    if state.models is not None:
+        names = ", ".join(state.models.mapping.listed())
+        print(f"models file {state.models.path}: reloaded when it changes, on SIGHUP or POST /admin/models", flush=True)
+    else:
+        names = ", ".join(state.engine.model_names()) or "(the remote's models)"
     key_note = "  (send Authorization: Bearer KEY)" if with_key else ""
     print(f"serving {names} at {config.url}{key_note}", file=sys.stdout, flush=True)
     print("OpenAI /v1 (chat, completions, embeddings), Ollama /api, /metrics; Ctrl-C to stop", flush=True)

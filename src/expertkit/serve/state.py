@@ -14,6 +14,7 @@ from expertkit.serve.config import ServeConfig
 from expertkit.serve.errors import APIError
 from expertkit.serve.grounding import Grounding
 from expertkit.serve.metrics import Metrics
+from expertkit.serve.models import Route, ServedModels, sticky_key
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class ServerState:
         self.embed_lock = asyncio.Lock()
         self.grounding = Grounding(config)
         self.conversations = None  # the feedback store, with store_conversations
+        self.models = ServedModels(config.models, config) if config.models else None  # with models=FILE
         if config.store_conversations:
             from expertkit.serve.conversations import ConversationLog  # it reads request bodies with read_json below
 
@@ -56,6 +58,30 @@ class ServerState:
         if self.load_error is not None:
             raise APIError(503, f"the model failed to load: {self.load_error}", code="model_load_failed")
         raise APIError(503, "the model is still loading; retry shortly", code="model_loading", headers=RETRY)
+
+    async def route(self, request, asked: str | None, user: str | None = None) -> Route:
+        """Where a request for `asked` goes (a 404 for a name not served). With a models file: an alias's A/B arm
+        (sticky by `user`, the API key or the sticky header), leased until the response ends so a reload does not
+        take it away mid-answer."""
+        engine = self.ready_engine()
+        if self.models is None:
+            name = await pick_model(engine, asked)
+            return Route(key=name, shown=name, alias=name if asked else None, arm=name)
+        route = self.models.route(asked, sticky_key(request, user, self.models.mapping.sticky_header))
+        self.models.acquire(route.key, request.scope)
+        return route
+
+    async def listed_names(self) -> list[str]:
+        """What /v1/models and /api/tags list: the served names, then a models file's aliases."""
+        engine = self.ready_engine()
+        return self.models.mapping.listed() if self.models is not None else await model_names(engine)
+
+    def key_of(self, name: str) -> str:
+        """The engine's key for a listed name (an alias: its first arm)."""
+        if self.models is None:
+            return name
+        m = self.models.mapping
+        return m.keys[next(iter(m.aliases[name]))] if name in m.aliases else m.keys[name]
 
     def admit(self) -> None:
         """Count the request in, or refuse it when max_queue requests already wait beyond max_concurrency."""
