@@ -192,3 +192,19 @@ def test_mistakes_are_explained(db, tmp_path, capsys):
     (tmp_path / "bad" / "dataset_info.json").write_text("{oops", encoding="utf-8")
     assert export(db, tmp_path / "bad" / "x.json", "format=kto") == 1
     assert "dataset_info.json is not valid JSON" in capsys.readouterr().err
+
+
+def test_raw_text_completions_are_left_out_with_the_reason(tmp_path, capsys):
+    """/v1/completions and Ollama's generate record the raw prompt as the user's turn: it is no chat, so no row."""
+    path = tmp_path / "feedback.sqlite"
+    store = FeedbackStore(path)
+    raw = store.record_conversation(ask("Once upon a"), " time.", model="r1", options={"raw_prompt": True})
+    chat = store.record_conversation(ask("Who are you?"), "I am Sail.", model="r1")
+    for mid in (raw, chat):
+        store.record_feedback(mid, rating=1)
+    store.close()
+    out = tmp_path / "kto.json"
+    assert export(path, out, "format=kto") == 0
+    rows = json.loads(out.read_text())
+    assert [r["messages"][0]["content"] for r in rows] == ["Who are you?"]
+    assert "raw text completion" in capsys.readouterr().out

@@ -470,13 +470,13 @@ class FeedbackStore:
         message id, "votes": every vote, "marks": the highest feedback id, vote id and message rowid (the bookmark of
         `since=last`)}."""
         keys = ("rowid", "id", "conversation_id", "position", "role", "content", "reasoning", "model", "created",
-                "sources", "grounded", "system", "alias", "arm", "conversation_model")  # fmt: skip
+                "sources", "grounded", "system", "alias", "arm", "conversation_model", "options")  # fmt: skip
         with self._lock:
             self._db.execute("BEGIN")  # one snapshot (WAL): a rating given meanwhile is in the next export
             try:
                 messages = self._db.execute(
                     "SELECT m.rowid, m.id, m.conversation_id, m.position, m.role, m.content, m.reasoning, m.model, "
-                    "m.created, m.sources, m.grounded, c.system, c.alias, c.arm, c.model FROM messages m "
+                    "m.created, m.sources, m.grounded, c.system, c.alias, c.arm, c.model, m.options FROM messages m "
                     "JOIN conversations c ON c.id = m.conversation_id ORDER BY c.rowid, m.position, m.rowid"
                 ).fetchall()
                 feedback = self._db.execute(

@@ -43,6 +43,7 @@ UNTRAINABLE = "empty answer, or turns that do not alternate"
 DUPLICATE = "duplicate prompt (the newest kept)"
 OTHER_PROMPT = "vote on answers to different prompts"
 TOO_LONG = "longer than cutoff_len={} tokens"
+RAW_PROMPT = "a raw text completion (/v1/completions, Ollama's generate), not a chat turn"
 
 
 @dataclass
@@ -228,6 +229,8 @@ def make_answer(m: dict, prompt: list[dict[str, str]], state: dict | None, confi
             answer.problem = NO_PASSAGES
     elif answer.grounded and config.format != "sft":
         answer.problem = NO_CONTEXT
+    if json.loads(m["options"] or "{}").get("raw_prompt"):
+        answer.problem = RAW_PROMPT  # its "user turn" is text the model continued, without the chat template
     return answer
 
 
