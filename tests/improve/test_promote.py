@@ -1,0 +1,108 @@
+"""`expertkit promote`: the gate through a real `expertkit eval` process on the tiny model. The identity adapter
+(taught the eval set's answers) beats an untrained adapter (the base's answers) and is promoted; the other way round
+it is refused with the threshold and the margin; canary adds an arm; rollback restores; another base is refused."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+from gate_setup import read_log, untrained_adapter, write_eval, write_models
+
+from expertkit.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def worse(tiny_model, tmp_path_factory):
+    return untrained_adapter(tiny_model, tmp_path_factory.mktemp("worse") / "round0")
+
+
+@pytest.fixture(scope="module")
+def better(identity_adapter):
+    return identity_adapter[1].output_dir
+
+
+@pytest.fixture(scope="module")
+def gate_eval(tmp_path_factory):
+    """One eval folder for the module: a second gate with the same two models resumes its answers."""
+    folder = tmp_path_factory.mktemp("gate")
+    return write_eval(folder), folder / "out"
+
+
+def promote(models, candidate, gate_eval, *keys):
+    path, out = gate_eval
+    return main(["promote", f"candidate={candidate}", "alias=expert", f"models={models}", f"eval={path}",
+                 f"output_dir={out}", "metrics=rouge-l,contains", *keys])  # fmt: skip
+
+
+def test_a_better_candidate_is_promoted_logged_and_rolled_back(tmp_path, tiny_model, worse, better, gate_eval, capsys):
+    models = write_models(tmp_path / "models.yaml", tiny_model, worse)
+    assert promote(models, better, gate_eval) == 0
+    err = capsys.readouterr().err
+    assert "promoted: expert -> run" in err
+    served = yaml.safe_load(models.read_text())
+    assert served["aliases"] == {"expert": "run"}
+    assert served["models"]["run"] == {"adapter_name_or_path": str(better)}  # the file's base, not repeated
+    [entry] = read_log(models)
+    assert entry["decision"] == "promoted" and entry["user"] and entry["time"]
+    assert entry["previous_aliases"] == {"expert": "round0"} and entry["new_aliases"] == {"expert": "run"}
+    rouge = entry["scores"]["rouge-l"]
+    assert rouge["candidate"] > rouge["served"] + 30 and rouge["ok"]
+    assert "probe" in entry["scores"] and entry["thresholds"]["max_forgetting_drop"] == 5.0
+    assert entry["report"].endswith("report.html")
+
+    assert main(["promote", "--rollback", "alias=expert", f"models={models}"]) == 0
+    assert yaml.safe_load(models.read_text())["aliases"] == {"expert": "round0"}
+    assert read_log(models)[-1]["decision"] == "rolled_back"
+    assert main(["promote", "--rollback", "alias=expert", f"models={models}"]) == 1
+    assert "nothing to roll back" in capsys.readouterr().err
+
+
+def test_a_worse_candidate_is_refused_with_the_threshold_and_margin(tmp_path, tiny_model, worse, better, capsys):
+    models = write_models(tmp_path / "models.yaml", tiny_model, better, name="sail")
+    before = models.read_bytes()
+    eval_yaml = write_eval(tmp_path)
+    code = main(["promote", f"candidate={worse}", "alias=expert", f"models={models}", f"eval={eval_yaml}",
+                 f"output_dir={tmp_path / 'gate'}", "metrics=rouge-l", "max_forgetting_drop=null"])  # fmt: skip
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "refused: 'round0' stays out of 'expert'" in err
+    assert "rouge-l is worse by" in err and "tolerance 0" in err
+    assert models.read_bytes() == before
+    [entry] = read_log(models)
+    assert entry["decision"] == "refused" and entry["failed"][0].startswith("rouge-l is worse by")
+    assert entry["new_aliases"] == entry["previous_aliases"] == {"expert": "sail"}
+
+
+def test_canary_adds_an_arm_and_scales_the_others(tmp_path, tiny_model, worse, better, gate_eval, capsys):
+    models = write_models(tmp_path / "models.yaml", tiny_model, worse)
+    assert promote(models, better, gate_eval, "canary=0.1") == 0
+    assert yaml.safe_load(models.read_text())["aliases"] == {"expert": {"round0": 0.9, "run": 0.1}}
+    assert read_log(models)[-1]["decision"] == "canary"
+    assert main(["promote", "--rollback", "alias=expert", f"models={models}"]) == 0
+    assert yaml.safe_load(models.read_text())["aliases"] == {"expert": "round0"}
+
+
+def test_a_candidate_on_another_base_is_refused(tmp_path, tiny_model, worse, capsys):
+    other = shutil.copytree(worse, tmp_path / "other")
+    config = other / "adapter_config.json"
+    config.write_text(config.read_text().replace(str(tiny_model), "Qwen/Qwen2.5-0.5B-Instruct"))
+    models = write_models(tmp_path / "models.yaml", tiny_model, worse)
+    before = models.read_bytes()
+    code = main(["promote", f"candidate={other}", "alias=expert", f"models={models}", f"eval={write_eval(tmp_path)}"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "trained on base 'Qwen/Qwen2.5-0.5B-Instruct'" in err and f"on base '{tiny_model}'" in err
+    assert "Traceback" not in err and models.read_bytes() == before
+
+
+def test_bad_input_is_named(tmp_path, tiny_model, worse, capsys):
+    models = write_models(tmp_path / "models.yaml", tiny_model, worse)
+    assert main(["promote", "alias=expert", f"models={models}"]) == 1
+    assert "promote needs candidate and eval" in capsys.readouterr().err
+    code = main(["promote", f"candidate={worse}", "alias=nope", f"models={models}", f"eval={write_eval(tmp_path)}"])
+    assert code == 1
+    assert "has no alias 'nope'" in capsys.readouterr().err
+    assert main(["promote", f"candidate={worse}", "alias=expert", f"models={models}", "eval=e.yaml", "metrics=f1"]) == 1
+    assert "unknown gate metric(s) f1" in capsys.readouterr().err
