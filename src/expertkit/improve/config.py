@@ -130,9 +130,10 @@ Stage = Literal["sft", "dpo", "kto"]
 
 
 class ImproveConfig(GateConfig):
-    round_dir: str
-    """The round's folder: round.json (the state, written after each step), the exported feedback, the training
-    runs and the gate's eval. Run the same command again to continue a round that was stopped."""
+    rounds_dir: str
+    """Where the rounds go, one numbered folder each (round-001, round-002 ...) holding round.json (the state,
+    written after each step), the exported feedback, the training runs and the gate's eval. Running the command
+    again continues the last round when it was stopped, else starts the next: one line in a crontab."""
 
     stages: list[Stage] = Field(default_factory=lambda: ["sft"])
     """Training stages in order (comma list of sft, dpo, kto), each on feedback exported in its format and on top
