@@ -106,3 +106,30 @@ def test_bad_input_is_named(tmp_path, tiny_model, worse, capsys):
     assert "has no alias 'nope'" in capsys.readouterr().err
     assert main(["promote", f"candidate={worse}", "alias=expert", f"models={models}", "eval=e.yaml", "metrics=f1"]) == 1
     assert "unknown gate metric(s) f1" in capsys.readouterr().err
+
+
+def test_the_checks_direction_tolerance_probe_and_win_rate():
+    """promote.check on an eval summary: lower is better for eval_loss; per-metric tolerance; the probe's drop; the
+    judge's pairwise win rate with ties counting half (each failure says by how much)."""
+    from expertkit.core.config import load_config
+    from expertkit.improve.config import PromoteConfig
+    from expertkit.improve.promote import check
+
+    summary = {
+        "candidates": {
+            "old": {"metrics": {"rouge-l": 40.0, "eval_loss": 1.0}, "probe": {"overall": 60.0}},
+            "new": {"metrics": {"rouge-l": 39.5, "eval_loss": 1.2}, "probe": {"overall": 50.0}},
+        },
+        "pairwise": [{"a": "new", "b": "old", "win": 1, "tie": 2, "loss": 3}],
+    }
+    keys = {"candidate": "c", "alias": "a", "models": "m", "eval": "e", "metrics": "rouge-l,eval_loss"}
+    config = load_config(PromoteConfig, None, {**keys, "tolerance": {"rouge-l": 1.0}, "min_win_rate": 0.4})
+    scores, failed = check(config, summary, "old", "new")
+    assert scores["rouge-l"]["ok"] and not scores["eval_loss"]["ok"]  # 0.5 worse within 1.0; loss rose by 0.2
+    assert failed[0] == "eval_loss is worse by 0.2 (1 -> 1.2; tolerance 0)"
+    assert failed[1] == "the forgetting probe dropped 10 points (60 -> 50; max_forgetting_drop 5)"
+    assert scores["win_rate"]["rate"] == round(2 / 6, 4)  # (1 win + 2 ties / 2) of 6
+    assert failed[2].startswith("the judge's win rate 0.333 is 0.067 short of min_win_rate 0.4")
+    lenient = load_config(PromoteConfig, None, {**keys, "tolerance": 0.5, "max_forgetting_drop": 10,
+                                                "min_win_rate": 0.3})  # fmt: skip
+    assert check(lenient, summary, "old", "new")[1] == []
