@@ -133,3 +133,26 @@ def test_the_checks_direction_tolerance_probe_and_win_rate():
     lenient = load_config(PromoteConfig, None, {**keys, "tolerance": 0.5, "max_forgetting_drop": 10,
                                                 "min_win_rate": 0.3})  # fmt: skip
     assert check(lenient, summary, "old", "new")[1] == []
+
+
+def test_with_a_judge_the_win_rate_must_reach_min_win_rate(tmp_path, tiny_model, worse, better, capsys):
+    """A live judge (tests/evaluate/judge_server.py, on 127.0.0.1) prefers the answer holding the reference: the
+    served identity adapter wins every pair, so the untrained candidate is refused on the win rate alone."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluate"))
+    from judge_server import MODEL, judge_server
+
+    models = write_models(tmp_path / "models.yaml", tiny_model, better, name="sail")
+    with judge_server() as (_, url):
+        eval_yaml = write_eval(tmp_path, judge_base_url=url, judge_model=MODEL)
+        code = main(["promote", f"candidate={worse}", "alias=expert", f"models={models}", f"eval={eval_yaml}",
+                     f"output_dir={tmp_path / 'gate'}", "metrics=rouge-l", "tolerance=100",
+                     "max_forgetting_drop=null"])  # fmt: skip
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "the judge's win rate 0.000 is 0.500 short of min_win_rate 0.5 (win 0 / tie 0 / loss 3)" in err
+    [entry] = read_log(models)
+    assert entry["scores"]["win_rate"] == {"win": 0, "tie": 0, "loss": 3, "rate": 0.0, "ok": False}
+    assert entry["scores"]["rouge-l"]["ok"]  # refused on the judge alone

@@ -15,6 +15,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -74,13 +76,14 @@ def run(config: PromoteConfig, out: TextIO | None = None, round_info: dict | Non
     say(out, format_scores(scores))
     decision = "refused" if failed else ("canary" if config.canary else "promoted")
     result = PromoteResult(decision, config.alias, candidate.name, failed, report, scores)
-    raw = read_raw(models_path)
-    previous = dict(raw.aliases)
-    if not failed:
-        raw = promoted(raw, config.alias, candidate, config.canary, models_path)
-        check_and_write(models_path, raw)
-    log_decision(models_path, result, config, str(Path(config.candidate).resolve()), served.name, previous,
-                 dict(raw.aliases), round_info)  # fmt: skip
+    with locked(models_path):
+        raw = read_raw(models_path)
+        previous = dict(raw.aliases)
+        if not failed:
+            raw = promoted(raw, config.alias, candidate, config.canary, models_path)
+            check_and_write(models_path, raw)
+        log_decision(models_path, result, config, str(Path(config.candidate).resolve()), served.name, previous,
+                     dict(raw.aliases), round_info)  # fmt: skip
     say(out, decision_line(result, models_path, raw))
     return result
 
@@ -330,6 +333,22 @@ def check_and_write(models_path: Path, raw: ModelsFile) -> None:
     write_models_file(models_path, raw)
 
 
+@contextmanager
+def locked(models_path: Path) -> Iterator[None]:
+    """One change of a models file and its log at a time (a web UI button and a cron round may overlap)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(str(models_path) + ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def log_path(models_path: Path) -> Path:
     return Path(str(models_path) + LOG_SUFFIX)
 
@@ -384,6 +403,11 @@ def read_log(models_path: Path) -> list[dict]:
 def rollback(config: PromoteConfig, out: TextIO) -> PromoteResult:
     """Restore the alias's mapping from before its last promotion that was not rolled back yet."""
     models_path = Path(config.models)
+    with locked(models_path):
+        return rollback_locked(config, models_path, out)
+
+
+def rollback_locked(config: PromoteConfig, models_path: Path, out: TextIO) -> PromoteResult:
     load_models_file(models_path)  # the file must be sound before it is changed
     stack: list[dict] = []
     for row in read_log(models_path):
