@@ -53,10 +53,10 @@ class RoundResult:
 
 def run(config: ImproveConfig, out: TextIO | None = None) -> RoundResult:
     out = out or sys.stderr
+    models = load_models_file(config.models)  # before any folder is made: a wrong file is only an error
+    served = promote.served_side(models, config.alias, Path(config.models))
     folder = current_round(Path(config.rounds_dir))
     state = read_state(folder)
-    models = load_models_file(config.models)
-    served = promote.served_side(models, config.alias, Path(config.models))
     if "since" not in state:  # fixed when the round starts, so a continued round exports the same span
         state.update(round=folder.name, started=now(), since=resolve_since(config), steps={})
         save_state(folder, state)
