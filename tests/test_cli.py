@@ -104,7 +104,9 @@ def test_config_keys_lists_documented_fields(capsys):
     assert "lora_rank = 8" in out and "LoRA rank r" in out
 
 
-@pytest.mark.parametrize("stage", ["train", "export", "chat", "serve", "kb", "ask", "eval", "webui"])
+@pytest.mark.parametrize(
+    "stage", ["train", "export", "chat", "serve", "kb", "ask", "eval", "webui", "promote", "improve"]
+)
 def test_reference_docs_are_up_to_date(capsys, stage):
     from pathlib import Path
 

@@ -74,9 +74,11 @@ def test_eval_without_validation_split_is_explained():
 def test_every_shipped_yaml_loads():
     from expertkit.evaluate.config import EvalConfig
     from expertkit.export.config import ExportConfig
+    from expertkit.improve.config import ImproveConfig
     from expertkit.serve.config import ServeConfig
 
-    stages = {"train": TrainConfig, "export": ExportConfig, "serve": ServeConfig, "eval": EvalConfig}
+    stages = {"train": TrainConfig, "export": ExportConfig, "serve": ServeConfig, "eval": EvalConfig,
+              "improve": ImproveConfig}  # fmt: skip
     files = sorted(ROOT.glob("examples/**/*.yaml")) + sorted(ROOT.glob("configs/**/*.yaml"))
     assert len(files) >= 6
     for f in files:

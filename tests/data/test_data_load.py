@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from expertkit.core.errors import DataError
+from expertkit.core.config import load_config
+from expertkit.core.errors import ConfigError, DataError
 from expertkit.core.schema import Conversation, Message
 from expertkit.data.config import DataConfig
 from expertkit.data.load import LoadedDataset, load_datasets, placeholder_warning, require_usable, split_validation
@@ -258,3 +259,38 @@ def test_multimodal_and_preference_entries_are_refused_with_what_they_are(tmp_pa
     (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "rows.jsonl", **entry}}))
     with pytest.raises(DataError, match=re.escape(says)):
         load_datasets(config(tmp_path, "d"))
+
+
+def test_mix_strategy_interleaves_as_datasets_does():
+    """LLaMA-Factory's mix_strategy / interleave_probs (datasets.interleave_datasets): the round's replay share."""
+    from expertkit.data.load import mix_items
+
+    a, b = ["a0", "a1", "a2"], ["b0"]
+    assert mix_items([a, b], "concat", None, 1) == ["a0", "a1", "a2", "b0"]
+    assert mix_items([a, b], "interleave_under", None, 1) == ["a0", "b0"]  # stops when the first part runs out
+    assert mix_items([a, b], "interleave_over", None, 1) == ["a0", "b0", "a1", "b0", "a2", "b0"]
+    new, old = [f"n{i}" for i in range(100)], [f"o{i}" for i in range(1000)]
+    mixed = mix_items([new, old], "interleave_under", [0.8, 0.2], 42)
+    assert set(new) <= set(mixed) and 0.1 < sum(x[0] == "o" for x in mixed) / len(mixed) < 0.3
+    assert mixed == mix_items([new, old], "interleave_under", [0.8, 0.2], 42)  # same seed, same rows
+    assert mixed != mix_items([new, old], "interleave_under", [0.8, 0.2], 7)
+    config = load_config(
+        DataConfig, None, {"model_name_or_path": "m", "dataset": "new,old", "mix_strategy": "interleave_under",
+                           "interleave_probs": "0.8,0.2"},
+    )  # fmt: skip
+    parts = [LoadedDataset("new", "new", "alpaca", 100, new), LoadedDataset("old", "old", "alpaca", 1000, old)]
+    assert require_usable(parts, 0.1, mix=config) == mixed
+    assert require_usable(parts, 0.1) == new + old
+
+
+@pytest.mark.parametrize(
+    ("keys", "says"),
+    [
+        ({"interleave_probs": "0.8,0.2"}, "needs mix_strategy interleave_under or interleave_over"),
+        ({"mix_strategy": "interleave_over", "interleave_probs": "0.5"}, "1 numbers for 2 datasets"),
+        ({"mix_strategy": "interleave_over", "interleave_probs": "0.5,0.6"}, "summing to 1"),
+    ],
+)
+def test_bad_interleave_probs_are_config_errors(keys, says):
+    with pytest.raises(ConfigError, match=says):
+        load_config(DataConfig, None, {"model_name_or_path": "m", "dataset": "a,b", **keys})

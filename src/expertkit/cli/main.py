@@ -21,6 +21,7 @@ import typer
 from expertkit import __version__
 from expertkit.cli.eval_cmd import evaluate
 from expertkit.cli.feedback_cmd import feedback_app
+from expertkit.cli.improve_cmd import improve, promote
 from expertkit.cli.rag_cmds import ask, kb_app
 from expertkit.cli.webui_cmd import webui
 from expertkit.core.errors import ExpertkitError
@@ -130,7 +131,9 @@ def data_check(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_defau
 
 @config_app.command("keys")
 def config_keys(
-    stage: str = typer.Argument("train", help="Which stage's keys: train, export, chat, serve, kb, ask, eval, webui."),
+    stage: str = typer.Argument(
+        "train", help="Which stage's keys: train, export, chat, serve, kb, ask, eval, webui, promote, improve."
+    ),
     markdown: bool = typer.Option(False, "--markdown", help="Print the reference page (docs/reference/)."),
 ) -> None:
     """List every config key with its default and meaning."""
@@ -138,6 +141,7 @@ def config_keys(
     from expertkit.engine.config import EngineConfig
     from expertkit.evaluate.config import EvalConfig
     from expertkit.export.config import ExportConfig
+    from expertkit.improve.config import ImproveConfig, PromoteConfig
     from expertkit.rag.config import AskConfig, KbCommandConfig
     from expertkit.serve.config import ServeConfig
     from expertkit.train.config import TrainConfig
@@ -152,6 +156,8 @@ def config_keys(
         "ask": AskConfig,
         "eval": EvalConfig,
         "webui": WebUIConfig,
+        "promote": PromoteConfig,
+        "improve": ImproveConfig,
     }
     if stage not in stages:
         raise ExpertkitError(f"unknown stage '{stage}'", hint=f"stages: {', '.join(stages)}")
@@ -207,6 +213,8 @@ def serve(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=Fa
 app.command(context_settings=EXTRA_ARGS)(ask)
 app.command("eval", context_settings=EXTRA_ARGS)(evaluate)
 app.command("webui", context_settings=EXTRA_ARGS)(webui)
+app.command("promote", context_settings=EXTRA_ARGS)(promote)
+app.command("improve", context_settings=EXTRA_ARGS)(improve)
 
 
 @app.command()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import field_validator
+from typing import Literal
+
+from pydantic import field_validator, model_validator
 
 from expertkit.core.config import split_list  # noqa: F401  (train/ and evaluate/ import it from here too)
 from expertkit.model.config import ModelConfig
@@ -14,6 +16,16 @@ class DataConfig(ModelConfig):
 
     dataset_dir: str = "data"
     """Folder holding dataset_info.json and the data files it names."""
+
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = "concat"
+    """How several datasets are mixed (LLaMA-Factory's names): concat (one after the other; training shuffles them),
+    interleave_under (one row of each in turn, or drawn by interleave_probs, until the first dataset runs out),
+    interleave_over (the same until every dataset has run out, the shorter ones repeated)."""
+
+    interleave_probs: list[float] | None = None
+    """With interleave_under / interleave_over: the chance that the next row comes from each dataset (comma list,
+    one per dataset, summing to 1; seeded with seed); unset: strict turns. 0.8,0.2 with new data first and
+    earlier data second replays a fifth of earlier data."""
 
     cutoff_len: int = 2048
     """Longest sequence in tokens; longer examples are cut (examples left with no answer token are dropped)."""
@@ -46,6 +58,26 @@ class DataConfig(ModelConfig):
         if not items:
             raise ValueError("name at least one dataset")
         return items
+
+    @field_validator("interleave_probs", mode="before")
+    @classmethod
+    def _split_probs(cls, v: object) -> object:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return [v]  # one number: `interleave_probs=1` parses as a number, not a list
+        return split_list(v) or None if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _mix(self) -> DataConfig:
+        probs = self.interleave_probs
+        if probs is None:
+            return self
+        if self.mix_strategy == "concat":
+            raise ValueError("interleave_probs needs mix_strategy interleave_under or interleave_over (it is concat)")
+        if len(probs) != len(self.dataset):
+            raise ValueError(f"interleave_probs has {len(probs)} numbers for {len(self.dataset)} datasets: one each")
+        if any(p < 0 for p in probs) or abs(sum(probs) - 1) > 1e-6:
+            raise ValueError(f"interleave_probs must be shares of 0 or more summing to 1 (they sum to {sum(probs):g})")
+        return self
 
     @field_validator("cutoff_len")
     @classmethod

@@ -280,8 +280,11 @@ def _undetected_format_error(
     )
 
 
-def require_usable(datasets: list[LoadedDataset[T]], max_invalid_ratio: float) -> list[T]:
-    """The valid items (conversations, pairs ...) of all datasets, mixed in order; refuse mostly invalid data.
+def require_usable(
+    datasets: list[LoadedDataset[T]], max_invalid_ratio: float, mix: DataConfig | None = None
+) -> list[T]:
+    """The valid items (conversations, pairs ...) of all datasets, mixed as `mix` says (its mix_strategy,
+    interleave_probs and seed; unset: one after the other); refuse mostly invalid data.
 
     Raises `DataError` listing the problems when a dataset has no rows or no valid row, or when more than
     `max_invalid_ratio` of all rows are invalid. Otherwise logs one warning about skipped rows.
@@ -318,7 +321,24 @@ def require_usable(datasets: list[LoadedDataset[T]], max_invalid_ratio: float) -
             shown,
             more,
         )
-    return [item for d in datasets for item in d.items]
+    if mix is None:
+        return [item for d in datasets for item in d.items]
+    return mix_items([d.items for d in datasets], mix.mix_strategy, mix.interleave_probs, mix.seed)
+
+
+def mix_items(parts: list[list[T]], strategy: str, probs: list[float] | None, seed: int) -> list[T]:
+    """LLaMA-Factory's mix_strategy, by `datasets.interleave_datasets` itself (as LLaMA-Factory calls it), so the
+    same seed draws the same rows: concat chains the parts; interleave_under takes one row of each part in turn (or
+    draws the part by `probs`) until the first part runs out; interleave_over until every part has run out (the
+    shorter ones start over)."""
+    if strategy == "concat" or len(parts) < 2:
+        return [item for part in parts for item in part]
+    from datasets import Dataset, interleave_datasets
+
+    indexed = [Dataset.from_dict({"part": [n] * len(p), "row": list(range(len(p)))}) for n, p in enumerate(parts)]
+    stopping = "first_exhausted" if strategy == "interleave_under" else "all_exhausted"
+    mixed = interleave_datasets(indexed, probabilities=probs, seed=seed, stopping_strategy=stopping)
+    return [parts[n][i] for n, i in zip(mixed["part"], mixed["row"])]
 
 
 def split_validation(rows: list[T], val_size: float, seed: int) -> tuple[list[T], list[T]]:

@@ -53,7 +53,7 @@ def load_pairs(config: TrainConfig) -> tuple[list[PreferencePair], list[Preferen
     from expertkit.data.load import load_preference_datasets, require_usable, split_validation
 
     datasets = load_preference_datasets(config, "pairs")
-    pairs = require_usable(datasets, config.max_invalid_ratio)
+    pairs = require_usable(datasets, config.max_invalid_ratio, mix=config)
     return split_validation(pairs, config.val_size, config.seed)
 
 

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 def prepare_data(config: TrainConfig, tokenizer) -> StageData:
     from expertkit.data.load import load_preference_datasets, require_usable, split_validation
 
-    rows = require_usable(load_preference_datasets(config, "unpaired"), config.max_invalid_ratio)
+    rows = require_usable(load_preference_datasets(config, "unpaired"), config.max_invalid_ratio, mix=config)
     train_rows, val_rows = split_validation(rows, config.val_size, config.seed)
     train_set, stats, kept = tokenize_rows(train_rows, tokenizer, config, "train")
     val_set = tokenize_rows(val_rows, tokenizer, config, "validation")[0] if val_rows else []

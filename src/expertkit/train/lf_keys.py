@@ -32,14 +32,14 @@ LF_UNSUPPORTED = frozenset(
     hub_token ignore_data_skip ignore_pad_token_for_loss image_do_pan_and_scan image_max_pixels image_min_pixels
     image_resolution include_effective_tokens_per_second include_for_metrics include_inputs_for_metrics
     include_num_input_tokens_seen include_tokens_per_second infer_backend infer_dtype init_special_tokens
-    interleave_probs jit_mode_eval kt_config kt_cpu_activation kt_expert_checkpoint_path kt_force_think
+    jit_mode_eval kt_config kt_cpu_activation kt_expert_checkpoint_path kt_force_think
     kt_lora_expert_intermediate_size kt_lora_expert_num kt_maxlen kt_mode kt_non_expert_weight_path
     kt_optimize_rule kt_use_cuda_graph kt_use_lora_experts kt_weight_path
     label_names label_smoothing_factor lang ld_alpha length_column_name length_penalty liger_kernel_config
     load_best_model_at_end local_rank log_level log_level_replica log_on_each_node logging_dir
     logging_first_step logging_nan_inf_filter logging_strategy lora_parameters loraplus_lr_embedding
-    loraplus_lr_ratio low_cpu_mem_usage lr_scheduler_kwargs master_addr master_port max_length 
-    media_dir metric_for_best_model mix_strategy mixture_of_depths mode model_revision module_dropout
+    loraplus_lr_ratio low_cpu_mem_usage lr_scheduler_kwargs master_addr master_port max_length
+    media_dir metric_for_best_model mixture_of_depths mode model_revision module_dropout
     module_to_save moe_aux_loss_coef mp_parameters ms_hub_token n_shot neat_packing neftune_noise_alpha
     new_special_tokens new_special_tokens_config no_cuda num_beams offload_folder oft_block_size oft_rank
     oft_target om_hub_token optim_args optim_target_modules overwrite_cache parallelism_config past_index
@@ -130,8 +130,6 @@ LF_REFUSED: dict[str, tuple[object, str, str]] = {
     ),
     "enable_thinking": (True, "changes how reasoning models' templates render thinking", _NO),
     "tool_format": (None, "changes how tools are rendered", "use the chat template's own tool format (template)"),
-    "mix_strategy": ("concat", "interleaves the datasets instead of concatenating them", _NO),
-    "interleave_probs": (None, "samples the datasets with given probabilities", _NO),
     "streaming": (False, "streams the dataset", _NO),
     "tokenized_path": (None, "trains on a saved tokenized dataset", "point dataset at the source data"),
     "eval_dataset": (None, "evaluates on a separate dataset", "use val_size to hold rows out"),

@@ -59,7 +59,7 @@ def load_conversations(config: TrainConfig) -> tuple[list[Conversation], list[Co
     from expertkit.data.load import load_datasets, placeholder_warning, require_usable, split_validation
 
     datasets = load_datasets(config)
-    rows = require_usable(datasets, config.max_invalid_ratio)
+    rows = require_usable(datasets, config.max_invalid_ratio, mix=config)
     for warning in filter(None, map(placeholder_warning, datasets)):
         logger.warning("%s", warning)
     return split_validation(rows, config.val_size, config.seed)
