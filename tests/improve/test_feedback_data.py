@@ -208,3 +208,12 @@ def test_raw_text_completions_are_left_out_with_the_reason(tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert [r["messages"][0]["content"] for r in rows] == ["Who are you?"]
     assert "raw text completion" in capsys.readouterr().out
+
+
+def test_since_all_exports_everything_and_an_empty_result_is_no_mistake(tmp_path, capsys):
+    path = tmp_path / "feedback.sqlite"
+    FeedbackStore(path).close()
+    out = tmp_path / "sft.json"
+    assert export(path, out, "since=all") == 0  # a script (expertkit improve) asks; nothing rated yet is an answer
+    assert json.loads(out.read_text()) == []
+    assert export(path, tmp_path / "plain.jsonl") == 1  # a person asking plainly is told to rate answers first

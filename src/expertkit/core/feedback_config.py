@@ -47,7 +47,8 @@ class FeedbackExportConfig(StageConfig):
 
     since: str | None = None
     """Only feedback given since then: an ISO date (2026-05-01) or date-time, or `last`: since the last export to the
-    same output (its bookmark is kept beside the store, in feedback.sqlite.exports.json)."""
+    same output (its bookmark is kept beside the store, in feedback.sqlite.exports.json), or `all`: everything (like
+    unset, but an export with no row then writes an empty file and exits 0, as scripts want)."""
 
     alias: str | None = None
     """Only answers to conversations that asked for this alias (the name a client used with `serve models=`)."""
@@ -92,13 +93,13 @@ class FeedbackExportConfig(StageConfig):
     def _since_is_a_date(cls, value: object) -> str | None:
         if isinstance(value, (date, datetime)):  # YAML (and key=value) read 2026-05-01 as a date
             value = value.isoformat()
-        if value is None or value == "last":
+        if value is None or value in ("last", "all"):
             return value
         try:
             parse_since(str(value))
         except ValueError:
             raise ValueError(
-                f"since must be an ISO date (2026-05-01), a date-time (2026-05-01T12:00:00+00:00) or last, "
+                f"since must be an ISO date (2026-05-01), a date-time (2026-05-01T12:00:00+00:00), last or all, "
                 f"not {value!r}"
             ) from None
         return str(value)

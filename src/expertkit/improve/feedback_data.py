@@ -160,7 +160,7 @@ def build_rows(
         result.since = f"the last export ({bookmark['exported']})" if bookmark else None
         if bookmark:
             candidates = [c for c in candidates if any(c.marks.get(k, 0) > bookmark.get(k, 0) for k in c.marks)]
-    elif config.since:
+    elif config.since and config.since != "all":
         since = parse_since(config.since)
         result.since = config.since
         candidates = [c for c in candidates if parse_since(c.when) >= since]

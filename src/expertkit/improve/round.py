@@ -166,7 +166,7 @@ def export(config: ImproveConfig, stage: str, since: str | None, folder: Path, o
     output = Path(config.feedback_dir) / f"improve_{config.alias}_{stage}.json"
     args = ["feedback", "export", f"output={output}"]
     args += [f"format={stage}"] if stage != "sft" else []  # sft is the export's default format
-    args += [f"since={since}"] if since else []
+    args += [f"since={since or 'all'}"]  # with since=, no row is an answer (exit 0, empty file), not a mistake
     args += [f"feedback_db={config.feedback_db}"] if config.feedback_db else []
     args += [f"{k}={cli_value(v)}" for k, v in config.feedback_args.items()]
     exported_at = now()
