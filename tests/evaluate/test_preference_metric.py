@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-from conftest import IDENTITY
-
 from expertkit.core.config import load_config
 from expertkit.core.errors import DataError
 from expertkit.evaluate.config import EvalConfig
@@ -17,16 +15,20 @@ def pair_file(path, rows):
     return path
 
 
-def pairs():
+def pairs(identity_dir):
+    """The identity rows the `identity_adapter` fixture trained on (read from its dataset, not imported from a
+    conftest: `conftest` is a different module in each test folder), each against an answer it never saw."""
+    rows = json.loads((identity_dir / "identity.json").read_text(encoding="utf-8"))
     return [
-        {"question": r["instruction"], "chosen": r["output"], "rejected": "Bananas are yellow fruit."} for r in IDENTITY
+        {"question": r["instruction"], "chosen": r["output"], "rejected": "Bananas are yellow fruit."} for r in rows
     ]
 
 
-def test_tuned_prefers_the_chosen_answers(tiny_model, identity_adapter, tmp_path):
+def test_tuned_prefers_the_chosen_answers(tiny_model, identity_adapter, identity_dir, tmp_path):
     _, result = identity_adapter
+    path = pair_file(tmp_path / "pairs.jsonl", pairs(identity_dir))
     config = load_config(EvalConfig, None, {
-        "eval_file": str(pair_file(tmp_path / "pairs.jsonl", pairs())), "model_name_or_path": str(tiny_model),
+        "eval_file": str(path), "model_name_or_path": str(tiny_model),
         "adapter_name_or_path": str(result.output_dir), "output_dir": str(tmp_path / "e"), "probe": False,
     })  # fmt: skip
     summary = run(config).summary
@@ -38,8 +40,8 @@ def test_tuned_prefers_the_chosen_answers(tiny_model, identity_adapter, tmp_path
     assert "preference_accuracy" in (tmp_path / "e" / "report.html").read_text()
 
 
-def test_a_row_without_rejected_is_located(tiny_model, tmp_path):
-    rows = pairs()
+def test_a_row_without_rejected_is_located(tiny_model, identity_dir, tmp_path):
+    rows = pairs(identity_dir)
     del rows[1]["rejected"]
     path = pair_file(tmp_path / "pairs.jsonl", rows)
     config = load_config(EvalConfig, None, {"eval_file": str(path), "model_name_or_path": str(tiny_model),
@@ -52,8 +54,8 @@ def test_a_row_without_rejected_is_located(tiny_model, tmp_path):
         raise AssertionError("no error")
 
 
-def test_an_endpoint_is_skipped_with_a_note(tmp_path):
-    path = pair_file(tmp_path / "pairs.jsonl", pairs())
+def test_an_endpoint_is_skipped_with_a_note(identity_dir, tmp_path):
+    path = pair_file(tmp_path / "pairs.jsonl", pairs(identity_dir))
     config = load_config(EvalConfig, None, {
         "eval_file": str(path), "candidates": [{"name": "api", "api_base": "http://127.0.0.1:9/v1"}],
         "metrics": "preference", "output_dir": str(tmp_path / "e"), "probe": False,
