@@ -16,7 +16,8 @@ the same SimPO term (beta, simpo_gamma), with the same rewards. Their SFT terms 
 is the cross-entropy over the prompt *and* the answer of the chosen sequences, CPO's (weighted cpo_alpha) the
 cross-entropy over all chosen answer tokens of the batch (a mean over tokens, so long answers weigh more). Both are
 swapped here for LLaMA-Factory's: the batch mean of -logp(chosen), weighted 1 + pref_ftx (orpo) or pref_ftx (simpo).
-The `nll_loss` TRL logs is then that term, weight included.
+The `nll_loss` TRL logs is then that term (orpo: weight included; simpo: before
+the pref_ftx weight).
 
 No reference model is loaded. The learning check compares with the starting model, loaded for it after training:
 the base with the adapter disabled (a new LoRA adapter), adapter_name_or_path's weights as a second adapter (a
@@ -40,7 +41,8 @@ def build_trainer(config: TrainConfig, model, tokenizer, data: StageData, precis
     if config.pref_loss == "simpo":
         loss_args.update(simpo_gamma=config.simpo_gamma, cpo_alpha=config.pref_ftx)
     args = training_arguments(config, precision, args_class, beta=config.pref_beta, **loss_args, **stage_args)
-    trainer = preference_trainer(trainer_class, config, model, tokenizer, data, args, reference=False)
+    with quiet_maps():
+        trainer = preference_trainer(trainer_class, config, model, tokenizer, data, args, reference=False)
     trainer.sft_weight = 1 + config.pref_ftx if config.pref_loss == "orpo" else 1.0
     return trainer
 
@@ -81,6 +83,27 @@ def trl_trainer(pref_loss: str):
         pass
 
     return PretokenizedCPOTrainer, CPOConfig, {"loss_type": "simpo"}
+
+
+class quiet_maps:  # noqa: N801  (a context manager named for what it does)
+    """The TRL trainers map the dataset three times while they are built (nothing to do for our rows but the
+    columns): datasets' progress bars only on a TTY, like the training progress."""
+
+    def __enter__(self):
+        import sys
+
+        import datasets
+
+        self.restore = datasets.is_progress_bar_enabled() and not sys.stderr.isatty()
+        if self.restore:
+            datasets.disable_progress_bars()
+
+    def __exit__(self, *exc):
+        import datasets
+
+        if self.restore:
+            datasets.enable_progress_bars()
+        return False
 
 
 def pair_columns(example: dict) -> dict:
