@@ -103,9 +103,12 @@ def lf_loss(pref_loss: str, chosen, rejected, beta: float, gamma: float, ftx: fl
     return float((losses + ftx * sft).mean())
 
 
-@pytest.mark.parametrize(("pref_loss", "ftx"), [("orpo", 0.0), ("simpo", 1.0)])
+@pytest.mark.parametrize(
+    ("pref_loss", "ftx", "batch"),
+    [("orpo", 0.0, {}), ("simpo", 1.0, {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2})],
+)
 def test_reference_free_loss_is_llama_factorys_and_the_chosen_answers_gain(
-    pref_loss, ftx, tiny_model, pairs_dir, tmp_path, caplog
+    pref_loss, ftx, batch, tiny_model, pairs_dir, tmp_path, caplog
 ):
     import logging
 
@@ -113,11 +116,12 @@ def test_reference_free_loss_is_llama_factorys_and_the_chosen_answers_gain(
 
     out = tmp_path / pref_loss
     with caplog.at_level(logging.INFO):
-        config, result = train(tiny_model, pairs_dir, out, pref_loss, pref_ftx=ftx)
+        config, result = train(tiny_model, pairs_dir, out, pref_loss, pref_ftx=ftx, **batch)
     header = " ".join(r.getMessage() for r in caplog.records)
     assert f"none: {pref_loss} is reference-free (no reference model is loaded)" in header
 
-    # step 1 trains the fresh adapter, whose B matrices are 0: the policy is the base model
+    # step 1 trains the fresh adapter, whose B matrices are 0: the policy is the base model. Step 1 sees every pair
+    # (one batch of 4, or two of 2 accumulated: the mean of their means is the mean over the 4 pairs)
     base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     chosen, rejected, orpo_nll, cpo_nll = answer_logps(base, config)
     expected = lf_loss(pref_loss, chosen, rejected, config.pref_beta, config.simpo_gamma, ftx)

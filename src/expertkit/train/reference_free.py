@@ -56,6 +56,7 @@ def trl_trainer(pref_loss: str):
 
     class PretokenizedPairs:
         sft_weight = 1.0  # orpo: 1 + pref_ftx; simpo: 1 (CPO weighs the term by cpo_alpha = pref_ftx)
+        loss_is_scaled_for_ga = False  # a mean over the micro-batch's pairs: transformers divides by accumulation
 
         def tokenize_row(self, feature, model=None):
             return pair_columns(feature)  # already prompt_ids / chosen_ids / rejected_ids, cut as LLaMA-Factory cuts
