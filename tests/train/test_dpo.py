@@ -145,7 +145,6 @@ def test_sft_data_given_to_dpo_is_refused_before_loading_a_model(tiny_model, ide
     ("key", "value", "says"),
     [
         ("pref_loss", "kto_pair", "stage: kto"),
-        ("pref_loss", "orpo", "not supported yet"),
         ("pref_beta", "0", "positive"),
     ],
 )

@@ -23,7 +23,7 @@ from expertkit.core.config import StageConfig
 from expertkit.data.config import split_list
 
 TEXT_METRICS = ["rouge-1", "rouge-2", "rouge-l", "bleu-4", "exact", "contains"]
-ALL_METRICS = [*TEXT_METRICS, "eval_loss", "judge", "pairwise", "hallucination"]
+ALL_METRICS = [*TEXT_METRICS, "eval_loss", "preference", "judge", "pairwise", "hallucination"]
 DEFAULT_METRICS = [*TEXT_METRICS, "eval_loss"]
 
 
@@ -92,10 +92,13 @@ class EvalConfig(StageConfig):
 
     eval_file: str | None = None
     """Question/reference JSONL (`{"question": ..., "reference": ...}` per line; `id` optional), or any file
-    expertkit reads as training data (alpaca, sharegpt, openai): the last assistant turn is the reference."""
+    expertkit reads as training data (alpaca, sharegpt, openai): the last assistant turn is the reference. A file of
+    chosen/rejected pairs (`{"question" or "prompt": ..., "chosen": ..., "rejected": ...}`, or any pair format DPO
+    reads) is a ranking eval set: metrics=preference only, nothing is generated."""
 
     eval_dataset: list[str] = Field(default_factory=list)
-    """LLaMA-Factory style: dataset names from dataset_dir/dataset_info.json (comma list)."""
+    """LLaMA-Factory style: dataset names from dataset_dir/dataset_info.json (comma list). Entries with
+    `ranking: true` make a ranking eval set (chosen/rejected pairs, metrics=preference); do not mix the two kinds."""
 
     dataset_dir: str = "data"
     """Folder holding dataset_info.json (with eval_dataset)."""
@@ -105,7 +108,9 @@ class EvalConfig(StageConfig):
 
     metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     """Comma list of: rouge-1, rouge-2, rouge-l, bleu-4, exact, contains, eval_loss (local models: loss and perplexity
-    of the references), judge (rubric 1-10), pairwise (each candidate vs the first, judged both ways round),
+    of the references), preference (local models, on a chosen/rejected eval set: % of pairs where the chosen answer
+    is the likelier, and the mean log-probability margin chosen - rejected; the default on such a set),
+    judge (rubric 1-10), pairwise (each candidate vs the first, judged both ways round),
     hallucination (judge checks each answer against the reference or retrieved context). judge, pairwise and
     hallucination need judge_base_url."""
 

@@ -31,7 +31,8 @@ REPORT_FILE = "report.html"
 CHARTS_DIR = "charts"
 CHART_FILES = ("metrics.png", "pairwise.png", "loss.png")
 MAIN_METRICS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4", "exact", "contains")  # all on a 0-100 scale
-METRIC_ORDER = (*MAIN_METRICS, "eval_loss", "perplexity", "judge_overall", "hallucination_rate")
+PREFERENCE_METRICS = ("preference_accuracy", "preference_margin")  # % of pairs; mean nats chosen - rejected
+METRIC_ORDER = (*MAIN_METRICS, "eval_loss", "perplexity", *PREFERENCE_METRICS, "judge_overall", "hallucination_rate")
 LOWER_IS_BETTER = frozenset({"eval_loss", "perplexity", "hallucination_rate"})
 SPEC_COLUMNS = ("model_name_or_path", "adapter_name_or_path", "kb_dir")
 SPEC_SHOWN = frozenset({*SPEC_COLUMNS, "name", "model", "api_base"})  # not repeated under "other settings"
@@ -213,7 +214,22 @@ def _metrics_section(candidates: dict[str, dict]) -> str:
         return ""
     note = "Best value per row in bold; lower is better for " + ", ".join(sorted(LOWER_IS_BETTER))
     note += f", higher for the rest. Changes are against <b>{_esc(next(iter(candidates)))}</b>."
-    return f'<h2>Metrics</h2>\n<p class="note">{note}</p>\n' + _value_table(["metric", *candidates], rows, True)
+    if any(m in PREFERENCE_METRICS for m, _ in rows):
+        note += (
+            " preference_accuracy: % of chosen/rejected pairs where the chosen answer is the likelier;"
+            " preference_margin: mean log p(chosen) - log p(rejected), in nats."
+        )
+    notes = [
+        f"<li><b>{_esc(name)}</b>: {_esc(n)}</li>"
+        for name, cand in candidates.items()
+        for n in (cand.get("notes") if isinstance(cand.get("notes"), list) else [])
+    ]
+    table = _value_table(["metric", *candidates], rows, True)
+    return (
+        f'<h2>Metrics</h2>\n<p class="note">{note}</p>\n'
+        + table
+        + (f'\n<ul class="note">{"".join(notes)}</ul>' if notes else "")
+    )
 
 
 def _metric_rows(cands: list[dict]) -> list[tuple[str, list[Any]]]:

@@ -41,6 +41,20 @@ class EvalItem:
 
 
 @dataclass
+class PairItem:
+    """One row of a ranking eval set: a prompt with a preferred and a rejected answer."""
+
+    id: str
+    messages: list[dict]  # the prompt: everything before the answer
+    chosen: str
+    rejected: str
+
+    @property
+    def question(self) -> str:
+        return self.messages[-1]["content"] if self.messages else ""
+
+
+@dataclass
 class EvalResult:
     output_dir: Path
     metrics_path: Path
@@ -50,15 +64,29 @@ class EvalResult:
 
 def run(config: EvalConfig, out=None) -> EvalResult:
     out = out or sys.stderr
-    items = load_eval_set(config)
+    pairs = load_pair_set(config)
+    if pairs is not None:
+        config = pair_metrics(config)
+        items: list[EvalItem] = []
+    elif "preference" in config.metrics:
+        raise DataError(
+            "metrics=preference needs a ranking eval set (chosen/rejected pairs), but this one is question/reference",
+            hint='give eval_file rows {"question": ..., "chosen": ..., "rejected": ...}, or an eval_dataset with '
+            "ranking: true in dataset_info.json",
+        )
+    else:
+        items = load_eval_set(config)
     output = config.resolved_output_dir()
     (output / PREDICTIONS).mkdir(parents=True, exist_ok=True)
     save_config(config, output / RESOLVED)
     candidates = config.resolved_candidates()
     probe = load_probe_items() if config.probe else []
-    say(out, f"eval: {len(items)} questions, {len(candidates)} candidates ({', '.join(c.name for c in candidates)})")
-    answers, probes, losses, timings = asyncio.run(answer_all(config, candidates, items, probe, output, out))
-    summary = score(config, candidates, items, answers, probes, losses, probe)
+    what = f"{len(pairs)} chosen/rejected pairs" if pairs is not None else f"{len(items)} questions"
+    say(out, f"eval: {what}, {len(candidates)} candidates ({', '.join(c.name for c in candidates)})")
+    answers, probes, losses, timings, prefs = asyncio.run(
+        answer_all(config, candidates, items, probe, output, out, pairs=pairs or [])
+    )
+    summary = score(config, candidates, items, answers, probes, losses, probe, prefs=prefs, pairs=pairs)
     for name, seconds in timings.items():
         summary["candidates"][name]["answer_seconds"] = seconds
     if any(m in config.metrics for m in ("judge", "pairwise", "hallucination")):
@@ -95,6 +123,119 @@ def load_eval_set(config: EvalConfig) -> list[EvalItem]:
     if not items:
         raise DataError("the eval set has no questions", hint="check eval_file / eval_dataset")
     return items
+
+
+def first_row(path: Path) -> object:
+    """The first non-blank line of a JSONL file, parsed (None when it is not JSON)."""
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    return json.loads(line)
+                except ValueError:
+                    return None
+    return None
+
+
+def load_pair_set(config: EvalConfig) -> list[PairItem] | None:
+    """The chosen/rejected pairs of a ranking eval set; None when the eval set is question/reference."""
+    if config.eval_file:
+        path = Path(config.eval_file)
+        if not path.is_file():
+            return None  # load_eval_set says it does not exist
+        row = first_row(path)
+        if not (isinstance(row, dict) and "chosen" in row and "rejected" in row):
+            return None
+        pairs = read_pair_jsonl(path) if "question" in row else pairs_from_preference_data(config, [str(path)])
+    else:
+        from expertkit.data.registry import resolve_dataset
+
+        ranking = [n for n in config.eval_dataset if resolve_dataset(n, config.dataset_dir).ranking]
+        if not ranking:
+            return None
+        if len(ranking) < len(config.eval_dataset):
+            others = [n for n in config.eval_dataset if n not in ranking]
+            raise DataError(
+                f"eval_dataset mixes ranking datasets ({', '.join(ranking)}) with question/reference ones "
+                f"({', '.join(others)})",
+                hint="evaluate the pairs (metrics=preference) and the questions in two evals",
+            )
+        pairs = pairs_from_preference_data(config, config.eval_dataset)
+    if config.max_samples and len(pairs) > config.max_samples:
+        import random
+
+        keep = sorted(random.Random(config.seed).sample(range(len(pairs)), config.max_samples))
+        pairs = [pairs[i] for i in keep]
+    if not pairs:
+        raise DataError("the eval set has no chosen/rejected pairs", hint="check eval_file / eval_dataset")
+    return pairs
+
+
+def read_pair_jsonl(path: Path) -> list[PairItem]:
+    """Rows of {"question", "chosen", "rejected"} text (`system`, `id` optional); every bad line is located."""
+    items, problems = [], []
+    with open(path, encoding="utf-8-sig") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                problems.append(Problem(f"not JSON ({e.msg})", where, hint="one JSON object per line"))
+                continue
+            if not isinstance(row, dict):
+                problems.append(Problem("not a JSON object", where, hint='write {"question": ..., "chosen": ...}'))
+                continue
+            question = row.get("question", row.get("prompt"))
+            fields = (("question", question), ("chosen", row.get("chosen")), ("rejected", row.get("rejected")))
+            bad = [k for k, v in fields if not isinstance(v, str) or not v]
+            if bad:
+                problems.append(Problem("missing or not text", where, ", ".join(bad), 'write {"question": "...", '
+                                        '"chosen": "...", "rejected": "..."}'))  # fmt: skip
+                continue
+            messages = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+            messages.append({"role": "user", "content": question})
+            items.append(PairItem(str(row.get("id", n)), messages, row["chosen"], row["rejected"]))
+    if problems:
+        raise DataError(f"{len(problems)} bad line(s) in {path}:", problems=problems)
+    ids = [i.id for i in items]
+    if len(set(ids)) < len(ids):
+        raise DataError(f"{path}: two lines share an id", hint="give every line a unique id, or none")
+    return items
+
+
+def pairs_from_preference_data(config: EvalConfig, names: list[str]) -> list[PairItem]:
+    """Pairs from any format DPO reads (TRL prompt/chosen/rejected, alpaca or sharegpt ranking); no bad row passes."""
+    from expertkit.data.config import DataConfig
+    from expertkit.data.load import load_preference_datasets
+
+    data = DataConfig.model_construct(
+        dataset=names, dataset_dir=config.dataset_dir, max_samples=None, seed=config.seed, max_invalid_ratio=0.0
+    )
+    loaded = load_preference_datasets(data, "pairs")
+    problems = [p for d in loaded for p in d.problems]
+    if problems:
+        raise DataError(f"{len(problems)} bad row(s) in the ranking eval set:", problems=problems)
+    items = []
+    for d in loaded:
+        for p in d.items:
+            messages = [{"role": m.role, "content": m.content} for m in p.prompt]
+            items.append(PairItem(p.source or str(len(items)), messages, p.chosen.content, p.rejected.content))
+    return items
+
+
+def pair_metrics(config: EvalConfig) -> EvalConfig:
+    """A ranking eval set has no reference answers: only preference applies (the default when metrics is unset)."""
+    if "metrics" not in config.model_fields_set:
+        return config.model_copy(update={"metrics": ["preference"]})
+    others = [m for m in config.metrics if m != "preference"]
+    if others:
+        raise DataError(
+            f"the eval set is chosen/rejected pairs, which has no reference answers for metrics {', '.join(others)}",
+            hint="use metrics=preference with a ranking eval set, and a question/reference set for the others",
+        )
+    return config
 
 
 def is_qa_jsonl(path: Path) -> bool:
@@ -202,23 +343,33 @@ def engine_groups(candidates: list[Candidate], config: EvalConfig) -> list[tuple
     return out
 
 
-async def answer_all(config, candidates, items, probe, output: Path, out):
+async def answer_all(config, candidates, items, probe, output: Path, out, pairs: list[PairItem] | None = None):
     from expertkit.engine.base import load_engine
 
     answers: dict[str, dict[str, dict]] = {}
     probes: dict[str, dict[str, dict]] = {}
     losses: dict[str, tuple[float, int]] = {}
     timings: dict[str, float] = {}  # seconds each candidate spent answering the eval set (model load excluded)
+    prefs: dict[str, list[dict]] = {}  # candidate: a row per pair (local models)
     by_name = {c.name: c for c in candidates}
     for engine_config, served in engine_groups(candidates, config):
+        local = any(by_name[n].model_name_or_path for n in served)
+        if not (items or probe or (pairs and local)):
+            for name in served:  # a ranking eval set on an endpoint: nothing to ask it
+                answers[name], timings[name] = {}, 0.0
+            continue
         engine = await asyncio.to_thread(load_engine, engine_config)
         try:
             for name, model in served.items():
                 c = by_name[name]
                 path = output / PREDICTIONS / f"{name}.jsonl"
                 started = loop_time()
-                answers[name] = await answer_set(config, c, engine, model, items, path, out)
+                answers[name] = await answer_set(config, c, engine, model, items, path, out) if items else {}
                 timings[name] = round(loop_time() - started, 3)
+                if pairs and c.model_name_or_path:
+                    started = loop_time()
+                    prefs[name] = await asyncio.to_thread(pair_scores, engine, model, pairs)
+                    timings[name] = round(loop_time() - started, 3)
                 if probe:
                     probes[name] = await answer_set(
                         config, c.model_copy(update={"kb_dir": None, "web": False}), engine, model, probe,
@@ -228,7 +379,10 @@ async def answer_all(config, candidates, items, probe, output: Path, out):
                     losses[name] = await asyncio.to_thread(reference_loss, engine, model, items)
         finally:
             await engine.close()
-    return answers, probes, losses, timings
+    for c in candidates:
+        if pairs and not c.model_name_or_path:
+            say(out, f"{c.name}: preference skipped: an endpoint gives no likelihoods (needs model_name_or_path)")
+    return answers, probes, losses, timings, prefs
 
 
 def spec_hash(config: EvalConfig, c: Candidate, items: list[EvalItem]) -> str:
@@ -347,24 +501,68 @@ def reference_loss(engine, model, items: list[EvalItem]) -> tuple[float, int]:
     return total, tokens
 
 
+def pair_scores(engine, model, pairs: list[PairItem]) -> list[dict]:
+    """Per pair: the summed log-probability (nats) of the chosen and of the rejected answer after the prompt."""
+    from expertkit.engine.score import answer_nll
+
+    rows = []
+    for pair in pairs:
+        chosen_nll, chosen_tokens = answer_nll(engine, pair.messages, pair.chosen, model)
+        rejected_nll, rejected_tokens = answer_nll(engine, pair.messages, pair.rejected, model)
+        margin = rejected_nll - chosen_nll  # log p(chosen) - log p(rejected)
+        rows.append({
+            "id": pair.id, "question": pair.question, "chosen": pair.chosen, "rejected": pair.rejected,
+            "chosen_logp": round(-chosen_nll, 4), "rejected_logp": round(-rejected_nll, 4),
+            "chosen_tokens": chosen_tokens, "rejected_tokens": rejected_tokens,
+            "margin": round(margin, 4), "prefers_chosen": margin > 0,
+        })  # fmt: skip
+    return rows
+
+
+def preference_summary(rows: list[dict]) -> dict[str, float]:
+    """preference_accuracy: % of pairs where the chosen answer is the likelier (a tie is not); preference_margin:
+    the mean log p(chosen) - log p(rejected), in nats."""
+    if not rows:
+        return {}
+    accuracy = 100.0 * sum(1 for r in rows if r["prefers_chosen"]) / len(rows)
+    return {
+        "preference_accuracy": round(accuracy, 2),
+        "preference_margin": round(sum(r["margin"] for r in rows) / len(rows), 4),
+    }
+
+
+def pair_prediction(row: dict) -> dict:
+    """A pair as the report's question table shows it: both answers as the reference, the pick as the answer."""
+    pick = "chosen" if row["prefers_chosen"] else "rejected"
+    return {
+        **row,
+        "reference": f"chosen: {row['chosen']}\nrejected: {row['rejected']}",
+        "answer": f"prefers the {pick} answer ({row['chosen_logp']:.2f} vs {row['rejected_logp']:.2f} nats)",
+        "scores": {"margin": row["margin"]},
+    }
+
+
 # -- scoring ----------------------------------------------------------------------------------------------------
 
 
-def score(config, candidates, items, answers, probes, losses, probe_items) -> dict:
+def score(config, candidates, items, answers, probes, losses, probe_items, prefs=None, pairs=None) -> dict:
+    """The summary metrics.json holds; with `pairs` (a ranking eval set), `prefs` holds each local candidate's rows."""
     from expertkit.evaluate.metrics import score_all
 
+    prefs = prefs or {}
     text_metrics = [m for m in config.metrics if m in TEXT_METRICS]
     summary: dict = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "eval_set": config.eval_file or ",".join(config.eval_dataset),
-        "samples": len(items),
+        "eval_kind": "pairs" if pairs is not None else "questions",
+        "samples": len(pairs) if pairs is not None else len(items),
         "seed": config.seed,
         "metrics_asked": config.metrics,
         "candidates": {},
         "predictions": {},
     }
     for c in candidates:
-        rows = [answers[c.name][i.id] for i in items]
+        rows = [answers.get(c.name, {})[i.id] for i in items]
         per, means = score_all([r.get("answer", "") for r in rows], [i.reference for i in items], text_metrics)
         metrics = {k: round(v, 2) for k, v in means.items()}
         if c.name in losses and losses[c.name][1]:
@@ -377,6 +575,10 @@ def score(config, candidates, items, answers, probes, losses, probe_items) -> di
             "errors": sum(1 for r in rows if r.get("error")),
             **training_curves(c),
         }
+        if pairs is not None:
+            metrics.update(preference_summary(prefs.get(c.name, [])))
+            if c.name not in prefs:
+                entry["notes"] = ["preference skipped: an endpoint gives no likelihoods (needs model_name_or_path)"]
         if c.name in probes:
             from expertkit.evaluate.probe import load_probe, score_probe
 
@@ -386,7 +588,7 @@ def score(config, candidates, items, answers, probes, losses, probe_items) -> di
         summary["predictions"][c.name] = [
             {k: v for k, v in {**row, "scores": {m: round(s, 2) for m, s in scores.items()}}.items() if k != "spec"}
             for row, scores in zip(rows, per)
-        ]
+        ] + [pair_prediction(r) for r in prefs.get(c.name, [])]
     return summary
 
 

@@ -198,11 +198,12 @@ class TrainConfig(DataConfig):
     """Sequences per forward pass during evaluation."""
 
     pref_beta: float = 0.1
-    """stage dpo: beta, how far the tuned model may move from the reference (lower: further). 0.1 is usual."""
+    """stage dpo: beta, how far the tuned model may move from the reference (lower: further). 0.1 is usual. orpo:
+    the weight of the odds-ratio loss beside the SFT loss; simpo: the scale of the reward margin."""
 
     pref_loss: Literal["sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo"] = "sigmoid"
-    """stage dpo: the preference loss. sigmoid (DPO), hinge (SLiC), ipo (IPO); kto_pair is gone from TRL (use
-    stage kto)."""
+    """stage dpo: the preference loss. sigmoid (DPO), hinge (SLiC), ipo (IPO); orpo (ORPO) and simpo (SimPO) need no
+    reference model; kto_pair is gone from TRL (use stage kto)."""
 
     kto_chosen_weight: float = 1.0
     """stage kto: weight of the loss on desirable (good) answers; raise it when they are fewer than the bad ones."""
@@ -211,13 +212,15 @@ class TrainConfig(DataConfig):
     """stage kto: weight of the loss on undesirable (bad) answers; raise it when they are fewer than the good ones."""
 
     pref_ftx: float = 0.0
-    """stage dpo: weight of an SFT loss on the chosen answers added to the preference loss (0: none)."""
+    """stage dpo: weight of an SFT loss on the chosen answers added to the preference loss (0: none; orpo has one of
+    weight 1 already)."""
 
     dpo_label_smoothing: float = 0.0
     """stage dpo, pref_loss sigmoid: robust DPO (cDPO) label smoothing, the assumed share of flipped labels (0-0.5)."""
 
     simpo_gamma: float = 0.5
-    """pref_loss simpo: the target reward margin."""
+    """pref_loss simpo: the target reward margin gamma, subtracted from pref_beta x (average log p(chosen) - average
+    log p(rejected))."""
 
     reward_model: str | None = None
     """stage ppo: the reward model, a run folder of stage rm (a LoRA adapter with its score head over the same
@@ -311,11 +314,6 @@ class TrainConfig(DataConfig):
             raise ValueError(
                 "pref_loss kto_pair is gone from TRL: train unpaired good / bad answers with stage: kto, or pairs "
                 "with pref_loss: sigmoid"
-            )
-        if self.stage == "dpo" and self.pref_loss in ("orpo", "simpo"):
-            raise ValueError(
-                f"pref_loss {self.pref_loss} is not supported yet (TRL computes it in a separate trainer): use "
-                "pref_loss: sigmoid (DPO), hinge or ipo"
             )
         if self.stage == "kto" and self.per_device_train_batch_size < 2:
             raise ValueError(

@@ -13,6 +13,8 @@ Only what differs from the run skeleton (`expertkit.train.run`):
   (LLaMA-Factory#8459, #8974: loss 0 and accuracy 1.0 from step 1). Full and freeze load a frozen copy;
 - the learning check compares the log-probability margin chosen - rejected of the tuned model with the
   starting model's on training pairs, and how many greedy answers moved towards the chosen one.
+
+pref_loss orpo and simpo are reference-free and computed by other TRL trainers: `expertkit.train.reference_free`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ REF_ADAPTER = "ref"  # the name TRL's DPOTrainer gives the frozen copy of a cont
 
 # LLaMA-Factory's pref_loss -> TRL's DPOConfig.loss_type (pref_ftx adds TRL's "sft" loss on the chosen answers)
 TRL_LOSS = {"sigmoid": "sigmoid", "hinge": "hinge", "ipo": "ipo"}
+# LLaMA-Factory's reference-free losses: no reference model; TRL computes them in other trainers (reference_free.py)
+REFERENCE_FREE = ("orpo", "simpo")
 
 
 def prepare_data(config: TrainConfig, tokenizer) -> StageData:
@@ -91,6 +95,11 @@ def build_trainer(config: TrainConfig, model, tokenizer, data: StageData, precis
 
     from expertkit.train.run import training_arguments
 
+    if config.pref_loss in REFERENCE_FREE:
+        from expertkit.train import reference_free
+
+        return reference_free.build_trainer(config, model, tokenizer, data, precision)
+
     class PretokenizedDPOTrainer(DPOTrainer):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             return dataset  # already prompt_ids / chosen_ids / rejected_ids, cut as LLaMA-Factory cuts them
@@ -121,15 +130,19 @@ PREFERENCE_ARGS = {
 }
 
 
-def preference_trainer(trainer_class, config: TrainConfig, model, tokenizer, data: StageData, args):
-    """A TRL preference trainer on our pre-tokenized rows, with the run's callbacks and the right reference."""
+def preference_trainer(
+    trainer_class, config: TrainConfig, model, tokenizer, data: StageData, args, reference: bool = True
+):
+    """A TRL preference trainer on our pre-tokenized rows, with the run's callbacks and the right reference (none
+    for a reference-free trainer)."""
     from datasets import Dataset
 
     from expertkit.train.run import quiet_printer, run_callbacks
 
+    ref = {"ref_model": reference_copy(config, model) if config.finetuning_type != "lora" else None}
     trainer = trainer_class(
         model=model,
-        ref_model=reference_copy(config, model) if config.finetuning_type != "lora" else None,
+        **(ref if reference else {}),
         args=args,
         train_dataset=Dataset.from_list(data.train_set),
         eval_dataset=Dataset.from_list(data.val_set) if data.val_set else None,
@@ -149,11 +162,19 @@ def reference_copy(config: TrainConfig, model):
 
 
 def header_lines(config: TrainConfig, trainer) -> dict[str, str]:
-    loss = config.pref_loss + (f" + {config.pref_ftx:g} x SFT on chosen" if config.pref_ftx else "")
-    return {"preference": f"{loss}, beta {config.pref_beta:g}", "reference": describe_reference(config, trainer)}
+    if config.pref_loss in REFERENCE_FREE:
+        from expertkit.train.reference_free import describe_loss
+
+        loss = describe_loss(config)
+    else:
+        loss = config.pref_loss + (f" + {config.pref_ftx:g} x SFT on chosen" if config.pref_ftx else "")
+        loss = f"{loss}, beta {config.pref_beta:g}"
+    return {"preference": loss, "reference": describe_reference(config, trainer)}
 
 
 def describe_reference(config: TrainConfig, trainer) -> str:
+    if config.stage == "dpo" and config.pref_loss in REFERENCE_FREE:
+        return f"none: {config.pref_loss} is reference-free (no reference model is loaded)"
     if config.finetuning_type != "lora":
         return f"a frozen copy of {config.model_name_or_path} (the weights are in memory twice)"
     if REF_ADAPTER in getattr(trainer.model, "peft_config", {}):
@@ -195,6 +216,7 @@ class PreferenceCheck:
     first_accuracy: float | None
     samples: list[PairCheck] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    no_preference_loss: float | None = LN2  # the loss while chosen and rejected rank alike (None: no such level)
 
     def summary(self) -> str:
         lines = [
@@ -205,7 +227,8 @@ class PreferenceCheck:
             f"{self.start_chosen}/{self.pairs}",
         ]
         if self.first_loss is not None and self.last_loss is not None:
-            lines.append(f"loss: {self.first_loss:.4f} -> {self.last_loss:.4f} (ln 2 = {LN2:.4f} is no preference)")
+            level = "" if self.no_preference_loss is None else f" ({self.no_preference_loss:.4f} is no preference)"
+            lines.append(f"loss: {self.first_loss:.4f} -> {self.last_loss:.4f}{level}")
         return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
 
 
@@ -217,6 +240,10 @@ def check_learning(trainer, tokenizer, data: StageData, config: TrainConfig):
     picked = random.Random(config.seed).sample(
         data.check_rows, min(config.learning_check_samples, len(data.check_rows))
     )
+    if config.pref_loss in REFERENCE_FREE:
+        from expertkit.train.reference_free import load_starting_model
+
+        load_starting_model(trainer, config)
     model = trainer.model
     model.eval()
     samples = []
@@ -255,7 +282,7 @@ class starting_model:  # noqa: N801  (a context manager named for what it yields
         self.restore = None
 
     def __enter__(self):
-        if self.trainer.ref_model is not None:
+        if getattr(self.trainer, "ref_model", None) is not None:  # reference-free trainers have no such attribute
             return self.trainer.ref_model
         if REF_ADAPTER in getattr(self.model, "peft_config", {}):
             self.restore = self.model.active_adapter
@@ -326,28 +353,43 @@ def summarise(samples: list[PairCheck], log_history: list[dict], config: TrainCo
         last_loss=losses[-1] if losses else None,
         first_accuracy=accuracies[0] if accuracies else None,
         samples=samples,
+        no_preference_loss=no_preference_loss(config),
     )
     check.warnings = preference_warnings(check, losses, config)
     return check
 
 
+def no_preference_loss(config: TrainConfig) -> float | None:
+    """The loss while the model ranks chosen and rejected alike: ln 2 for DPO (policy = reference at step 1),
+    log(1 + e^simpo_gamma) for simpo at equal average log-probabilities; none for orpo (its SFT term is in it)."""
+    if config.pref_loss == "simpo":
+        return None if config.pref_ftx else math.log1p(math.exp(config.simpo_gamma))
+    return None if config.pref_loss == "orpo" else LN2
+
+
 def preference_warnings(check: PreferenceCheck, losses: list[float], config: TrainConfig) -> list[str]:
     """Likely causes when preference tuning did not work, each with the key to change."""
     warnings = []
+    reference = config.pref_loss not in REFERENCE_FREE
+    # DPO's beta holds the model near the reference; orpo's and simpo's scales the preference term itself
+    beta = "lower pref_beta" if reference else "raise pref_beta (it scales the preference term)"
     if check.pairs and check.margin_grew <= check.pairs // 2:
         warnings.append(
             f"the margin chosen - rejected grew on only {check.margin_grew}/{check.pairs} checked pairs "
             f"({check.mean_margin_start:+.3f} -> {check.mean_margin_tuned:+.3f}): train longer (num_train_epochs="
             f"{config.num_train_epochs * 3:g}) or raise learning_rate (now {config.learning_rate:g}; try "
-            f"{config.learning_rate * 4:g}), or lower pref_beta (now {config.pref_beta:g})"
+            f"{config.learning_rate * 4:g}), or {beta} (now {config.pref_beta:g})"
         )
-    if len(losses) >= 2 and all(abs(x - LN2) < 0.01 for x in losses):
+    level = check.no_preference_loss
+    if level is not None and len(losses) >= 2 and all(abs(x - level) < 0.01 for x in losses):
+        name = "ln 2 = " if level == LN2 else ""
         warnings.append(
-            f"the loss stayed at ln 2 = {LN2:.3f} (no preference learnt): answers cut to nothing by cutoff_len "
+            f"the loss stayed at {name}{level:.3f} (no preference learnt): answers cut to nothing by cutoff_len "
             f"({config.cutoff_len}; raise it), identical chosen and rejected answers, or a learning_rate too low "
             f"(now {config.learning_rate:g})"
         )
-    if check.first_accuracy == 1.0 and losses and losses[0] < LN2 - 0.05:
+    # without a reference, accuracy 1.0 at step 1 is only the starting model's own ranking
+    if reference and check.first_accuracy == 1.0 and losses and losses[0] < LN2 - 0.05:
         warnings.append(
             "accuracy was 1.0 and the loss below ln 2 at the first step: the reference is not the starting policy, "
             "or the chosen answers leak into the prompts; check the header's reference line and the data"
