@@ -21,7 +21,7 @@ for (const modelPath of request.models) {
     let stop = null;
     if (item.generate > 0) {
       await sequence.clearHistory();
-      for await (const token of sequence.evaluate(tokens, { temperature: 0 })) {
+      for await (const token of sequence.evaluate(tokens, { temperature: 0, yieldEogToken: true })) {
         if (model.isEogToken(token)) {
           stop = token;
           break;
