@@ -44,6 +44,7 @@ MODULES: dict[str, dict[str, list[str]]] = {
         "pyarrow": ["pyarrow", "pyarrow.parquet"],
         "matplotlib": ["matplotlib", "matplotlib.pyplot"],
         "psutil": ["psutil"],
+        "gguf": ["gguf"],
     },
     "serve": {
         "fastapi": [

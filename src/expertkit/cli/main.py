@@ -98,7 +98,7 @@ def train(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=Fa
 
 @app.command(context_settings=EXTRA_ARGS)
 def export(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=False)) -> None:
-    """Merge a LoRA adapter into its base: safetensors shards, tokenizer, chat template, model card; checked.
+    """Merge a LoRA adapter into its base: safetensors (or GGUF + Ollama Modelfile), chat template, card; checked.
 
     Example: expertkit export examples/export/tiny_lora_merge.yaml export_dir=saves/tiny/merged
     """
@@ -107,6 +107,16 @@ def export(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=F
 
     path, overrides = split_cli_args(args or [])
     config = load_config(ExportConfig, path, overrides)
+    if config.export_format == "gguf":
+        from expertkit.export.gguf import run as run_gguf
+
+        gguf = run_gguf(config)
+        for line in gguf.checks:
+            typer.echo(f"checked: {line}")
+        for line in gguf.skipped:
+            typer.echo(f"NOT checked (skip_check): {line}")
+        typer.echo(f"done: {', '.join(gguf.files)} + Modelfile -> {gguf.export_dir}")
+        return
     from expertkit.export.merge import run
 
     result = run(config)

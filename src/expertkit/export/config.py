@@ -62,12 +62,32 @@ class ExportConfig(ModelConfig):
     export_legacy_format: bool = False
     """false: safetensors (the default everywhere); true: PyTorch .bin files, for old tools only."""
 
+    export_format: Literal["safetensors", "gguf"] = "safetensors"
+    """safetensors: a Hugging Face model folder; gguf: model-<quantisation>.gguf files for llama.cpp and Ollama,
+    with a Modelfile (merged first, then converted; the GGUF is checked in llama.cpp before it is moved into place)."""
+
+    export_quantization: str = "f16"
+    """gguf only: one or more of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s,
+    q4_k_m, q5_k_s, q5_k_m, q6_k, comma-separated (f16,q4_k_m). The Modelfile uses the first. f32 / f16 / bf16 /
+    q8_0 are written by the gguf package; the others by llama.cpp's quantiser from an f16 file."""
+
+    skip_check: bool = False
+    """gguf only: true writes the files without loading them in llama.cpp and rendering the TEMPLATE in Go (for
+    machines without Node.js or Go); the report and README.md say what was not checked. Also `--skip-check`."""
+
     @field_validator("export_size")
     @classmethod
     def _positive(cls, v: float) -> float:
         if v <= 0:
             raise ValueError("must be a size in GB above 0 (e.g. 5)")
         return v
+
+    @field_validator("export_quantization")
+    @classmethod
+    def _known_quantizations(cls, v: str) -> str:
+        from expertkit.export.quantize import parse_quantizations
+
+        return ",".join(parse_quantizations(v))
 
     @field_validator("export_dir")
     @classmethod
@@ -88,6 +108,8 @@ class ExportConfig(ModelConfig):
                 f"adapter_name_or_path is set but finetuning_type is '{self.finetuning_type}': "
                 "set finetuning_type=lora to merge the adapter"
             )
+        if self.export_format == "gguf" and self.export_legacy_format:
+            raise ValueError("export_legacy_format writes PyTorch .bin files: it does not apply to export_format gguf")
         if self.adapter_name_or_path and "," in self.adapter_name_or_path:
             raise ValueError("one adapter at a time: merge the first, then export again with the merged model as base")
         return self

@@ -95,7 +95,7 @@ def run(config: ExportConfig) -> ExportResult:
     return result
 
 
-def check_paths(config: ExportConfig) -> Path:
+def check_paths(config: ExportConfig, marker: str = "config.json") -> Path:
     """Refuse an export_dir that would replace the base, the adapter or an unrelated folder; check the adapter."""
     export_dir = Path(config.export_dir).expanduser().resolve()
     sources = [("model_name_or_path", config.model_name_or_path)]
@@ -114,7 +114,7 @@ def check_paths(config: ExportConfig) -> Path:
         if not export_dir.is_dir():
             raise ExpertkitError(f"export_dir '{config.export_dir}' is a file", hint="choose a folder name")
         held = sorted(x.name for x in export_dir.iterdir())
-        if held and not (export_dir / "config.json").is_file():
+        if held and not (export_dir / marker).is_file():
             raise ExpertkitError(
                 f"export_dir '{config.export_dir}' holds files that are not a model export: {', '.join(held[:8])}",
                 hint="an export replaces the whole folder: choose a new or empty folder",
