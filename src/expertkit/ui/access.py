@@ -39,6 +39,19 @@ class Access:
     def is_trainer(self, request: gr.Request | None) -> bool:
         return self.role(request) == "trainer"
 
+    def opener(self, L: dict[str, str], trainer_tabs: list, timers: list):
+        """What the page runs when it opens: who is logged in; the trainer's tabs shown (and their timers left
+        running) for trainers only. (Defined here, where `gr` is a module global: Gradio finds the gr.Request
+        parameter through the annotation.)"""
+
+        def on_open(request: gr.Request = None):
+            trainer = self.is_trainer(request)
+            line = L["logged_in"].format(user=self.user(request), role=self.role(request))
+            tabs = [gr.Tab(visible=trainer) for _ in trainer_tabs]
+            return line, *tabs, *[gr.update() if trainer else gr.Timer(active=False) for _ in timers]
+
+        return on_open
+
 
 def current_request() -> gr.Request | None:
     """The request of the event being run (Gradio keeps it in a context variable while it calls a function)."""

@@ -89,12 +89,7 @@ def build_app(config: WebUIConfig, server_url: str | None = None, accounts: Acco
         aliases_fn, aliases_out = compare["aliases"]
         demo.load(aliases_fn, None, aliases_out)
 
-        def on_open(request: gr.Request = None):
-            trainer = access.is_trainer(request)
-            line = L["logged_in"].format(user=access.user(request), role=access.role(request))
-            tabs = [gr.Tab(visible=trainer) for _ in trainer_tabs]
-            return line, *tabs, *[gr.update() if trainer else gr.Timer(active=False) for _ in timers]
-
+        on_open = access.opener(L, trainer_tabs, timers)
         demo.load(on_open, None, [user_line, *trainer_tabs, *timers])
     trainer_only(demo, guarded, access)
     return demo
