@@ -122,6 +122,16 @@ def test_a_rater_logs_in_sees_chat_and_compare_only_and_votes_in_the_arena(brows
     assert tab(page, "Train").count() == 0 or not tab(page, "Train").is_visible()
     assert tab(page, "Promote").count() == 0 or not tab(page, "Promote").is_visible()
 
+    page.wait_for_selector("#chat-server:has-text('model(s)')")
+    page.locator("#chat-max-tokens input[type=number]").fill("16")
+    page.locator("#chat-max-tokens input[type=number]").press("Tab")
+    page.locator("#chat-input textarea").fill("Who made you?")
+    page.click("#chat-send")
+    page.locator("#chat-bot button[aria-label=Like]").last.click()
+    db = sqlite3.connect(work / "feedback.sqlite")
+    rated = "SELECT rating, rater FROM feedback ORDER BY id DESC"
+    _wait(lambda: db.execute(rated).fetchone() == (1, "bob"))  # a thumbs up records who gave it
+
     tab(page, "Compare").click()
     page.wait_for_function("document.querySelector('#compare-b-model input').value !== ''")  # the served names
     page.locator("#compare-max-tokens input[type=number]").fill("24")
@@ -135,7 +145,6 @@ def test_a_rater_logs_in_sees_chat_and_compare_only_and_votes_in_the_arena(brows
     page.screenshot(path=str(_shots(work) / "webui-compare.png"))
     assert "Your vote: A is better" in page.inner_text("#compare-result")
     assert page.locator("#compare-vote-b").is_disabled()  # one vote per pair
-    db = sqlite3.connect(work / "feedback.sqlite")
     assert db.execute("SELECT winner, rater FROM votes").fetchall() == [("a", "bob")]
     assert db.execute("SELECT count(*) FROM conversations WHERE source = 'arena'").fetchone() == (2,)
     page.context.close()
@@ -153,6 +162,13 @@ def test_a_trainer_sees_every_tab_and_the_ab_statistics(browser, webui):
     page.wait_for_selector("#ab-verdicts:has-text('feedback')")
     page.wait_for_selector("#promote-status:has-text('not started')")
     page.context.close()
+
+
+def _wait(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
 
 
 def _shots(fallback: Path) -> Path:

@@ -46,7 +46,10 @@ def serve_args(config, port: int) -> list[str]:
 
 
 def start_chat_server(config) -> tuple[subprocess.Popen, int]:
-    """`expertkit serve` for the chat tab, on a free loopback port; its output goes to the UI's terminal."""
+    """`expertkit serve` for the chat tab, on a free loopback port; its output goes to the UI's terminal.
+
+    Call it from the UI's main thread: Linux sends the parent-death signal when the *thread* that started the child
+    ends, so a worker thread would stop the server with it."""
     stop_orphan(pid_file(config))
     port = free_port()
     args = serve_args(config, port)

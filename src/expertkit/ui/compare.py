@@ -8,6 +8,7 @@ logged-in user as the rater): `expertkit feedback export format=dpo` turns it in
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -21,6 +22,8 @@ from expertkit.core.errors import ExpertkitError
 from expertkit.core.feedback import VOTES, FeedbackStore
 from expertkit.core.models_file import load_models_file
 from expertkit.ui.client import ChatClient, split_reasoning
+
+logger = logging.getLogger(__name__)
 
 FRAME_S = 0.25  # how often the page is redrawn while the two answers stream in
 
@@ -207,7 +210,8 @@ def build_compare_tab(arena: Arena, config, L: dict[str, str], rater) -> dict[st
     def aliases():
         try:
             names = list(alias_arms(config.models))
-        except ExpertkitError:
+        except ExpertkitError as e:  # the page still compares two names; the log says what is wrong with the file
+            logger.warning("the Compare tab offers no alias: %s", e)
             names = []
         return gr.update(choices=[L["compare_no_alias"], *names])
 
