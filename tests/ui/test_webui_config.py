@@ -64,12 +64,14 @@ def test_the_guide_lists_every_key_and_shows_every_tab():
     guide = (Path(__file__).resolve().parents[2] / "docs" / "webui.md").read_text(encoding="utf-8")
     table = describe_keys(WebUIConfig, markdown=True).split("|---|---|---|\n", 1)[1]
     assert table.strip() in guide, "docs/webui.md: paste `describe_keys(WebUIConfig, markdown=True)`'s table again"
-    for tab in ("chat", "train", "eval", "export"):
+    for tab in ("chat", "compare", "train", "eval", "export"):
         image = Path(__file__).resolve().parents[2] / "docs" / "images" / f"webui-{tab}.png"
         assert f"images/webui-{tab}.png" in guide and image.is_file()
 
 
-@pytest.mark.parametrize("lang, words", [("en", ["Chat", "Train", "Evaluate"]), ("zh", ["对话", "训练", "评估"])])
+@pytest.mark.parametrize(
+    "lang, words", [("en", ["Chat", "Compare", "Train", "Promote"]), ("zh", ["对话", "对比", "训练", "上线"])]
+)
 def test_the_page_is_built_in_each_language(tmp_path, lang, words):
     import json
 

@@ -1,5 +1,8 @@
 """`expertkit webui`: build the Gradio page and serve it; start `expertkit serve` for the chat tab when asked.
 
+With `users=users.yaml` every page needs a login (Gradio's login form, checked against the scrypt hashes), and the
+role decides which tabs a user sees and which events run for them (ui/access.py).
+
     expertkit webui model_name_or_path=saves/demo/tiny-model adapter_name_or_path=saves/demo/lora
     expertkit webui server_url=http://127.0.0.1:8000/v1 lang=zh
 
@@ -13,13 +16,12 @@ import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
-import time
 
 from expertkit.core.errors import ExpertkitError
 from expertkit.core.feedback import FeedbackStore, default_feedback_db
 from expertkit.core.optional import import_optional
+from expertkit.ui.accounts import Accounts, load_users
+from expertkit.ui.chat_server import pid_file, start_chat_server, stop_process
 from expertkit.ui.config import WebUIConfig
 from expertkit.ui.labels import labels
 
@@ -28,63 +30,115 @@ logger = logging.getLogger(__name__)
 SERVER_WAIT_S = 2.0  # how often the chat tab asks a starting server for its models
 
 
-def build_app(config: WebUIConfig, server_url: str | None = None):
-    """The page (a gr.Blocks): chat, train, evaluate and export tabs in config.lang."""
+def build_app(config: WebUIConfig, server_url: str | None = None, accounts: Accounts | None = None):
+    """The page (a gr.Blocks) in config.lang: chat and compare for everyone; train, evaluate, export and promote for
+    the trainer role (everyone, without accounts)."""
     import gradio as gr
 
+    from expertkit.ui.access import Access, trainer_only
     from expertkit.ui.chat import Chat, build_chat_tab
     from expertkit.ui.client import ChatClient
-    from expertkit.ui.stage_tabs import build_eval_tab, build_export_tab
-    from expertkit.ui.train_tab import build_train_tab
+    from expertkit.ui.compare import Arena, build_compare_tab
 
     L = labels(config.lang)
     url = server_url or config.server_url
     client = ChatClient(url, api_key=config.api_key) if url else None
-    chat = Chat(client, FeedbackStore(config.feedback_db or default_feedback_db()), L)
+    store = FeedbackStore(config.feedback_db or default_feedback_db())
+    access = Access(accounts)
+    chat = Chat(client, store, L)
 
-    def models(current=None):
+    def models(current=None, current_a=None, current_b=None):
+        """The served names into the chat's and the arena's pickers (a choice made before is kept)."""
+        keep = (gr.update(), gr.update())
         if client is None:
-            return gr.update(choices=[], value=None), L["no_server"], gr.Timer(active=False)
+            return gr.update(choices=[], value=None), L["no_server"], gr.Timer(active=False), *keep
         try:
             names = client.models()
         except ExpertkitError:
-            return gr.update(), L["server_waiting"].format(url=client.base_url), gr.Timer(active=True)
-        value = current if current in names else (names[0] if names else None)
+            return gr.update(), L["server_waiting"].format(url=client.base_url), gr.Timer(active=True), *keep
+
+        def pick(value, i):
+            return gr.update(choices=names, value=value if value in names else names[min(i, len(names) - 1)])
+
+        if not names:  # still loading: ask again
+            return (
+                gr.update(choices=[], value=None),
+                L["server_ready"].format(n=0, url=client.base_url),
+                gr.Timer(active=True),
+                *keep,
+            )
         ready = L["server_ready"].format(n=len(names), url=client.base_url)
-        return gr.update(choices=names, value=value), ready, gr.Timer(active=not names)
+        return pick(current, 0), ready, gr.Timer(active=False), pick(current_a, 0), pick(current_b, 1)
 
     with gr.Blocks(title="expertkit", analytics_enabled=False) as demo:
         gr.Markdown(f"## {L['title']}\n{L['subtitle']}")
+        user_line = gr.Markdown(elem_id="user-line", visible=accounts is not None)
         with gr.Tabs():
             with gr.Tab(L["chat"], id="chat", elem_id="tab-chat"):
-                chat_parts = build_chat_tab(chat, lambda: models()[:2], config, L)
-            with gr.Tab(L["train"], id="train", elem_id="tab-train"):
-                train_parts = build_train_tab(config, L)
-            with gr.Tab(L["eval"], id="eval", elem_id="tab-eval"):
-                build_eval_tab(config, L)
-            with gr.Tab(L["export"], id="export", elem_id="tab-export"):
-                build_export_tab(config, L)
+                chat_parts = build_chat_tab(chat, lambda: models()[:2], config, L, rater=access.user)
+            with gr.Tab(L["compare"], id="compare", elem_id="tab-compare"):
+                compare = build_compare_tab(Arena(client, store, L), config, L, rater=access.user)
+            before = set(demo.fns)
+            trainer_tabs, timers = build_trainer_tabs(demo, config, L, shown=accounts is None)
+            guarded = [i for i in demo.fns if i not in before]
         wait = gr.Timer(SERVER_WAIT_S)
         model, server = chat_parts["model"], chat_parts["server"]
-        wait.tick(models, [model], [model, server, wait])
-        demo.load(models, [model], [model, server, wait])
-        runs_fn, runs_out = train_parts["runs"]
-        demo.load(runs_fn, None, runs_out)
-        fresh_dir, output_dir = train_parts["output_dir"]
-        demo.load(fresh_dir, None, [output_dir])
+        io = [model, server, wait, compare["a"], compare["b"]]
+        wait.tick(models, [model, compare["a"], compare["b"]], io)
+        demo.load(models, [model, compare["a"], compare["b"]], io)
+        aliases_fn, aliases_out = compare["aliases"]
+        demo.load(aliases_fn, None, aliases_out)
+
+        on_open = access.opener(L, trainer_tabs, timers)
+        demo.load(on_open, None, [user_line, *trainer_tabs, *timers])
+    trainer_only(demo, guarded, access)
     return demo
 
 
+def build_trainer_tabs(demo, config: WebUIConfig, L: dict[str, str], shown: bool) -> tuple[list, list]:
+    """The trainer's tabs and what their page loads; returns (tabs, their timers)."""
+    import gradio as gr
+
+    from expertkit.ui.improve_tab import build_promote_tab
+    from expertkit.ui.stage_tabs import build_eval_tab, build_export_tab
+    from expertkit.ui.train_tab import build_train_tab
+
+    with gr.Tab(L["train"], id="train", elem_id="tab-train", visible=shown) as train:
+        train_parts = build_train_tab(config, L)
+    with gr.Tab(L["eval"], id="eval", elem_id="tab-eval", visible=shown) as evaluate:
+        build_eval_tab(config, L)
+    with gr.Tab(L["export"], id="export", elem_id="tab-export", visible=shown) as export:
+        build_export_tab(config, L)
+    with gr.Tab(L["promote_tab"], id="promote", elem_id="tab-promote", visible=shown) as promote:
+        promote_parts = build_promote_tab(config, L)
+    runs_fn, runs_out = train_parts["runs"]
+    demo.load(runs_fn, None, runs_out)
+    fresh_dir, output_dir = train_parts["output_dir"]
+    demo.load(fresh_dir, None, [output_dir])
+    for fn, outputs in promote_parts["load"]:
+        demo.load(fn, None, outputs)
+    tabs = [train, evaluate, export, promote]
+    return tabs, [t for tab in tabs for t in _descendants(tab) if isinstance(t, gr.Timer)]
+
+
+def _descendants(block) -> list:
+    found = []
+    for child in getattr(block, "children", []):
+        found += [child, *_descendants(child)]
+    return found
+
+
 def run(config: WebUIConfig) -> None:
-    """Serve the UI until Ctrl-C; the chat server it started (if any) stops with it."""
+    """Serve the UI until Ctrl-C; the chat server it started (if any) stops with it, even if the UI is killed."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no telemetry
     import_optional("gradio", "gradio", "ui")
+    accounts = load_users(config.users) if config.users else None
     check_port_free(config.host, config.port)
     server = start_chat_server(config) if config.starts_server else None
     previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops like Ctrl-C: the chat server with it
     try:
         url = f"http://127.0.0.1:{server[1]}/v1" if server else None
-        demo = build_app(config, server_url=url)
+        demo = build_app(config, server_url=url, accounts=accounts)
         host = f"[{config.host}]" if ":" in config.host else config.host
         print(f"expertkit webui at http://{host}:{config.port} (Ctrl-C to stop)", flush=True)
         demo.queue(default_concurrency_limit=8).launch(
@@ -95,11 +149,13 @@ def run(config: WebUIConfig) -> None:
             quiet=True,
             show_error=True,
             footer_links=[],  # no links to gradio.app or the API page
+            auth=accounts.check if accounts else None,
+            auth_message=labels(config.lang)["login_message"] if accounts else None,
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
         if server:
-            stop_process(server[0])
+            stop_process(server[0], record=pid_file(config))
 
 
 def _interrupt(*_) -> None:
@@ -117,39 +173,3 @@ def check_port_free(host: str, port: int) -> None:
                 f"cannot listen on {host}:{port}: {e.strerror}",
                 hint=f"another program (an earlier webui?) uses port {port}: stop it, or choose another with port=...",
             ) from None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_chat_server(config: WebUIConfig) -> tuple[subprocess.Popen, int]:
-    """`expertkit serve` for the chat tab, on a free loopback port; its output goes to the UI's terminal."""
-    port = free_port()
-    args = [f"model_name_or_path={config.model_name_or_path}", "host=127.0.0.1", f"port={port}"]
-    if config.adapter_name_or_path:
-        args.append(f"adapter_name_or_path={config.adapter_name_or_path}")
-    if config.template:
-        args.append(f"template={config.template}")
-    if config.kb_dir:
-        args.append(f"kb_dir={config.kb_dir}")
-    if config.web:
-        args.append("web=true")
-    command = [sys.executable, "-m", "expertkit", "serve", *args]
-    logger.info("starting the chat server: expertkit serve %s", " ".join(args))
-    return subprocess.Popen(command, stdin=subprocess.DEVNULL), port
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    """Ask a child to stop (SIGTERM: the server finishes open answers), then kill it if it does not."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()

@@ -112,7 +112,7 @@ class Chat:
         messages.append({"role": "assistant", "content": answer})
         return messages
 
-    def like(self, state: ChatState, index: int, liked: Any) -> None:
+    def like(self, state: ChatState, index: int, liked: Any, rater: str | None = None) -> None:
         """👍 (1) / 👎 (-1) / taken back (0) on the answer at `index` of the display. Gradio draws an answer's
         reasoning, text and sources as one bubble and reports the like on its first message: the answer is the one
         of that bubble with a stored id."""
@@ -122,13 +122,13 @@ class Chat:
         while state.display[position]["role"] == "assistant":
             if state.ids[position] is not None:
                 rating = 1 if liked is True else -1 if liked is False else 0
-                self.store.record_feedback(state.ids[position], rating=rating)
+                self.store.record_feedback(state.ids[position], rating=rating, rater=rater)
                 return
             if position + 1 == len(state.ids):
                 return
             position += 1
 
-    def edit(self, state: ChatState, index: int, value: Any) -> ChatState:
+    def edit(self, state: ChatState, index: int, value: Any, rater: str | None = None) -> ChatState:
         """An edited answer is stored as feedback (what the model should have said) and used from now on."""
         message_id = _id_at(state, index)
         if message_id is None:
@@ -136,7 +136,7 @@ class Chat:
         text = _text_of(value)
         turn = next(t for t in state.turns if t["id"] == message_id)
         if turn["role"] == "assistant":
-            self.store.record_feedback(message_id, edited_content=text)
+            self.store.record_feedback(message_id, edited_content=text, rater=rater)
         else:
             self.store.update_message(message_id, text)
         turn["content"] = text
@@ -176,8 +176,9 @@ def retrieval_toggles(config) -> tuple[bool, bool]:
     return False, False
 
 
-def build_chat_tab(chat: Chat, models_source, config, L: dict[str, str]) -> dict[str, Any]:
-    """Draw the tab inside the current Blocks; returns the components the page wires up on load."""
+def build_chat_tab(chat: Chat, models_source, config, L: dict[str, str], rater=lambda request: None) -> dict[str, Any]:
+    """Draw the tab inside the current Blocks; returns the components the page wires up on load. `rater(request)`:
+    the logged-in user, recorded with each rating and edit."""
     state = gr.State(ChatState())
     kb_on, web_on = retrieval_toggles(config)
     with gr.Row():
@@ -233,11 +234,11 @@ def build_chat_tab(chat: Chat, models_source, config, L: dict[str, str]) -> dict
     message.submit(respond, inputs, [message, chatbot, state])
     send.click(respond, inputs, [message, chatbot, state])
 
-    def on_like(st, data: gr.LikeData):
-        chat.like(st, data.index, data.liked)
+    def on_like(st, data: gr.LikeData, request: gr.Request = None):
+        chat.like(st, data.index, data.liked, rater=rater(request))
 
-    def on_edit(st, data: gr.EditData):
-        return chat.edit(st, data.index, data.value)
+    def on_edit(st, data: gr.EditData, request: gr.Request = None):
+        return chat.edit(st, data.index, data.value, rater=rater(request))
 
     chatbot.like(on_like, [state], None)
     chatbot.edit(on_edit, [state], [state])

@@ -7,12 +7,13 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from expertkit.core.config import StageConfig
+from expertkit.ui.accounts import is_loopback
 
 
 class WebUIConfig(StageConfig):
     host: str = "127.0.0.1"
-    """Address to listen on. 127.0.0.1 (the default) is this machine only; 0.0.0.0 is every interface (the UI can
-    start training runs and read files: expose it only behind your own authentication)."""
+    """Address to listen on. 127.0.0.1 (the default) is this machine only; any other address (0.0.0.0: every
+    interface) needs `users` (accounts with passwords): the UI can start training runs and read files."""
 
     port: int = Field(7860, ge=1, le=65535)
     """TCP port of the web UI."""
@@ -55,7 +56,16 @@ class WebUIConfig(StageConfig):
     """The dataset_dir the train form starts with (its dataset_info.json fills the dataset picker)."""
 
     feedback_db: str | None = None
-    """SQLite file for chats, thumbs up / down and edited answers (unset: ~/.expertkit/feedback.sqlite)."""
+    """SQLite file for chats, thumbs up / down, edited answers and arena votes (unset: ~/.expertkit/feedback.sqlite)."""
+
+    users: str | None = None
+    """Accounts file (users.yaml: names, scrypt password hashes, roles rater / trainer; `expertkit webui adduser`
+    writes it). Set: every page needs a login and every rating records who gave it. Required with a host beyond
+    loopback."""
+
+    models: str | None = None
+    """The models file the chat server serves (`expertkit serve models=...`): the Compare tab offers its aliases'
+    A/B arms, and the Promote tab's buttons promote into it and roll it back."""
 
     @field_validator("share")
     @classmethod
@@ -84,6 +94,12 @@ class WebUIConfig(StageConfig):
             )
         if server_keys and not self.model_name_or_path:
             raise ValueError(f"{', '.join(server_keys)} need model_name_or_path (the model the UI serves)")
+        if not self.users and not is_loopback(self.host):
+            raise ValueError(
+                f"host={self.host} listens beyond this machine, and the UI can start jobs and read files: it needs "
+                "accounts. Make them with `expertkit webui adduser users.yaml NAME --role trainer`, then add "
+                "users=users.yaml (or keep host=127.0.0.1)"
+            )
         if self.web and not self.kb_dir:
             raise ValueError("web=true needs kb_dir: the pages a web search reads are added to that knowledge base")
         return self

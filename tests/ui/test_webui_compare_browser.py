@@ -1,0 +1,177 @@
+"""Accounts and the Compare tab in a real browser (Debian's chromium through playwright) against `expertkit webui
+users=...` chatting with the live tiny-model server: the login page first; a rater sees chat and compare only, asks
+one question, gets two anonymous answers, votes, sees who was who, and the vote is stored with the rater's name; a
+trainer sees the train and promote tabs and the A/B statistics. The Compare tab is screenshotted: into docs/images/
+with EXPERTKIT_SCREENSHOTS=docs/images, into the test's folder otherwise. The page may load nothing but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from expertkit.ui.accounts import add_user
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - the dev extra installs it
+    sync_playwright = None
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run does)"),
+    pytest.mark.skipif(sync_playwright is None, reason="needs playwright (pip install -e '.[dev]')"),
+]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+WAIT_MS = 60_000
+LIVE_KEY = "sk-test-local"  # the key of conftest.py's live server
+
+
+@pytest.fixture(scope="module")
+def webui(live_server, tmp_path_factory):
+    """(url, work folder) of `expertkit webui users=users.yaml` chatting with the live server: alice is a trainer,
+    bob a rater."""
+    from live_server import free_port
+
+    _, server_url = live_server
+    work = tmp_path_factory.mktemp("webui-accounts")
+    add_user(work / "users.yaml", "alice", "alice-pw", "trainer")
+    add_user(work / "users.yaml", "bob", "bob-pw", "rater")
+    port = free_port()
+    env = {**os.environ, "HOME": str(work / "home"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    args = [f"server_url={server_url}/v1", f"api_key={LIVE_KEY}", f"port={port}", "users=users.yaml",
+            "saves_dir=saves", "feedback_db=feedback.sqlite"]  # fmt: skip
+    with open(work / "webui.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "expertkit", "webui", *args], cwd=work, env=env, stdout=log,
+                                stderr=log)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            httpx.get(url, timeout=1)
+            break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    else:
+        pytest.fail(f"the web UI did not start:\n{(work / 'webui.log').read_text(errors='replace')[-3000:]}")
+    yield url, work
+    proc.terminate()
+    assert proc.wait(30) == 0, (work / "webui.log").read_text(errors="replace")[-3000:]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    outside: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser.outside = outside
+        yield browser
+        browser.close()
+    assert not outside, f"the page tried to load from outside: {outside}"
+
+
+def open_page(browser, url: str):
+    """A fresh page (its own cookies) that may load nothing but 127.0.0.1."""
+
+    def only_local(route):
+        if route.request.url.startswith(("http://127.0.0.1", "data:", "blob:")):
+            route.continue_()
+        else:
+            browser.outside.append(route.request.url)
+            route.abort()
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.route("**/*", only_local)
+    page.goto(url)
+    return page
+
+
+def log_in(page, user: str, password: str) -> None:
+    page.wait_for_selector("h2:has-text('Login')")
+    page.locator("input[data-testid=textbox]").fill(user)
+    page.locator("input[type=password]").fill(password)
+    page.click("button:has-text('Login')")
+
+
+def tab(page, name: str):
+    return page.locator(f"button[role=tab]:has-text('{name}')")
+
+
+def test_a_rater_logs_in_sees_chat_and_compare_only_and_votes_in_the_arena(browser, webui):
+    url, work = webui
+    assert httpx.get(f"{url}/config").status_code == 401  # nothing of the page without a login
+    page = open_page(browser, url)
+    log_in(page, "bob", "wrong")
+    page.wait_for_selector("text=/incorrect credentials/i")
+    log_in(page, "bob", "bob-pw")
+    page.wait_for_selector("#user-line:has-text('bob')")
+    assert "rater" in page.inner_text("#user-line")
+    assert tab(page, "Chat").is_visible() and tab(page, "Compare").is_visible()
+    assert tab(page, "Train").count() == 0 or not tab(page, "Train").is_visible()
+    assert tab(page, "Promote").count() == 0 or not tab(page, "Promote").is_visible()
+
+    page.wait_for_selector("#chat-server:has-text('model(s)')")
+    page.locator("#chat-max-tokens input[type=number]").fill("16")
+    page.locator("#chat-max-tokens input[type=number]").press("Tab")
+    page.locator("#chat-input textarea").fill("Who made you?")
+    page.click("#chat-send")
+    page.locator("#chat-bot button[aria-label=Like]").last.click()
+    db = sqlite3.connect(work / "feedback.sqlite")
+    rated = "SELECT rating, rater FROM feedback ORDER BY id DESC"
+    _wait(lambda: db.execute(rated).fetchone() == (1, "bob"))  # a thumbs up records who gave it
+
+    tab(page, "Compare").click()
+    page.wait_for_function("document.querySelector('#compare-b-model input').value !== ''")  # the served names
+    page.locator("#compare-max-tokens input[type=number]").fill("24")
+    page.locator("#compare-max-tokens input[type=number]").press("Tab")
+    page.locator("#compare-input textarea").fill("Who are you?")
+    page.click("#compare-ask")
+    page.wait_for_selector("#compare-vote-a:not([disabled])")
+    assert "was" not in page.inner_text("#compare-result")  # anonymous until the vote
+    page.click("#compare-vote-a")
+    page.wait_for_selector("#compare-result:has-text('was')")
+    page.screenshot(path=str(_shots(work) / "webui-compare.png"))
+    assert "Your vote: A is better" in page.inner_text("#compare-result")
+    assert page.locator("#compare-vote-b").is_disabled()  # one vote per pair
+    assert db.execute("SELECT winner, rater FROM votes").fetchall() == [("a", "bob")]
+    assert db.execute("SELECT count(*) FROM conversations WHERE source = 'arena'").fetchone() == (2,)
+    page.context.close()
+
+
+def test_a_trainer_sees_every_tab_and_the_ab_statistics(browser, webui):
+    url, _ = webui
+    page = open_page(browser, url)
+    log_in(page, "alice", "alice-pw")
+    page.wait_for_selector("#user-line:has-text('alice')")
+    tab(page, "Promote").wait_for()
+    assert tab(page, "Train").is_visible()
+    tab(page, "Promote").click()
+    # the table from `expertkit feedback stats --json`, or (a checkout without it) the command's own error
+    page.wait_for_selector("#ab-verdicts:has-text('feedback')")
+    page.wait_for_selector("#promote-status:has-text('not started')")
+    page.context.close()
+
+
+def _wait(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def _shots(fallback: Path) -> Path:
+    folder = Path(os.environ.get("EXPERTKIT_SCREENSHOTS") or fallback)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
