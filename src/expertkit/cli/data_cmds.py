@@ -65,3 +65,23 @@ def write_documents_text(paths: list[str], output: Path) -> tuple[int, list[Prob
     for problem in failed:
         logger.warning("skipped %s", problem.format())
     return written, failed
+
+
+def data_clean(
+    args: list[str] = typer.Argument(None, help="The dataset file, then output=FILE and key=value."),
+) -> None:
+    """Drop exact and near-duplicate rows (MinHash LSH), too short / long rows, and mask or drop PII.
+
+    Example: expertkit data clean data/train.jsonl output=data/clean.jsonl near_dup_threshold=0.7 pii=mask
+    """
+    from expertkit.cli.rag_cmds import load, split_items
+    from expertkit.data.clean import CleanConfig, run
+
+    items, keys, _ = split_items(args or [])
+    if len(items) != 1:
+        raise ExpertkitError(
+            "expertkit data clean needs one dataset file", hint="expertkit data clean in.jsonl output=out.jsonl"
+        )
+    config = load(CleanConfig, keys + [f"input={items[0]}"])
+    report = run(config)
+    typer.echo(report.summary() + f"\n-> {config.output} (report: {config.output}.report.json)")

@@ -19,7 +19,7 @@ import warnings
 import typer
 
 from expertkit import __version__
-from expertkit.cli.data_cmds import data_text
+from expertkit.cli.data_cmds import data_clean, data_text
 from expertkit.cli.eval_cmd import evaluate
 from expertkit.cli.feedback_cmd import feedback_app
 from expertkit.cli.improve_cmd import improve, promote
@@ -42,6 +42,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect and check training da
 config_app = typer.Typer(no_args_is_help=True, help="List config keys and their meaning.")
 app.add_typer(data_app, name="data")
 data_app.command("text", context_settings=EXTRA_ARGS)(data_text)
+data_app.command("clean", context_settings=EXTRA_ARGS)(data_clean)
 app.add_typer(config_app, name="config")
 app.add_typer(kb_app, name="kb")
 app.add_typer(feedback_app, name="feedback")
