@@ -38,6 +38,7 @@ MODULES: dict[str, dict[str, list[str]]] = {
         "peft": ["peft"],
         "trl": ["trl"],
         "datasets": ["datasets"],
+        "datasketch": ["datasketch"],
         "accelerate": ["accelerate"],
         "tokenizers": ["tokenizers"],
         "safetensors": ["safetensors", "safetensors.torch"],

@@ -19,6 +19,7 @@ import warnings
 import typer
 
 from expertkit import __version__
+from expertkit.cli.data_cmds import data_clean, data_text
 from expertkit.cli.eval_cmd import evaluate
 from expertkit.cli.feedback_cmd import feedback_app
 from expertkit.cli.improve_cmd import improve, promote
@@ -37,9 +38,11 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Turn an open LLM into a private domain expert: data -> train -> evaluate -> export -> serve.",
 )
-data_app = typer.Typer(no_args_is_help=True, help="Inspect and check training data.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect and check training data; documents into text.")
 config_app = typer.Typer(no_args_is_help=True, help="List config keys and their meaning.")
 app.add_typer(data_app, name="data")
+data_app.command("text", context_settings=EXTRA_ARGS)(data_text)
+data_app.command("clean", context_settings=EXTRA_ARGS)(data_clean)
 app.add_typer(config_app, name="config")
 app.add_typer(kb_app, name="kb")
 app.add_typer(feedback_app, name="feedback")
@@ -82,7 +85,8 @@ def load_train_config(args: list[str]):
 def train(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=False)) -> None:
     """Fine-tune a model (LoRA, full or freeze) from a LLaMA-Factory style YAML.
 
-    Stages (stage=...): sft, dpo, kto, rm (a reward model), ppo (EXPERIMENTAL: against a reward_model from rm).
+    Stages (stage=...): pt (continued pre-training on raw text), sft, dpo, kto, rm (a reward model),
+    ppo (EXPERIMENTAL: against a reward_model from rm).
 
     Example: expertkit train examples/train/qwen2.5-0.5b-instruct_lora_sft.yaml num_train_epochs=5
     """

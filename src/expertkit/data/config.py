@@ -37,7 +37,8 @@ class DataConfig(ModelConfig):
     """Held-out share (0-1) or count (>= 1) of rows for evaluation loss."""
 
     packing: bool = False
-    """Pack several short examples into one cutoff_len row (each still attends only to itself)."""
+    """Pack several short examples into one cutoff_len row (each still attends only to itself). stage pt: on unless
+    set, and the documents are concatenated and cut into cutoff_len rows (LLaMA-Factory's pre-training packing)."""
 
     mask_history: bool = False
     """Train on the last assistant turn only; by default every assistant turn carries loss."""

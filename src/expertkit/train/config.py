@@ -62,8 +62,9 @@ class TrainConfig(DataConfig):
         "max_invalid_ratio": "LLaMA-Factory skips broken rows silently.",
     }
 
-    stage: Literal["sft", "dpo", "kto", "rm", "ppo"] = "sft"
-    """Training stage: sft (supervised fine-tuning on instruction data), dpo (preference tuning on chosen /
+    stage: Literal["pt", "sft", "dpo", "kto", "rm", "ppo"] = "sft"
+    """Training stage: pt (continued pre-training on raw domain text, loss on every token; packing on unless set),
+    sft (supervised fine-tuning on instruction data), dpo (preference tuning on chosen /
     rejected pairs: DPO and its variants, picked by pref_loss), kto (preference tuning on single answers labelled
     good or bad, kto_tag), rm (a reward model scoring answers, trained on chosen / rejected pairs) or ppo
     (EXPERIMENTAL: reinforcement learning against a reward model from stage rm, reward_model, on the prompts of
@@ -299,6 +300,8 @@ class TrainConfig(DataConfig):
             )
         if self.lora_alpha is None:
             self.lora_alpha = 2 * self.lora_rank
+        if self.stage == "pt" and "packing" not in self.model_fields_set:
+            self.packing = True  # LLaMA-Factory: packing unset means on for pt
         if self.disable_gradient_checkpointing and self.gradient_checkpointing:
             self.gradient_checkpointing = False
         if self.bf16 and self.fp16:

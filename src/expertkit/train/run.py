@@ -6,8 +6,8 @@
     expertkit train ... stage=ppo reward_model=saves/my-rm                         # EXPERIMENTAL
 
 `run(config)` reads top to bottom: prepare the run folder -> data -> model -> header -> train -> save -> check.
-A stage module (`sft`, `dpo`, `kto`, `rm`, `ppo`) holds only what differs: how its data becomes examples, which trainer
-trains them, the header lines it adds and its learning check (see `Stage`).
+A stage module (`pt`, `sft`, `dpo`, `kto`, `rm`, `ppo`) holds only what differs: how its data becomes examples, which
+trainer trains them, the header lines it adds and its learning check (see `Stage`).
 """
 
 from __future__ import annotations
@@ -442,7 +442,8 @@ def print_header(config: TrainConfig, trainer, data: StageData, precision: Preci
     trainable, total = count_parameters(trainer.model)
     batch = config.per_device_train_batch_size * config.gradient_accumulation_steps * trainer.args.world_size
     row = config.cutoff_len if config.packing else min(data.longest, config.cutoff_len)
-    tokens = config.per_device_train_batch_size * row * (1 if config.stage == "sft" else 2)  # two sequences per row
+    # pair stages hold two sequences per row
+    tokens = config.per_device_train_batch_size * row * (1 if config.stage in ("sft", "pt") else 2)
     est = estimate_memory(
         trainer.model, trainable, tokens, config.gradient_checkpointing, 2 if precision.bf16 or precision.fp16 else 4
     )
