@@ -32,11 +32,12 @@ MODULES: dict[str, dict[str, list[str]]] = {
         "transformers": [
             "transformers",
             "transformers.generation.configuration_utils",
+            "transformers.trainer_callback",
             "transformers.trainer_utils",
             "transformers.training_args",
         ],
         "peft": ["peft"],
-        "trl": ["trl"],
+        "trl": ["trl", "trl.experimental.cpo", "trl.experimental.orpo"],  # pref_loss simpo / orpo
         "datasets": ["datasets"],
         "datasketch": ["datasketch"],
         "accelerate": ["accelerate"],
@@ -85,7 +86,7 @@ MODULES: dict[str, dict[str, list[str]]] = {
         "httpx": ["httpx"],
     },
     "ui": {
-        "gradio": ["gradio", "pandas"],  # the UI draws the loss plot with gradio's pandas
+        "gradio": ["gradio", "gradio.context", "pandas"],  # the UI draws the loss plot with gradio's pandas
         "httpx": ["httpx"],
     },
     "dev": {  # the test tools; dev's expertkit[...] entries are the extras above
