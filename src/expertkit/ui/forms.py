@@ -63,7 +63,8 @@ class FieldSpec:
             return value
         if self.kind == "list":
             items = value if isinstance(value, list) else str(value or "").split(",")  # a multiselect, or text
-            return [str(x).strip() for x in items if str(x).strip()]
+            items = [str(x).strip() for x in items if str(x).strip()]
+            return None if self.optional and not items else items  # an optional list left empty is unset
         if self.kind == "yaml":
             return self._parsed_list(value)
         if self.kind == "choice":
