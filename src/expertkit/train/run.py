@@ -68,18 +68,25 @@ def load_stage(name: str) -> Stage:
 
 
 def run(config: TrainConfig) -> TrainResult:
+    from expertkit.train.launch import crash_for_test, is_main_process
+
+    main = is_main_process()  # in a multi-process run only rank 0 prints and writes the run folder
     stage = load_stage(config.stage)
     check_optim(config.optim)
-    resume = prepare_output_dir(config)
+    resume = prepare_output_dir(config, write=main)
     tokenizer = load_chat_tokenizer(config)
     data = stage.prepare_data(config, tokenizer)
     at_end = resume_is_at_end(config, resume, len(data.train_set))
     model, precision = build_model(config)
     trainer = stage.build_trainer(config, model, tokenizer, data, precision)
-    print_header(config, trainer, data, precision, stage.header_lines(config, trainer))
-    (Path(config.output_dir) / FINISHED_MARKER).unlink(missing_ok=True)
+    if main:
+        print_header(config, trainer, data, precision, stage.header_lines(config, trainer))
+        (Path(config.output_dir) / FINISHED_MARKER).unlink(missing_ok=True)
+    crash_for_test()
     try:
         output = finish_from_checkpoint(trainer, resume) if at_end else trainer.train(resume_from_checkpoint=resume)
+        if not main:
+            return finish(config, trainer, output, None, write=False)
         save_final(trainer, tokenizer, config)
         check = stage.check_learning(trainer, tokenizer, data, config)
         return finish(config, trainer, output, check)
@@ -105,8 +112,11 @@ def interrupted_message(config: TrainConfig, step: int) -> str:
     )
 
 
-def prepare_output_dir(config: TrainConfig) -> str | None:
-    """Refuse to overwrite a run by accident; pick the checkpoint to resume from; save the resolved config."""
+def prepare_output_dir(config: TrainConfig, write: bool = True) -> str | None:
+    """Refuse to overwrite a run by accident; pick the checkpoint to resume from; save the resolved config.
+
+    write=False (the ranks other than 0 of a multi-process run): the same checks and choice, no writes.
+    """
     from expertkit.train.checkpoints import list_checkpoints, resolve_resume
 
     out = Path(config.output_dir)
@@ -118,6 +128,8 @@ def prepare_output_dir(config: TrainConfig) -> str | None:
     checkpoints = list_checkpoints(out)
     finished = (out / FINISHED_MARKER).is_file()
     if config.overwrite_output_dir and not config.resume_from_checkpoint and out.is_dir():
+        if not write:  # rank 0 clears the folder; this rank starts fresh
+            return None
         for _, d, _ in checkpoints:
             shutil.rmtree(d)
         (out / FINISHED_MARKER).unlink(missing_ok=True)
@@ -130,6 +142,8 @@ def prepare_output_dir(config: TrainConfig) -> str | None:
             "overwrite_output_dir=true, or choose another output_dir",
         )
     resume = resolve_resume(out, config.resume_from_checkpoint)
+    if not write:
+        return resume
     # a fresh start must not append to an earlier run's log; a resumed one drops the steps it will repeat
     trim_log(out / TRAINER_LOG, checkpoint_step(resume))
     try:
@@ -381,7 +395,9 @@ def training_arguments(config: TrainConfig, precision: Precision, args_class=Non
             disable_tqdm=not sys.stderr.isatty(),
             logging_first_step=True,
             save_only_model=False,
-            use_cpu=not _has_gpu(),
+            use_cpu=not _has_gpu(),  # transformers' CPU path becomes distributed (gloo) under torchrun only with it
+            # LoRA uses every adapter weight in each forward: DDP need not search for unused ones (LLaMA-Factory's rule)
+            ddp_find_unused_parameters=False if config.finetuning_type == "lora" else None,
             **stage_args,
         )
     except ValueError as e:  # a combination transformers refuses that the config's own checks let through
@@ -458,7 +474,8 @@ def print_header(config: TrainConfig, trainer, data: StageData, precision: Preci
             "parameters": f"{trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
             **data.header,
             "batch": f"{config.per_device_train_batch_size} x {config.gradient_accumulation_steps} accumulation "
-            f"x {trainer.args.world_size} device(s) = {batch} sequences per step",
+            f"x {trainer.args.world_size} process(es) = {batch} sequences per step",
+            **world_size_line(trainer.args),
             "learning rate": f"{config.learning_rate:g}, {config.lr_scheduler_type} schedule",
             "steps": f"{planned_steps(config, len(trainer.train_dataset))}",
             "memory": f"~{est.total / GIB:.1f} GiB estimated peak of {est.available / GIB:.1f} GiB {est.device}",
@@ -472,6 +489,20 @@ def print_header(config: TrainConfig, trainer, data: StageData, precision: Preci
             est.available / GIB,
             memory_advice(est, config.per_device_train_batch_size, config.cutoff_len, config.gradient_checkpointing),
         )
+
+
+def world_size_line(args) -> dict[str, str]:
+    """The header's line for a multi-process run: how many processes, on how many machines, over which backend."""
+    import os
+
+    import torch.distributed as dist
+
+    if args.world_size <= 1:
+        return {}
+    backend = dist.get_backend() if dist.is_initialized() else "?"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", args.world_size))
+    nodes = max(args.world_size // max(local, 1), 1)
+    return {"processes": f"{args.world_size} ({nodes} machine(s) x {local}, {backend}, {args.parallel_mode.value})"}
 
 
 def save_final(trainer, tokenizer, config: TrainConfig) -> None:
@@ -496,7 +527,8 @@ def save_final(trainer, tokenizer, config: TrainConfig) -> None:
     trainer.save_state()
 
 
-def finish(config: TrainConfig, trainer, output, check) -> TrainResult:
+def finish(config: TrainConfig, trainer, output, check, write: bool = True) -> TrainResult:
+    """The run's figures; with write (rank 0), also train_results.json, the plots and the finished marker."""
     from expertkit.core.runs import write_text_atomic
     from expertkit.train.callbacks import plot_loss, plot_rewards
 
@@ -505,12 +537,13 @@ def finish(config: TrainConfig, trainer, output, check) -> TrainResult:
     tokens = int(trainer.state.num_input_tokens_seen or 0)
     runtime = float(metrics.get("train_runtime", 0.0))
     metrics["train_tokens_per_second"] = tokens / runtime if runtime else 0.0
-    write_json_atomic(out / "train_results.json", metrics)
-    if config.plot_loss:
-        plot_loss(trainer.state.log_history, out)
-        plot_rewards(trainer.state.log_history, out)
-    write_text_atomic(out / FINISHED_MARKER, "finished\n")
-    logger.info("saved %s to %s", "adapter" if config.finetuning_type == "lora" else "model", out)
+    if write:
+        write_json_atomic(out / "train_results.json", metrics)
+        if config.plot_loss:
+            plot_loss(trainer.state.log_history, out)
+            plot_rewards(trainer.state.log_history, out)
+        write_text_atomic(out / FINISHED_MARKER, "finished\n")
+        logger.info("saved %s to %s", "adapter" if config.finetuning_type == "lora" else "model", out)
     return TrainResult(
         str(out),
         trainer.state.global_step,

@@ -1,0 +1,180 @@
+"""More than one process: the torchrun relaunch (LLaMA-Factory's FORCE_TORCHRUN / NPROC_PER_NODE / NNODES ...).
+
+The environment handling is unit-tested in the main suite. The real 2-process runs (torchrun, gloo, the tiny
+model) are slow: they run with EXPERTKIT_MULTIPROC=1 (`.ci/multiproc-tests`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from expertkit.core.errors import ConfigError
+from expertkit.train import launch
+from expertkit.train.launch import LaunchPlan, plan_launch, rank_failure
+
+multiproc = pytest.mark.skipif(
+    os.environ.get("EXPERTKIT_MULTIPROC") != "1", reason="2-process torchrun runs: EXPERTKIT_MULTIPROC=1"
+)
+RUN_TIMEOUT = 300  # seconds: a hung rank fails the test instead of blocking CI
+
+
+# --- the environment, as LLaMA-Factory reads it ------------------------------------------------------------------
+
+
+def test_one_process_unless_forced_or_several_gpus():
+    assert plan_launch({}, devices=0) is None
+    assert plan_launch({}, devices=1) is None
+    assert plan_launch({"FORCE_TORCHRUN": "0", "NPROC_PER_NODE": "2"}, devices=0) is None
+
+
+def test_forced_on_cpu_uses_nproc_per_node_and_lf_defaults():
+    plan = plan_launch({"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2"}, devices=0)
+    assert (plan.nnodes, plan.node_rank, plan.nproc_per_node, plan.master_addr) == (1, 0, 2, "127.0.0.1")
+    assert 0 < plan.master_port < 65536
+    assert plan_launch({"FORCE_TORCHRUN": "true", "NPROC_PER_NODE": "2"}, devices=0) is not None
+
+
+def test_several_gpus_relaunch_one_process_each():
+    plan = plan_launch({}, devices=4)
+    assert plan.nproc_per_node == 4
+    assert plan_launch({"NPROC_PER_NODE": "2"}, devices=4).nproc_per_node == 2
+
+
+def test_multi_node_values_reach_torchrun():
+    env = {"FORCE_TORCHRUN": "1", "NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
+    plan = plan_launch(env, devices=8)
+    assert plan == LaunchPlan(nnodes=2, node_rank=1, nproc_per_node=8, master_addr="10.0.0.1", master_port=29500)
+    assert plan.torchrun_args() == [
+        "--nnodes=2",
+        "--node_rank=1",
+        "--nproc_per_node=8",
+        "--master_addr=10.0.0.1",
+        "--master_port=29500",
+    ]
+
+
+def test_a_launched_process_trains_instead_of_launching_again():
+    # torchrun and `accelerate launch` both set these in every process they start
+    env = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "RANK": "1"}
+    assert plan_launch(env, devices=0) is None
+    assert launch.process_rank(env) == 1 and not launch.is_main_process(env)
+    assert launch.is_main_process({"RANK": "3"})  # RANK alone (no launcher) is not a rank of ours
+
+
+@pytest.mark.parametrize(
+    ("env", "devices", "says"),
+    [
+        ({"FORCE_TORCHRUN": "1"}, 0, "NPROC_PER_NODE must say"),
+        ({"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "4"}, 2, "only 2 accelerator(s)"),
+        ({"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "two"}, 0, "NPROC_PER_NODE='two'"),
+        ({"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "0"}, 0, "NPROC_PER_NODE='0'"),
+        ({"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "NNODES": "2"}, 0, "needs MASTER_ADDR and MASTER_PORT"),
+        ({"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "NNODES": "2", "NODE_RANK": "2"}, 0, "NODE_RANK=2"),
+    ],
+)
+def test_bad_launch_settings_are_one_clear_error_before_spawning(env, devices, says):
+    with pytest.raises(ConfigError) as e:
+        plan_launch(env, devices)
+    assert says in str(e.value)
+
+
+def test_the_first_failed_rank_is_the_error(tmp_path):
+    (tmp_path / "rank1.txt").write_text("RuntimeError: boom\n")
+    os.utime(tmp_path / "rank1.txt", (1, 1))
+    (tmp_path / "rank0.txt").write_text("RuntimeError: Connection closed by peer\n")
+    message = str(rank_failure(tmp_path, 1))
+    assert message.startswith("rank 1 failed (rank(s) 0 failed after it): RuntimeError: boom")
+    assert "killed by a signal" in str(rank_failure(tmp_path / "none", -9))
+
+
+def test_a_rank_leaves_its_error_for_the_launcher(tmp_path, monkeypatch):
+    for k, v in {"LOCAL_RANK": "1", "WORLD_SIZE": "2", "RANK": "1", launch.RANK_ERRORS_ENV: str(tmp_path)}.items():
+        monkeypatch.setenv(k, v)
+    launch.note_rank_failure(ValueError("bad value"))
+    assert (tmp_path / "rank1.txt").read_text() == "ValueError: bad value\n"
+    assert launch.rank_prefix() == "rank 1: "
+
+
+# --- real runs: 2 processes over gloo on the tiny model ----------------------------------------------------------
+
+
+def train(tiny_model, identity_dir, out: Path, steps: int, nproc: int, *extra: str, **env: str):
+    """`expertkit train` as a user runs it, with FORCE_TORCHRUN / NPROC_PER_NODE when nproc > 1."""
+    args = [
+        sys.executable,
+        "-m",
+        "expertkit",
+        "train",
+        f"model_name_or_path={tiny_model}",
+        "dataset=identity",
+        f"dataset_dir={identity_dir}",
+        f"output_dir={out}",
+        f"max_steps={steps}",
+        "save_steps=2",
+        "logging_steps=1",
+        "per_device_train_batch_size=1",
+        "learning_rate=1e-3",
+        "learning_check_samples=0",
+        "bf16=false",
+        *extra,
+    ]
+    run_env = {k: v for k, v in os.environ.items() if k not in ("FORCE_TORCHRUN", "NPROC_PER_NODE")}
+    if nproc > 1:
+        run_env |= {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(nproc), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(args, capture_output=True, text=True, timeout=RUN_TIMEOUT, env=run_env | env)
+
+
+def logged_steps(out: Path) -> list[int]:
+    lines = (out / "trainer_log.jsonl").read_text().splitlines()
+    return [r["current_steps"] for r in map(json.loads, lines) if "loss" in r]
+
+
+@multiproc
+def test_two_processes_train_and_only_rank_0_reports(tiny_model, identity_dir, tmp_path):
+    out = tmp_path / "run"
+    done = train(tiny_model, identity_dir, out, 4, 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    err = done.stderr
+    assert err.count("expertkit run") == 1  # the header, once
+    assert "1 x 1 accumulation x 2 process(es) = 2 sequences per step" in err
+    assert "processes      2 (1 machine(s) x 2, gloo" in err
+    assert err.count("step 4/4 | loss") == 1  # progress from rank 0 only
+    assert done.stdout.count("done: 4 steps") == 1
+    assert logged_steps(out) == [1, 2, 3, 4]  # one log line per step: one writer
+    assert (out / "adapter_model.safetensors").is_file() and (out / "expertkit_finished").is_file()
+    assert not (out / ".final.tmp").exists()
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 4 and state["train_batch_size"] == 1
+    assert sorted(p.name for p in (out / "checkpoint-2").glob("rng_state*.pth")) == [
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    ]
+
+
+@multiproc
+def test_a_crash_on_rank_1_ends_the_run_with_its_error(tiny_model, identity_dir, tmp_path):
+    done = train(tiny_model, identity_dir, tmp_path / "run", 4, 2, **{launch.CRASH_RANK_ENV: "1"})
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-2:]
+    assert last[0].startswith("error: rank 1 failed"), done.stderr[-3000:]
+    assert "RuntimeError: injected crash on rank 1" in last[0]
+
+
+@multiproc
+@pytest.mark.parametrize(("first", "then"), [(2, 1), (1, 2)])
+def test_resume_across_world_sizes(tiny_model, identity_dir, tmp_path, first, then):
+    out = tmp_path / "run"
+    done = train(tiny_model, identity_dir, out, 2, first)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = train(tiny_model, identity_dir, out, 4, then, "resume_from_checkpoint=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {out / 'checkpoint-2'}" in resumed.stderr
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+    assert logged_steps(out) == [1, 2, 3, 4]
+    assert f"x {then} process(es)" in resumed.stderr
