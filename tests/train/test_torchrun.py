@@ -84,6 +84,16 @@ def test_bad_launch_settings_are_one_clear_error_before_spawning(env, devices, s
     assert says in str(e.value)
 
 
+def test_ppo_refuses_several_processes():
+    plan = plan_launch({"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2"}, devices=0)
+    with pytest.raises(ConfigError, match="stage ppo trains in one process; this run asks for 2"):
+        launch.refuse_stage("ppo", plan)
+    with pytest.raises(ConfigError):
+        launch.refuse_stage("ppo", None, {"WORLD_SIZE": "4"})  # started by accelerate launch
+    launch.refuse_stage("ppo", None, {})
+    launch.refuse_stage("sft", plan)
+
+
 def test_the_first_failed_rank_is_the_error(tmp_path):
     (tmp_path / "rank1.txt").write_text("RuntimeError: boom\n")
     os.utime(tmp_path / "rank1.txt", (1, 1))

@@ -90,6 +90,7 @@ def train(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=Fa
     from expertkit.train import launch
 
     plan = launch.plan_launch(os.environ, launch.device_count())
+    launch.refuse_stage(config.stage, plan)
     if plan:  # FORCE_TORCHRUN=1 or several GPUs: the same command again, under torchrun, once per process
         raise typer.Exit(launch.relaunch(plan, _state["argv"]))
     launch.quiet_other_ranks()

@@ -107,6 +107,16 @@ def plan_launch(env: Mapping[str, str], devices: int) -> LaunchPlan | None:
     return LaunchPlan(nnodes, node_rank, nproc, addr, port)
 
 
+def refuse_stage(stage: str, planned: LaunchPlan | None, env: Mapping[str, str] = os.environ) -> None:
+    """Stages that train in one process only say so before anything is spawned (or trained)."""
+    processes = planned.nproc_per_node * planned.nnodes if planned else int(env.get("WORLD_SIZE", "1") or 1)
+    if stage == "ppo" and processes > 1:
+        raise ConfigError(
+            f"stage ppo trains in one process; this run asks for {processes}",
+            hint="unset FORCE_TORCHRUN (on a machine with several GPUs, choose one: CUDA_VISIBLE_DEVICES=0)",
+        )
+
+
 def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":

@@ -71,8 +71,9 @@ LF_UNSUPPORTED = frozenset(
 
 _QLORA = "drop the key to train LoRA on unquantised weights (more memory), or use LLaMA-Factory for QLoRA"
 _DIST = (
-    "drop the key to train on one process (lower per_device_train_batch_size and raise "
-    "gradient_accumulation_steps to fit memory)"
+    "drop the key: expertkit trains with DDP over several processes (FORCE_TORCHRUN=1 NPROC_PER_NODE=N, "
+    "docs/training.md#more-than-one-process), a whole model copy per process; or lower "
+    "per_device_train_batch_size and raise gradient_accumulation_steps to fit memory"
 )
 _OPT = "drop the key to train with `optim` (adamw_torch by default)"
 _NO = "drop the key, or set it to LLaMA-Factory's default"
