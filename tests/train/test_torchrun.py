@@ -114,12 +114,10 @@ def test_a_rank_leaves_its_error_for_the_launcher(tmp_path, monkeypatch):
 # --- real runs: 2 processes over gloo on the tiny model ----------------------------------------------------------
 
 
-def train(tiny_model, identity_dir, out: Path, steps: int, nproc: int, *extra: str, **env: str):
+def train(tiny_model, identity_dir, out: Path, steps: int, nproc: int, *extra: str, launcher=None, **env: str):
     """`expertkit train` as a user runs it, with FORCE_TORCHRUN / NPROC_PER_NODE when nproc > 1."""
     args = [
-        sys.executable,
-        "-m",
-        "expertkit",
+        *(launcher or [sys.executable, "-m", "expertkit"]),
         "train",
         f"model_name_or_path={tiny_model}",
         "dataset=identity",
@@ -188,3 +186,17 @@ def test_resume_across_world_sizes(tiny_model, identity_dir, tmp_path, first, th
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
     assert logged_steps(out) == [1, 2, 3, 4]
     assert f"x {then} process(es)" in resumed.stderr
+
+
+@multiproc
+def test_accelerate_launch_starts_the_processes(tiny_model, identity_dir, tmp_path):
+    # accelerate's own launcher (torchrun underneath for --multi_gpu; the ranks train on CPU over gloo)
+    out = tmp_path / "run"
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2"]
+    accelerate += ["--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no"]
+    accelerate += [f"--main_process_port={launch.free_port()}", "-m", "expertkit"]
+    done = train(tiny_model, identity_dir, out, 2, 1, launcher=accelerate)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("expertkit run") == 1
+    assert "1 x 1 accumulation x 2 process(es) = 2 sequences per step" in done.stderr
+    assert logged_steps(out) == [1, 2]
