@@ -6,6 +6,7 @@ model) are slow: they run with EXPERTKIT_MULTIPROC=1 (`.ci/multiproc-tests`).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -111,6 +112,71 @@ def test_a_rank_leaves_its_error_for_the_launcher(tmp_path, monkeypatch):
     assert launch.rank_prefix() == "rank 1: "
 
 
+# --- the deepspeed key ---------------------------------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "deepspeed"
+has_deepspeed = importlib.util.find_spec("deepspeed") is not None
+
+
+@pytest.fixture
+def deepspeed_installed(monkeypatch):
+    """load_deepspeed's last check (is DeepSpeed installed?) passes, so the checks before it are what is tested."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else real(name))
+
+
+def test_the_shipped_deepspeed_configs_load(deepspeed_installed):
+    found = {p.name: launch.load_deepspeed(str(p)) for p in sorted(EXAMPLES.glob("*.json"))}
+    stages = {name: cfg["zero_optimization"]["stage"] for name, cfg in found.items()}
+    assert stages == {
+        "ds_z0_config.json": 0,
+        "ds_z2_config.json": 2,
+        "ds_z2_offload_config.json": 2,
+        "ds_z3_config.json": 3,
+        "ds_z3_offload_config.json": 3,
+    }
+    assert found["ds_z3_config.json"]["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert launch.load_deepspeed({"zero_optimization": {"stage": 2}}) == {"zero_optimization": {"stage": 2}}
+    assert launch.load_deepspeed(None) is None
+
+
+def test_a_bad_deepspeed_value_is_one_clear_error(tmp_path, deepspeed_installed):
+    with pytest.raises(ConfigError, match="is not a file") as e:
+        launch.load_deepspeed(str(tmp_path / "ds_z9.json"))
+    assert "examples/deepspeed/ds_z2_config.json" in str(e.value)
+    broken = tmp_path / "ds.json"
+    broken.write_text('{"zero_optimization": {"stage": 3,}}')
+    with pytest.raises(ConfigError, match=r"is not JSON \(line 1, column 35"):
+        launch.load_deepspeed(str(broken))
+    with pytest.raises(ConfigError, match="zero_optimization.stage is 4"):
+        launch.load_deepspeed({"zero_optimization": {"stage": 4}})
+    broken.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="not a DeepSpeed config"):
+        launch.load_deepspeed(str(broken))
+
+
+@pytest.mark.skipif(has_deepspeed, reason="DeepSpeed is installed here")
+def test_deepspeed_not_installed_says_how_to_install():
+    with pytest.raises(ConfigError, match="DeepSpeed is not installed") as e:
+        launch.load_deepspeed(str(EXAMPLES / "ds_z2_config.json"))
+    assert "pip install deepspeed" in str(e.value)
+
+
+def test_the_deepspeed_key_implies_torchrun():
+    assert plan_launch({"NPROC_PER_NODE": "2"}, devices=0, force=True).nproc_per_node == 2
+    assert plan_launch({}, devices=1, force=True).nproc_per_node == 1  # ZeRO offload on one GPU
+    with pytest.raises(ConfigError, match="NPROC_PER_NODE must say"):
+        plan_launch({}, devices=0, force=True)
+
+
+def test_cli_refuses_a_missing_deepspeed_file_before_starting(tmp_path, capsys):
+    from expertkit.cli.main import main
+
+    code = main(["train", "model_name_or_path=m", "dataset=d", f"deepspeed={tmp_path / 'nope.json'}"])
+    assert code == 1
+    assert "deepspeed: '" in capsys.readouterr().err
+
+
 # --- real runs: 2 processes over gloo on the tiny model ----------------------------------------------------------
 
 
@@ -200,3 +266,26 @@ def test_accelerate_launch_starts_the_processes(tiny_model, identity_dir, tmp_pa
     assert done.stderr.count("expertkit run") == 1
     assert "1 x 1 accumulation x 2 process(es) = 2 sequences per step" in done.stderr
     assert logged_steps(out) == [1, 2]
+
+
+@multiproc
+@pytest.mark.skipif(not has_deepspeed, reason="DeepSpeed is not installed (pip install deepspeed)")
+def test_zero3_lora_matches_ddp(tiny_model, identity_dir, tmp_path):
+    # DeepSpeed's CPU accelerator over gloo: ZeRO-3 shards the weights, the optimiser state and the gradients;
+    # the run must compute what DDP computes and save the whole adapter, gathered from the shards
+    from safetensors.torch import load_file
+
+    ddp, zero = tmp_path / "ddp", tmp_path / "zero3"
+    for out, extra in ((ddp, ()), (zero, (f"deepspeed={EXAMPLES / 'ds_z3_config.json'}",))):
+        done = train(tiny_model, identity_dir, out, 3, 2, *extra)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert logged_steps(zero) == [1, 2, 3]
+    losses = {
+        out: [r["loss"] for r in map(json.loads, (out / "trainer_log.jsonl").read_text().splitlines()) if "loss" in r]
+        for out in (ddp, zero)
+    }
+    assert losses[zero] == pytest.approx(losses[ddp], abs=1e-5)
+    a, b = load_file(zero / "adapter_model.safetensors"), load_file(ddp / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and a
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert (zero / "checkpoint-2" / "global_step2").is_dir()  # DeepSpeed's own sharded checkpoint

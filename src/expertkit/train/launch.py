@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,15 +68,15 @@ def is_main_process(env: Mapping[str, str] = os.environ) -> bool:
     return process_rank(env) == 0
 
 
-def plan_launch(env: Mapping[str, str], devices: int) -> LaunchPlan | None:
+def plan_launch(env: Mapping[str, str], devices: int, force: bool = False) -> LaunchPlan | None:
     """The torchrun relaunch the environment asks for, or None to train in this process.
 
-    `devices` is the number of visible accelerators (0 on a CPU machine). Bad values are one clear error here,
-    before any process is spawned.
+    `devices` is the number of visible accelerators (0 on a CPU machine); `force`: the config needs torchrun
+    (deepspeed). Bad values are one clear error here, before any process is spawned.
     """
     if in_launched_process(env):
         return None
-    force = env.get("FORCE_TORCHRUN", "0").strip().lower() in _TRUE
+    force = force or env.get("FORCE_TORCHRUN", "0").strip().lower() in _TRUE
     if not force and devices <= 1:
         return None
     nnodes = _env_int(env, "NNODES", 1, minimum=1)
@@ -87,7 +88,8 @@ def plan_launch(env: Mapping[str, str], devices: int) -> LaunchPlan | None:
         )
     if devices == 0 and not env.get("NPROC_PER_NODE"):
         raise ConfigError(
-            "FORCE_TORCHRUN is set but this machine has no GPU, so NPROC_PER_NODE must say how many processes to run",
+            "this run goes through torchrun (FORCE_TORCHRUN or deepspeed) but this machine has no GPU, so "
+            "NPROC_PER_NODE must say how many processes to run",
             hint="e.g. FORCE_TORCHRUN=1 NPROC_PER_NODE=2 expertkit train my.yaml (CPU processes talk over gloo)",
         )
     nproc = _env_int(env, "NPROC_PER_NODE", devices, minimum=1)
@@ -216,12 +218,83 @@ def quiet_other_ranks() -> None:
     """Ranks other than 0 print errors only: the header, progress and warnings come once, from rank 0."""
     if is_main_process():
         return
-    import warnings
-
     logging.getLogger("expertkit").setLevel(logging.ERROR)
     logging.getLogger().setLevel(logging.ERROR)
     warnings.simplefilter("ignore")
     os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+
+
+def load_deepspeed(value: str | dict | None) -> dict | None:
+    """The `deepspeed` key's config as a dict (from its JSON file, or inline); a clear error when it is unusable."""
+    import importlib.util
+    import json
+
+    if value is None:
+        return None
+    config = value
+    if isinstance(value, str):
+        path = Path(value)
+        if not path.is_file():
+            raise ConfigError(
+                f"deepspeed: '{value}' is not a file (looked at {path.resolve()})",
+                hint="point it at a DeepSpeed JSON config, e.g. examples/deepspeed/ds_z2_config.json (ds_z0, ds_z2, "
+                "ds_z3 and their _offload variants ship there), or write the config inline",
+            )
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            where = f" (line {e.lineno}, column {e.colno}: {e.msg})" if isinstance(e, json.JSONDecodeError) else ""
+            raise ConfigError(f"deepspeed: {path} is not JSON{where}", hint="DeepSpeed configs are JSON") from None
+    stage = config.get("zero_optimization", {}).get("stage", 0) if isinstance(config, dict) else None
+    if stage not in (0, 1, 2, 3):
+        raise ConfigError(
+            f"deepspeed: {value if isinstance(value, str) else 'the inline config'} is not a DeepSpeed config "
+            f"(zero_optimization.stage is {stage!r}, not 0 to 3)",
+            hint="start from examples/deepspeed/ds_z2_config.json",
+        )
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("deepspeed is set but DeepSpeed is not installed", hint="pip install deepspeed")
+    return config
+
+
+def distributed_arguments(config) -> dict:
+    """TrainingArguments for how the processes share the work: DDP (plain torchrun) or DeepSpeed."""
+    import torch
+
+    gpu = torch.cuda.is_available()
+    args: dict = {
+        "use_cpu": not gpu,  # transformers' CPU path becomes distributed (gloo) under torchrun only with use_cpu
+        # LoRA uses every adapter weight in each forward: DDP need not search for unused ones (LLaMA-Factory's rule)
+        "ddp_find_unused_parameters": False if config.finetuning_type == "lora" else None,
+    }
+    deepspeed = load_deepspeed(config.deepspeed)
+    if deepspeed is None:
+        return args
+    args |= {"deepspeed": deepspeed, "use_cpu": False}
+    # DeepSpeed calls torch.distributed's old names on every step: a FutureWarning per call, nothing to act on
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    if not gpu:
+        # without an accelerator, accelerate picks no distributed backend for DeepSpeed and counts one process
+        # (its CPU path is DDP only); set the state up over gloo first and let transformers use it
+        from accelerate import PartialState
+
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        PartialState(backend="gloo")
+        args["accelerator_config"] = {"use_configured_state": True}
+    return args
+
+
+def zero3(trainer) -> bool:
+    """Whether DeepSpeed ZeRO-3 shards the weights themselves across the processes."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None) if trainer.is_deepspeed_enabled else None
+    return bool(plugin and plugin.zero_stage == 3)
+
+
+def gather_weights(trainer) -> dict | None:
+    """ZeRO-3: the whole state dict on rank 0 (every rank must call this); otherwise None (rank 0 has them all)."""
+    if not zero3(trainer):
+        return None
+    return trainer.accelerator.get_state_dict(trainer.model_wrapped)
 
 
 def crash_for_test() -> None:

@@ -68,7 +68,7 @@ def load_stage(name: str) -> Stage:
 
 
 def run(config: TrainConfig) -> TrainResult:
-    from expertkit.train.launch import crash_for_test, is_main_process
+    from expertkit.train.launch import crash_for_test, gather_weights, is_main_process
 
     main = is_main_process()  # in a multi-process run only rank 0 prints and writes the run folder
     stage = load_stage(config.stage)
@@ -85,10 +85,11 @@ def run(config: TrainConfig) -> TrainResult:
     crash_for_test()
     try:
         output = finish_from_checkpoint(trainer, resume) if at_end else trainer.train(resume_from_checkpoint=resume)
+        weights = gather_weights(trainer)  # ZeRO-3: every rank hands rank 0 its shard
         if not main:
             return finish(config, trainer, output, None, write=False)
-        save_final(trainer, tokenizer, config)
-        check = stage.check_learning(trainer, tokenizer, data, config)
+        save_final(trainer, tokenizer, config, weights)
+        check = stage.check_learning(trainer, tokenizer, data, config) if weights is None else skip_check(config)
         return finish(config, trainer, output, check)
     except KeyboardInterrupt:
         logger.warning("%s", interrupted_message(config, trainer.state.global_step))
@@ -362,6 +363,8 @@ def training_arguments(config: TrainConfig, precision: Precision, args_class=Non
     """transformers' TrainingArguments (or a stage's subclass, such as TRL's DPOConfig) from the config."""
     from transformers import TrainingArguments
 
+    from expertkit.train.launch import distributed_arguments
+
     try:
         return (args_class or TrainingArguments)(
             output_dir=config.output_dir,
@@ -395,9 +398,7 @@ def training_arguments(config: TrainConfig, precision: Precision, args_class=Non
             disable_tqdm=not sys.stderr.isatty(),
             logging_first_step=True,
             save_only_model=False,
-            use_cpu=not _has_gpu(),  # transformers' CPU path becomes distributed (gloo) under torchrun only with it
-            # LoRA uses every adapter weight in each forward: DDP need not search for unused ones (LLaMA-Factory's rule)
-            ddp_find_unused_parameters=False if config.finetuning_type == "lora" else None,
+            **distributed_arguments(config),
             **stage_args,
         )
     except ValueError as e:  # a combination transformers refuses that the config's own checks let through
@@ -433,12 +434,6 @@ def check_optim(name: str) -> None:
             f"unknown optim '{name}'",
             hint=hint + "common: adamw_torch (the default), adamw_torch_fused, adafactor, sgd",
         )
-
-
-def _has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def planned_steps(config: TrainConfig, n_examples: int) -> int:
@@ -505,8 +500,19 @@ def world_size_line(args) -> dict[str, str]:
     return {"processes": f"{args.world_size} ({nodes} machine(s) x {local}, {backend}, {args.parallel_mode.value})"}
 
 
-def save_final(trainer, tokenizer, config: TrainConfig) -> None:
-    """Adapter (or model) + tokenizer with the training chat template, written to a temp dir, then moved."""
+def skip_check(config: TrainConfig) -> None:
+    if config.learning_check_samples > 0:
+        logger.warning(
+            "learning check skipped: under ZeRO-3 the trained weights are sharded across the processes; try the "
+            "result with expertkit chat"
+        )
+
+
+def save_final(trainer, tokenizer, config: TrainConfig, weights: dict | None = None) -> None:
+    """Adapter (or model) + tokenizer with the training chat template, written to a temp dir, then moved.
+
+    `weights`: the whole state dict gathered from ZeRO-3's shards (None: the model holds its own weights).
+    """
     import os
 
     out = Path(config.output_dir)
@@ -519,6 +525,8 @@ def save_final(trainer, tokenizer, config: TrainConfig) -> None:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
     # a PEFT model may also hold the DPO reference's frozen adapter copy: save only the one that trained
     only = {"selected_adapters": [model.active_adapter]} if hasattr(model, "peft_config") else {}
+    if weights is not None:
+        only["state_dict"] = weights
     model.save_pretrained(tmp, safe_serialization=True, **only)
     tokenizer.save_pretrained(tmp)
     for f in tmp.iterdir():
