@@ -217,7 +217,7 @@ def test_two_processes_train_and_only_rank_0_reports(tiny_model, identity_dir, t
     err = done.stderr
     assert err.count("expertkit run") == 1  # the header, once
     assert "1 x 1 accumulation x 2 process(es) = 2 sequences per step" in err
-    assert "processes      2 (1 machine(s) x 2, gloo" in err
+    assert "processes      2 (1 machine(s) x 2, DDP over gloo)" in err
     assert err.count("step 4/4 | loss") == 1  # progress from rank 0 only
     assert done.stdout.count("done: 4 steps") == 1
     assert logged_steps(out) == [1, 2, 3, 4]  # one log line per step: one writer
@@ -280,6 +280,7 @@ def test_zero3_lora_matches_ddp(tiny_model, identity_dir, tmp_path):
         done = train(tiny_model, identity_dir, out, 3, 2, *extra)
         assert done.returncode == 0, done.stderr[-3000:]
     assert logged_steps(zero) == [1, 2, 3]
+    assert "processes      2 (1 machine(s) x 2, DeepSpeed ZeRO-3 over gloo)" in done.stderr
     losses = {
         out: [r["loss"] for r in map(json.loads, (out / "trainer_log.jsonl").read_text().splitlines()) if "loss" in r]
         for out in (ddp, zero)

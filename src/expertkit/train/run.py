@@ -497,7 +497,9 @@ def world_size_line(args) -> dict[str, str]:
     backend = dist.get_backend() if dist.is_initialized() else "?"
     local = int(os.environ.get("LOCAL_WORLD_SIZE", args.world_size))
     nodes = max(args.world_size // max(local, 1), 1)
-    return {"processes": f"{args.world_size} ({nodes} machine(s) x {local}, {backend}, {args.parallel_mode.value})"}
+    ds = args.deepspeed if isinstance(args.deepspeed, dict) else {}
+    mode = f"DeepSpeed ZeRO-{ds.get('zero_optimization', {}).get('stage', 0)}" if args.deepspeed else "DDP"
+    return {"processes": f"{args.world_size} ({nodes} machine(s) x {local}, {mode} over {backend})"}
 
 
 def skip_check(config: TrainConfig) -> None:
