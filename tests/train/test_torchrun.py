@@ -95,6 +95,12 @@ def test_ppo_refuses_several_processes():
     launch.refuse_stage("sft", plan)
 
 
+def test_accelerate_fsdp_configs_are_refused():
+    with pytest.raises(ConfigError, match="does not train with FSDP yet"):
+        launch.refuse_fsdp({"ACCELERATE_USE_FSDP": "true"})
+    launch.refuse_fsdp({})
+
+
 def test_the_first_failed_rank_is_the_error(tmp_path):
     (tmp_path / "rank1.txt").write_text("RuntimeError: boom\n")
     os.utime(tmp_path / "rank1.txt", (1, 1))
@@ -204,9 +210,14 @@ def train(tiny_model, identity_dir, out: Path, steps: int, nproc: int, *extra: s
     return subprocess.run(args, capture_output=True, text=True, timeout=RUN_TIMEOUT, env=run_env | env)
 
 
-def logged_steps(out: Path) -> list[int]:
+def logged_losses(out: Path) -> dict[int, float]:
+    """step -> training loss, from trainer_log.jsonl"""
     lines = (out / "trainer_log.jsonl").read_text().splitlines()
-    return [r["current_steps"] for r in map(json.loads, lines) if "loss" in r]
+    return {r["current_steps"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+
+def logged_steps(out: Path) -> list[int]:
+    return list(logged_losses(out))
 
 
 @multiproc
@@ -281,12 +292,39 @@ def test_zero3_lora_matches_ddp(tiny_model, identity_dir, tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
     assert logged_steps(zero) == [1, 2, 3]
     assert "processes      2 (1 machine(s) x 2, DeepSpeed ZeRO-3 over gloo)" in done.stderr
-    losses = {
-        out: [r["loss"] for r in map(json.loads, (out / "trainer_log.jsonl").read_text().splitlines()) if "loss" in r]
-        for out in (ddp, zero)
-    }
-    assert losses[zero] == pytest.approx(losses[ddp], abs=1e-5)
+    assert list(logged_losses(zero).values()) == pytest.approx(list(logged_losses(ddp).values()), abs=1e-5)
     a, b = load_file(zero / "adapter_model.safetensors"), load_file(ddp / "adapter_model.safetensors")
     assert a.keys() == b.keys() and a
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
     assert (zero / "checkpoint-2" / "global_step2").is_dir()  # DeepSpeed's own sharded checkpoint
+
+
+@multiproc
+@pytest.mark.skipif(not has_deepspeed, reason="DeepSpeed is not installed (pip install deepspeed)")
+def test_zero3_full_saves_a_whole_model_and_resumes(tiny_model, identity_dir, tmp_path):
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    zero3 = ("finetuning_type=full", f"deepspeed={EXAMPLES / 'ds_z3_config.json'}")
+    done = train(tiny_model, identity_dir, out, 4, 2, *zero3)
+    assert done.returncode == 0, done.stderr[-3000:]
+    full = {
+        r["current_steps"]: r["loss"] for r in map(json.loads, (out / "trainer_log.jsonl").read_text().splitlines())
+    }
+    # the consolidated model: every weight gathered from the shards, loadable on its own, and trained
+    model = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in base.parameters())
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), base.parameters(), strict=True))
+    # killed after checkpoint-2: the resumed run repeats steps 3 and 4 exactly
+    shutil.rmtree(out / "checkpoint-4")
+    (out / "expertkit_finished").unlink()
+    resumed = train(tiny_model, identity_dir, out, 4, 2, *zero3, "resume_from_checkpoint=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = {
+        r["current_steps"]: r["loss"] for r in map(json.loads, (out / "trainer_log.jsonl").read_text().splitlines())
+    }
+    assert [again[s] for s in (3, 4)] == pytest.approx([full[s] for s in (3, 4)], abs=1e-5)

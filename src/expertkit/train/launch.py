@@ -119,6 +119,17 @@ def refuse_stage(stage: str, planned: LaunchPlan | None, env: Mapping[str, str] 
         )
 
 
+def refuse_fsdp(env: Mapping[str, str] = os.environ) -> None:
+    """`accelerate launch` with an FSDP config: refused, as the fsdp key is (the save would see only shards)."""
+    if env.get("ACCELERATE_USE_FSDP", "false").lower() in _TRUE:
+        raise ConfigError(
+            "this process was started with accelerate's FSDP config (ACCELERATE_USE_FSDP): expertkit does not train "
+            "with FSDP yet",
+            hint="use deepspeed=examples/deepspeed/ds_z3_config.json to shard the model, or an accelerate config "
+            "with distributed_type MULTI_GPU (DDP)",
+        )
+
+
 def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":

@@ -83,6 +83,8 @@ _NO = "drop the key, or set it to LLaMA-Factory's default"
 # key -> (LLaMA-Factory's default, what the key does, what to do instead)
 LF_REFUSED: dict[str, tuple[object, str, str]] = {
     "quantization_bit": (None, "loads the base model quantised (QLoRA)", _QLORA),
+    # accelerate (1.16) enables FSDP only on GPU-like devices: on a CPU it silently trains plain DDP, so nothing
+    # here could test it; DeepSpeed ZeRO-3 shards the model instead
     "fsdp": ("", "shards the model over several processes (FSDP)", _DIST),
     "fsdp_config": (None, "configures FSDP", _DIST),
     "use_unsloth": (False, "swaps in Unsloth's kernels", "drop the key: expertkit trains with transformers' own"),
