@@ -308,6 +308,20 @@ def gather_weights(trainer) -> dict | None:
     return trainer.accelerator.get_state_dict(trainer.model_wrapped)
 
 
+def processes_line(args) -> dict[str, str]:
+    """The header's line for a multi-process run: how many processes, on how many machines, over which backend."""
+    import torch.distributed as dist
+
+    if args.world_size <= 1:
+        return {}
+    backend = dist.get_backend() if dist.is_initialized() else "?"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", args.world_size))
+    nodes = max(args.world_size // max(local, 1), 1)
+    ds = args.deepspeed if isinstance(args.deepspeed, dict) else {}
+    mode = f"DeepSpeed ZeRO-{ds.get('zero_optimization', {}).get('stage', 0)}" if args.deepspeed else "DDP"
+    return {"processes": f"{args.world_size} ({nodes} machine(s) x {local}, {mode} over {backend})"}
+
+
 def crash_for_test() -> None:
     """Tests: the rank named by EXPERTKIT_TEST_CRASH_RANK fails here, while the others go on into training."""
     wanted = os.environ.get(CRASH_RANK_ENV)

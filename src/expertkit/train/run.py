@@ -448,6 +448,7 @@ def planned_steps(config: TrainConfig, n_examples: int) -> int:
 
 def print_header(config: TrainConfig, trainer, data: StageData, precision: Precision, stage_lines: dict) -> None:
     from expertkit.model.load import count_parameters
+    from expertkit.train.launch import processes_line
     from expertkit.train.report import GIB, estimate_memory, log_header, memory_advice
 
     trainable, total = count_parameters(trainer.model)
@@ -470,7 +471,7 @@ def print_header(config: TrainConfig, trainer, data: StageData, precision: Preci
             **data.header,
             "batch": f"{config.per_device_train_batch_size} x {config.gradient_accumulation_steps} accumulation "
             f"x {trainer.args.world_size} process(es) = {batch} sequences per step",
-            **world_size_line(trainer.args),
+            **processes_line(trainer.args),
             "learning rate": f"{config.learning_rate:g}, {config.lr_scheduler_type} schedule",
             "steps": f"{planned_steps(config, len(trainer.train_dataset))}",
             "memory": f"~{est.total / GIB:.1f} GiB estimated peak of {est.available / GIB:.1f} GiB {est.device}",
@@ -484,22 +485,6 @@ def print_header(config: TrainConfig, trainer, data: StageData, precision: Preci
             est.available / GIB,
             memory_advice(est, config.per_device_train_batch_size, config.cutoff_len, config.gradient_checkpointing),
         )
-
-
-def world_size_line(args) -> dict[str, str]:
-    """The header's line for a multi-process run: how many processes, on how many machines, over which backend."""
-    import os
-
-    import torch.distributed as dist
-
-    if args.world_size <= 1:
-        return {}
-    backend = dist.get_backend() if dist.is_initialized() else "?"
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", args.world_size))
-    nodes = max(args.world_size // max(local, 1), 1)
-    ds = args.deepspeed if isinstance(args.deepspeed, dict) else {}
-    mode = f"DeepSpeed ZeRO-{ds.get('zero_optimization', {}).get('stage', 0)}" if args.deepspeed else "DDP"
-    return {"processes": f"{args.world_size} ({nodes} machine(s) x {local}, {mode} over {backend})"}
 
 
 def skip_check(config: TrainConfig) -> None:
