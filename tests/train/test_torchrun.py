@@ -311,9 +311,7 @@ def test_zero3_full_saves_a_whole_model_and_resumes(tiny_model, identity_dir, tm
     zero3 = ("finetuning_type=full", f"deepspeed={EXAMPLES / 'ds_z3_config.json'}")
     done = train(tiny_model, identity_dir, out, 4, 2, *zero3)
     assert done.returncode == 0, done.stderr[-3000:]
-    full = {
-        r["current_steps"]: r["loss"] for r in map(json.loads, (out / "trainer_log.jsonl").read_text().splitlines())
-    }
+    full = logged_losses(out)
     # the consolidated model: every weight gathered from the shards, loadable on its own, and trained
     model = AutoModelForCausalLM.from_pretrained(out)
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
@@ -324,7 +322,5 @@ def test_zero3_full_saves_a_whole_model_and_resumes(tiny_model, identity_dir, tm
     (out / "expertkit_finished").unlink()
     resumed = train(tiny_model, identity_dir, out, 4, 2, *zero3, "resume_from_checkpoint=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    again = {
-        r["current_steps"]: r["loss"] for r in map(json.loads, (out / "trainer_log.jsonl").read_text().splitlines())
-    }
+    again = logged_losses(out)
     assert [again[s] for s in (3, 4)] == pytest.approx([full[s] for s in (3, 4)], abs=1e-5)
