@@ -47,7 +47,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(kb_app, name="kb")
 app.add_typer(feedback_app, name="feedback")
 
-_state = {"debug": False}
+_state: dict = {"debug": False, "argv": []}  # argv: the command line, for train's torchrun relaunch
 
 
 @app.callback()
@@ -90,14 +90,24 @@ def train(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=Fa
 
     Example: expertkit train examples/train/qwen2.5-0.5b-instruct_lora_sft.yaml num_train_epochs=5
     """
-    config = load_train_config(args or [])
+    config = load_train_config(args or [])  # config errors come before any process is spawned
+    from expertkit.train import launch
+
+    launch.load_deepspeed(config.deepspeed)  # a missing or broken file is an error before anything starts
+    plan = launch.plan_launch(os.environ, launch.device_count(), force=config.deepspeed is not None)
+    launch.refuse_stage(config.stage, plan)
+    launch.refuse_fsdp()
+    if plan:  # FORCE_TORCHRUN=1 or several GPUs: the same command again, under torchrun, once per process
+        raise typer.Exit(launch.relaunch(plan, _state["argv"]))
+    launch.quiet_other_ranks()
     from expertkit.train.run import run
 
     result = run(config)
-    typer.echo(
-        f"done: {result.global_step} steps, train loss {result.train_loss:.4f}, "
-        f"{result.tokens_per_second:.0f} tokens/s -> {result.output_dir}"
-    )
+    if launch.is_main_process():
+        typer.echo(
+            f"done: {result.global_step} steps, train loss {result.train_loss:.4f}, "
+            f"{result.tokens_per_second:.0f} tokens/s -> {result.output_dir}"
+        )
 
 
 @app.command(context_settings=EXTRA_ARGS)
@@ -262,12 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     if "--debug" in argv:  # a global option, accepted anywhere on the line
         argv = ["--debug"] + [a for a in argv if a != "--debug"]
     _state["debug"] = "--debug" in argv
+    _state["argv"] = argv
     try:
         code = app(args=argv, prog_name="expertkit", standalone_mode=False)
     except ExpertkitError as e:
+        from expertkit.train.launch import note_rank_failure, rank_prefix
+
+        note_rank_failure(e)
         if _state["debug"]:
             raise
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {rank_prefix()}{e}", err=True)
         return 1
     except typer.Exit as e:
         return e.exit_code
@@ -283,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, click.ClickException):
             e.show()
             return e.exit_code
+        from expertkit.train.launch import note_rank_failure
+
+        note_rank_failure(e)
         raise
     return code if isinstance(code, int) else 0
 

@@ -189,6 +189,10 @@ class TrainConfig(DataConfig):
     report_to: list[str] = ["none"]
     """Experiment trackers (none, tensorboard, wandb, ...); comma list."""
 
+    deepspeed: str | dict | None = None
+    """DeepSpeed config (LLaMA-Factory's key): a JSON file such as examples/deepspeed/ds_z3_config.json, or the
+    config inline. Trains under torchrun (relaunched as with FORCE_TORCHRUN=1); needs `pip install deepspeed`."""
+
     eval_strategy: Literal["no", "steps", "epoch"] = "no"
     """When to compute validation loss (needs val_size > 0)."""
 

@@ -17,7 +17,7 @@ LF_UNSUPPORTED = frozenset(
     cpu_infer create_new_adapter crop_to_patches data_seed data_shared_file_system dataloader_drop_last
     dataloader_in_order dataloader_multiprocessing_context dataloader_num_workers dataloader_persistent_workers
     dataloader_pin_memory dataloader_prefetch_factor ddp_backend ddp_broadcast_buffers ddp_bucket_cap_mb
-    ddp_find_unused_parameters ddp_static_graph ddp_timeout debug deepspeed default_system disable_shuffling
+    ddp_find_unused_parameters ddp_static_graph ddp_timeout debug default_system disable_shuffling
     disable_tqdm do_eval do_predict do_sample double_quantization download_mode 
     early_stopping_steps enable_jit_checkpoint enable_liger_kernel enable_thinking enable_torch_profiler
     eval_accumulation_steps eval_dataset eval_delay eval_do_concat_batches eval_num_beams eval_on_each_dataset
@@ -71,8 +71,9 @@ LF_UNSUPPORTED = frozenset(
 
 _QLORA = "drop the key to train LoRA on unquantised weights (more memory), or use LLaMA-Factory for QLoRA"
 _DIST = (
-    "drop the key to train on one process (lower per_device_train_batch_size and raise "
-    "gradient_accumulation_steps to fit memory)"
+    "use deepspeed (ZeRO, e.g. deepspeed=examples/deepspeed/ds_z3_config.json) or DDP (FORCE_TORCHRUN=1 "
+    "NPROC_PER_NODE=N), docs/training.md#more-than-one-process; or lower "
+    "per_device_train_batch_size and raise gradient_accumulation_steps to fit memory"
 )
 _OPT = "drop the key to train with `optim` (adamw_torch by default)"
 _NO = "drop the key, or set it to LLaMA-Factory's default"
@@ -82,7 +83,8 @@ _NO = "drop the key, or set it to LLaMA-Factory's default"
 # key -> (LLaMA-Factory's default, what the key does, what to do instead)
 LF_REFUSED: dict[str, tuple[object, str, str]] = {
     "quantization_bit": (None, "loads the base model quantised (QLoRA)", _QLORA),
-    "deepspeed": (None, "trains with DeepSpeed ZeRO over several processes", _DIST),
+    # accelerate (1.16) enables FSDP only on GPU-like devices: on a CPU it silently trains plain DDP, so nothing
+    # here could test it; DeepSpeed ZeRO-3 shards the model instead
     "fsdp": ("", "shards the model over several processes (FSDP)", _DIST),
     "fsdp_config": (None, "configures FSDP", _DIST),
     "use_unsloth": (False, "swaps in Unsloth's kernels", "drop the key: expertkit trains with transformers' own"),

@@ -68,20 +68,28 @@ def load_stage(name: str) -> Stage:
 
 
 def run(config: TrainConfig) -> TrainResult:
+    from expertkit.train.launch import crash_for_test, gather_weights, is_main_process
+
+    main = is_main_process()  # in a multi-process run only rank 0 prints and writes the run folder
     stage = load_stage(config.stage)
     check_optim(config.optim)
-    resume = prepare_output_dir(config)
+    resume = prepare_output_dir(config, write=main)
     tokenizer = load_chat_tokenizer(config)
     data = stage.prepare_data(config, tokenizer)
     at_end = resume_is_at_end(config, resume, len(data.train_set))
     model, precision = build_model(config)
     trainer = stage.build_trainer(config, model, tokenizer, data, precision)
-    print_header(config, trainer, data, precision, stage.header_lines(config, trainer))
-    (Path(config.output_dir) / FINISHED_MARKER).unlink(missing_ok=True)
+    if main:
+        print_header(config, trainer, data, precision, stage.header_lines(config, trainer))
+        (Path(config.output_dir) / FINISHED_MARKER).unlink(missing_ok=True)
+    crash_for_test()
     try:
         output = finish_from_checkpoint(trainer, resume) if at_end else trainer.train(resume_from_checkpoint=resume)
-        save_final(trainer, tokenizer, config)
-        check = stage.check_learning(trainer, tokenizer, data, config)
+        weights = gather_weights(trainer)  # ZeRO-3: every rank hands rank 0 its shard
+        if not main:
+            return finish(config, trainer, output, None, write=False)
+        save_final(trainer, tokenizer, config, weights)
+        check = stage.check_learning(trainer, tokenizer, data, config) if weights is None else skip_check(config)
         return finish(config, trainer, output, check)
     except KeyboardInterrupt:
         logger.warning("%s", interrupted_message(config, trainer.state.global_step))
@@ -105,8 +113,11 @@ def interrupted_message(config: TrainConfig, step: int) -> str:
     )
 
 
-def prepare_output_dir(config: TrainConfig) -> str | None:
-    """Refuse to overwrite a run by accident; pick the checkpoint to resume from; save the resolved config."""
+def prepare_output_dir(config: TrainConfig, write: bool = True) -> str | None:
+    """Refuse to overwrite a run by accident; pick the checkpoint to resume from; save the resolved config.
+
+    write=False (the ranks other than 0 of a multi-process run): the same checks and choice, no writes.
+    """
     from expertkit.train.checkpoints import list_checkpoints, resolve_resume
 
     out = Path(config.output_dir)
@@ -118,6 +129,8 @@ def prepare_output_dir(config: TrainConfig) -> str | None:
     checkpoints = list_checkpoints(out)
     finished = (out / FINISHED_MARKER).is_file()
     if config.overwrite_output_dir and not config.resume_from_checkpoint and out.is_dir():
+        if not write:  # rank 0 clears the folder; this rank starts fresh
+            return None
         for _, d, _ in checkpoints:
             shutil.rmtree(d)
         (out / FINISHED_MARKER).unlink(missing_ok=True)
@@ -130,6 +143,8 @@ def prepare_output_dir(config: TrainConfig) -> str | None:
             "overwrite_output_dir=true, or choose another output_dir",
         )
     resume = resolve_resume(out, config.resume_from_checkpoint)
+    if not write:
+        return resume
     # a fresh start must not append to an earlier run's log; a resumed one drops the steps it will repeat
     trim_log(out / TRAINER_LOG, checkpoint_step(resume))
     try:
@@ -348,6 +363,8 @@ def training_arguments(config: TrainConfig, precision: Precision, args_class=Non
     """transformers' TrainingArguments (or a stage's subclass, such as TRL's DPOConfig) from the config."""
     from transformers import TrainingArguments
 
+    from expertkit.train.launch import distributed_arguments
+
     try:
         return (args_class or TrainingArguments)(
             output_dir=config.output_dir,
@@ -381,7 +398,7 @@ def training_arguments(config: TrainConfig, precision: Precision, args_class=Non
             disable_tqdm=not sys.stderr.isatty(),
             logging_first_step=True,
             save_only_model=False,
-            use_cpu=not _has_gpu(),
+            **distributed_arguments(config),
             **stage_args,
         )
     except ValueError as e:  # a combination transformers refuses that the config's own checks let through
@@ -419,12 +436,6 @@ def check_optim(name: str) -> None:
         )
 
 
-def _has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def planned_steps(config: TrainConfig, n_examples: int) -> int:
     import math
 
@@ -437,6 +448,7 @@ def planned_steps(config: TrainConfig, n_examples: int) -> int:
 
 def print_header(config: TrainConfig, trainer, data: StageData, precision: Precision, stage_lines: dict) -> None:
     from expertkit.model.load import count_parameters
+    from expertkit.train.launch import processes_line
     from expertkit.train.report import GIB, estimate_memory, log_header, memory_advice
 
     trainable, total = count_parameters(trainer.model)
@@ -459,7 +471,8 @@ def print_header(config: TrainConfig, trainer, data: StageData, precision: Preci
             "parameters": f"{trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
             **data.header,
             "batch": f"{config.per_device_train_batch_size} x {config.gradient_accumulation_steps} accumulation "
-            f"x {trainer.args.world_size} device(s) = {batch} sequences per step",
+            f"x {trainer.args.world_size} process(es) = {batch} sequences per step",
+            **processes_line(trainer.args),
             "learning rate": f"{config.learning_rate:g}, {config.lr_scheduler_type} schedule",
             "steps": f"{planned_steps(config, len(trainer.train_dataset))}",
             "memory": f"~{est.total / GIB:.1f} GiB estimated peak of {est.available / GIB:.1f} GiB {est.device}",
@@ -475,8 +488,19 @@ def print_header(config: TrainConfig, trainer, data: StageData, precision: Preci
         )
 
 
-def save_final(trainer, tokenizer, config: TrainConfig) -> None:
-    """Adapter (or model) + tokenizer with the training chat template, written to a temp dir, then moved."""
+def skip_check(config: TrainConfig) -> None:
+    if config.learning_check_samples > 0:
+        logger.warning(
+            "learning check skipped: under ZeRO-3 the trained weights are sharded across the processes; try the "
+            "result with expertkit chat"
+        )
+
+
+def save_final(trainer, tokenizer, config: TrainConfig, weights: dict | None = None) -> None:
+    """Adapter (or model) + tokenizer with the training chat template, written to a temp dir, then moved.
+
+    `weights`: the whole state dict gathered from ZeRO-3's shards (None: the model holds its own weights).
+    """
     import os
 
     out = Path(config.output_dir)
@@ -489,6 +513,8 @@ def save_final(trainer, tokenizer, config: TrainConfig) -> None:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
     # a PEFT model may also hold the DPO reference's frozen adapter copy: save only the one that trained
     only = {"selected_adapters": [model.active_adapter]} if hasattr(model, "peft_config") else {}
+    if weights is not None:
+        only["state_dict"] = weights
     model.save_pretrained(tmp, safe_serialization=True, **only)
     tokenizer.save_pretrained(tmp)
     for f in tmp.iterdir():
@@ -497,7 +523,8 @@ def save_final(trainer, tokenizer, config: TrainConfig) -> None:
     trainer.save_state()
 
 
-def finish(config: TrainConfig, trainer, output, check) -> TrainResult:
+def finish(config: TrainConfig, trainer, output, check, write: bool = True) -> TrainResult:
+    """The run's figures; with write (rank 0), also train_results.json, the plots and the finished marker."""
     from expertkit.core.runs import write_text_atomic
     from expertkit.train.callbacks import plot_loss, plot_rewards
 
@@ -506,12 +533,13 @@ def finish(config: TrainConfig, trainer, output, check) -> TrainResult:
     tokens = int(trainer.state.num_input_tokens_seen or 0)
     runtime = float(metrics.get("train_runtime", 0.0))
     metrics["train_tokens_per_second"] = tokens / runtime if runtime else 0.0
-    write_json_atomic(out / "train_results.json", metrics)
-    if config.plot_loss:
-        plot_loss(trainer.state.log_history, out)
-        plot_rewards(trainer.state.log_history, out)
-    write_text_atomic(out / FINISHED_MARKER, "finished\n")
-    logger.info("saved %s to %s", "adapter" if config.finetuning_type == "lora" else "model", out)
+    if write:
+        write_json_atomic(out / "train_results.json", metrics)
+        if config.plot_loss:
+            plot_loss(trainer.state.log_history, out)
+            plot_rewards(trainer.state.log_history, out)
+        write_text_atomic(out / FINISHED_MARKER, "finished\n")
+        logger.info("saved %s to %s", "adapter" if config.finetuning_type == "lora" else "model", out)
     return TrainResult(
         str(out),
         trainer.state.global_step,
