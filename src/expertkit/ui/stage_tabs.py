@@ -50,6 +50,8 @@ EXPORT_COMMON = [
     "adapter_name_or_path",
     "finetuning_type",
     "export_dir",
+    "export_format",  # safetensors, or gguf files + an Ollama Modelfile
+    "export_quantization",  # gguf: f16, q8_0, q4_k_m, ... (comma list)
     "export_size",
     "template",
 ]
