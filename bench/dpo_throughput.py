@@ -1,7 +1,8 @@
 """DPO throughput: expertkit `stage: dpo` (LoRA) against plain TRL `DPOTrainer` + PEFT on the same work, in one run.
 
-    python bench/dpo_throughput.py                        # TRL, expertkit fp32 + bf16, 8 steps each (~6 min idle)
-    python bench/dpo_throughput.py --quick                # smoke run: 2 optimiser steps per system
+    python bench/dpo_throughput.py                        # TRL, expertkit fp32 + bf16, 8 steps of 8 pairs each
+    python bench/dpo_throughput.py --quick                # smoke run: 2 steps of 2 pairs per system
+    python bench/dpo_throughput.py --steps 3 --accumulation 2 --rounds 2   # what bench/README.md records
     python bench/dpo_throughput.py --variants fp32 --rounds 2 --json dpo.json
 
 The work: the model of bench/train_throughput.py (shared/anchor-bench's ~27M-parameter random Qwen2-style
