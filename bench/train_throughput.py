@@ -318,8 +318,11 @@ class RunResult:
         )
 
 
-def run_system(name: str, spec: dict, model: Path, data: Path, run_dir: Path, args) -> RunResult:
-    """One system in its own process: wall time, its own peak RSS (os.wait4), figures from its run folder."""
+def run_system(
+    name: str, spec: dict, model: Path, data: Path, run_dir: Path, args, script: Path | None = None
+) -> RunResult:
+    """One system in its own process: wall time, its own peak RSS (os.wait4), figures from its run folder.
+    `script` runs the worker (default: this file; bench/dpo_throughput.py passes its own)."""
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     spec = {
@@ -336,7 +339,7 @@ def run_system(name: str, spec: dict, model: Path, data: Path, run_dir: Path, ar
         (run_dir / "config.yaml").write_text(lf_yaml(spec))
         cmd = [spec["cli"], "train", str(run_dir / "config.yaml")]
     else:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(run_dir / "spec.json")]
+        cmd = [sys.executable, str(script or Path(__file__).resolve()), "--worker", str(run_dir / "spec.json")]
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",

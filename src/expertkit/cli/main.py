@@ -1,6 +1,7 @@
 """The `expertkit` command line.
 
     expertkit demo                              # offline: the whole loop on a built-in tiny model
+    expertkit demo stage=dpo                    # ... then a preference round (DPO) on top of it
     expertkit data check my.yaml                # what the data looks like before spending GPU hours
     expertkit train my.yaml lora_rank=16        # YAML + key=value overrides (or --lora_rank 16)
     expertkit export my_merge.yaml              # merge the adapter into a standalone, checked model
@@ -241,15 +242,26 @@ app.command("promote", context_settings=EXTRA_ARGS)(promote)
 app.command("improve", context_settings=EXTRA_ARGS)(improve)
 
 
-@app.command()
+@app.command(context_settings=EXTRA_ARGS)
 def demo(
+    args: list[str] = typer.Argument(
+        None,
+        metavar="[stage=sft|dpo]",
+        help="stage=dpo adds a preference round (DPO) on top of the SFT adapter, on bundled chosen / rejected "
+        "pairs, and prints base / SFT / DPO answers and the margin log p(chosen) - log p(rejected) before and after "
+        "(a minute or two more on 2 CPU cores).",
+        show_default=False,
+    ),
     output_dir: str = typer.Option("saves/demo", help="Where the tiny model and the run go."),
     build_only: bool = typer.Option(False, "--build-only", help="Only build the tiny model."),
 ) -> None:
-    """Offline demo: build a tiny random model, LoRA-tune it on bundled data, compare base vs tuned answers."""
-    from expertkit.demo import run_demo
+    """Offline demo: build a tiny random model, LoRA-tune it on bundled data, compare base vs tuned answers.
 
-    run_demo(output_dir, build_only=build_only)
+    Example: expertkit demo stage=dpo   (then a DPO round: base vs SFT vs DPO answers)
+    """
+    from expertkit.demo import parse_stage, run_demo
+
+    run_demo(output_dir, build_only=build_only, stage=parse_stage(args or []))
 
 
 @app.command()
