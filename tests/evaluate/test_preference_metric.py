@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from expertkit.core.config import load_config
 from expertkit.core.errors import DataError
 from expertkit.evaluate.config import EvalConfig
@@ -62,3 +64,12 @@ def test_an_endpoint_is_skipped_with_a_note(identity_dir, tmp_path):
     })  # fmt: skip
     summary = run(config).summary
     assert "preference skipped" in summary["candidates"]["api"]["notes"][0]
+
+
+def test_a_line_that_is_not_an_object_is_located_not_a_traceback(tmp_path):
+    from expertkit.evaluate.run import read_qa_jsonl
+
+    path = tmp_path / "held_out.jsonl"
+    path.write_text('{"question": "Hi?", "reference": "Hello."}\n["a list"]\n')
+    with pytest.raises(DataError, match="held_out.jsonl:2: not a JSON object"):
+        read_qa_jsonl(path)

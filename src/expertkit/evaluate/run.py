@@ -173,6 +173,22 @@ def load_pair_set(config: EvalConfig) -> list[PairItem] | None:
 
 def read_pair_jsonl(path: Path) -> list[PairItem]:
     """Rows of {"question", "chosen", "rejected"} text (`system`, `id` optional); every bad line is located."""
+
+    def make(row: dict, where: str, n: int) -> PairItem | Problem:
+        question = row.get("question", row.get("prompt"))
+        fields = (("question", question), ("chosen", row.get("chosen")), ("rejected", row.get("rejected")))
+        bad = [k for k, v in fields if not isinstance(v, str) or not v]
+        if bad:
+            return Problem("missing or not text", where, ", ".join(bad),
+                           'write {"question": "...", "chosen": "...", "rejected": "..."}')  # fmt: skip
+        return PairItem(str(row.get("id", n)), prompt_messages(row, question), row["chosen"], row["rejected"])
+
+    return read_jsonl_items(path, make)
+
+
+def read_jsonl_items(path: Path, make) -> list:
+    """One item per JSON line (`make(row, where, line_number)` builds it or returns the Problem); every bad line is
+    reported at once, and ids must be unique."""
     items, problems = [], []
     with open(path, encoding="utf-8-sig") as fh:
         for n, line in enumerate(fh, 1):
@@ -184,25 +200,21 @@ def read_pair_jsonl(path: Path) -> list[PairItem]:
             except ValueError as e:
                 problems.append(Problem(f"not JSON ({e.msg})", where, hint="one JSON object per line"))
                 continue
-            if not isinstance(row, dict):
-                problems.append(Problem("not a JSON object", where, hint='write {"question": ..., "chosen": ...}'))
-                continue
-            question = row.get("question", row.get("prompt"))
-            fields = (("question", question), ("chosen", row.get("chosen")), ("rejected", row.get("rejected")))
-            bad = [k for k, v in fields if not isinstance(v, str) or not v]
-            if bad:
-                problems.append(Problem("missing or not text", where, ", ".join(bad), 'write {"question": "...", '
-                                        '"chosen": "...", "rejected": "..."}'))  # fmt: skip
-                continue
-            messages = [{"role": "system", "content": row["system"]}] if row.get("system") else []
-            messages.append({"role": "user", "content": question})
-            items.append(PairItem(str(row.get("id", n)), messages, row["chosen"], row["rejected"]))
+            item = make(row, where, n) if isinstance(row, dict) else Problem(
+                "not a JSON object", where, hint='write {"question": ..., ...}'
+            )  # fmt: skip
+            (problems if isinstance(item, Problem) else items).append(item)
     if problems:
         raise DataError(f"{len(problems)} bad line(s) in {path}:", problems=problems)
     ids = [i.id for i in items]
     if len(set(ids)) < len(ids):
         raise DataError(f"{path}: two lines share an id", hint="give every line a unique id, or none")
     return items
+
+
+def prompt_messages(row: dict, question: str) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+    return [*messages, {"role": "user", "content": question}]
 
 
 def pairs_from_preference_data(config: EvalConfig, names: list[str]) -> list[PairItem]:
@@ -253,32 +265,15 @@ def is_qa_jsonl(path: Path) -> bool:
 
 
 def read_qa_jsonl(path: Path) -> list[EvalItem]:
-    items, problems = [], []
-    with open(path, encoding="utf-8-sig") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                problems.append(Problem(f"not JSON ({e.msg})", where, hint="one JSON object per line"))
-                continue
-            question, reference = row.get("question"), row.get("reference", row.get("answer"))
-            bad = [k for k, v in (("question", question), ("reference", reference)) if not isinstance(v, str) or not v]
-            if bad:
-                problems.append(Problem("missing or not text", where, ", ".join(bad), 'write {"question": "...", '
-                                        '"reference": "..."}'))  # fmt: skip
-                continue
-            messages = [{"role": "system", "content": row["system"]}] if row.get("system") else []
-            messages.append({"role": "user", "content": question})
-            items.append(EvalItem(str(row.get("id", n)), messages, reference))
-    if problems:
-        raise DataError(f"{len(problems)} bad line(s) in {path}:", problems=problems)
-    ids = [i.id for i in items]
-    if len(set(ids)) < len(ids):
-        raise DataError(f"{path}: two lines share an id", hint="give every line a unique id, or none")
-    return items
+    def make(row: dict, where: str, n: int) -> EvalItem | Problem:
+        question, reference = row.get("question"), row.get("reference", row.get("answer"))
+        bad = [k for k, v in (("question", question), ("reference", reference)) if not isinstance(v, str) or not v]
+        if bad:
+            return Problem("missing or not text", where, ", ".join(bad),
+                           'write {"question": "...", "reference": "..."}')  # fmt: skip
+        return EvalItem(str(row.get("id", n)), prompt_messages(row, question), reference)
+
+    return read_jsonl_items(path, make)
 
 
 def from_training_data(config: EvalConfig) -> list[EvalItem]:

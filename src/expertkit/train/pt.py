@@ -111,24 +111,12 @@ def pack_blocks(docs: list[list[int]], block_size: int) -> list[list[int]]:
 
 
 def build_trainer(config: TrainConfig, model, tokenizer, data: StageData, precision: Precision):
-    from transformers import Trainer
-
-    from expertkit.train.collate import PaddedCollator, PaddingFreeCollator
-    from expertkit.train.run import quiet_printer, run_callbacks, training_arguments
+    """SFT's Trainer (the rows are ids + labels like SFT's), after measuring the starting perplexity."""
+    from expertkit.train import sft
 
     if config.learning_check_samples > 0 and data.check_rows:
         data.stats.start_perplexity = perplexity(model, data.check_rows)
-    collator = PaddingFreeCollator() if config.padding_free else PaddedCollator(tokenizer.pad_token_id)
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(config, precision),
-        train_dataset=data.train_set,
-        eval_dataset=data.val_set or None,
-        data_collator=collator,
-        processing_class=tokenizer,
-        callbacks=run_callbacks(config),
-    )
-    return quiet_printer(trainer)
+    return sft.build_trainer(config, model, tokenizer, data, precision)
 
 
 def header_lines(config: TrainConfig, trainer) -> dict[str, str]:
