@@ -156,13 +156,9 @@ def test_bad_preference_keys_are_config_errors(key, value, says):
 
 
 def test_dpo_sigkill_then_resume_continues_the_same_run(tiny_model, pref_dir, tmp_path):
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
 
-    from expertkit.train.checkpoints import COMPLETE_MARKER, list_checkpoints
+    from killed_run import kill_then_resume
 
     def args(out):
         keys = dpo_keys(tiny_model, pref_dir, out, max_steps=30, save_steps=3, per_device_train_batch_size=1)
@@ -173,22 +169,10 @@ def test_dpo_sigkill_then_resume_continues_the_same_run(tiny_model, pref_dir, tm
         rows = map(json.loads, (out / "trainer_log.jsonl").read_text().splitlines())
         return {r["current_steps"]: r["loss"] for r in rows if "loss" in r}
 
-    reference = tmp_path / "reference"
-    subprocess.run(args(reference), check=True, capture_output=True)
-    out = tmp_path / "killed"
-    proc = subprocess.Popen(args(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not list(out.glob(f"checkpoint-*/{COMPLETE_MARKER}")) and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    done = [s for s, _, ok in list_checkpoints(out) if ok]
-    resumed = subprocess.run(args(out) + ["resume_from_checkpoint=true"], capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
+    reference, out, last = kill_then_resume(args, tmp_path)
     ref, got = losses(reference), losses(out)
     assert sorted(got) == sorted(ref)
-    for step in range(done[-1] + 1, 31):
+    for step in range(last + 1, 31):
         assert abs(got[step] - ref[step]) < 1e-4, f"step {step}: {got[step]} vs {ref[step]}"
     assert not (out / "ref").exists()
 

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from reward_model import RANKED_PAIRS, train_reward_model
 
 from expertkit.cli.main import main
 from expertkit.core.config import load_config
@@ -30,36 +31,16 @@ def data_dir(tmp_path_factory) -> Path:
     (d / "pairs.json").write_text(json.dumps(PAIRS), encoding="utf-8")
     prompts = [{"instruction": p["instruction"], "output": p["chosen"]} for p in PAIRS]
     (d / "prompts.json").write_text(json.dumps(prompts), encoding="utf-8")
-    info = {
-        "pairs": {"file_name": "pairs.json", "ranking": True, "columns": {"prompt": "instruction", "chosen": "chosen",
-                                                                          "rejected": "rejected"}},
-        "prompts": {"file_name": "prompts.json"},
-    }  # fmt: skip
+    info = {"pairs": RANKED_PAIRS, "prompts": {"file_name": "prompts.json"}}
     (d / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
     return d
 
 
 @pytest.fixture(scope="module")
 def reward_run(tiny_model, data_dir, tmp_path_factory) -> Path:
-    from expertkit.train.run import run
-
-    keys = {
-        "stage": "rm",
-        "model_name_or_path": str(tiny_model),
-        "dataset": "pairs",
-        "dataset_dir": str(data_dir),
-        "output_dir": str(tmp_path_factory.mktemp("rm") / "run"),
-        "cutoff_len": 128,
-        "lora_rank": 16,
-        "learning_rate": 5e-3,
-        "num_train_epochs": 8,
-        "per_device_train_batch_size": 2,
-        "save_steps": 1000,
-        "learning_check_samples": 0,
-        "plot_loss": False,
-        "bf16": False,
-    }
-    return Path(run(load_config(TrainConfig, None, keys)).output_dir)
+    out = tmp_path_factory.mktemp("rm") / "run"
+    _config, result = train_reward_model(tiny_model, data_dir, out, learning_check_samples=0, plot_loss=False)
+    return Path(result.output_dir)
 
 
 def ppo_keys(tiny_model, data_dir, reward, out, **overrides) -> dict:
@@ -118,13 +99,9 @@ def test_ppo_run_folder_is_a_causal_lm_adapter_plain_peft_loads(ppo_run, tiny_mo
 
 
 def test_ppo_sigkill_then_resume_continues_the_same_run(tiny_model, data_dir, reward_run, tmp_path):
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
 
-    from expertkit.train.checkpoints import COMPLETE_MARKER, list_checkpoints
+    from killed_run import kill_then_resume
 
     def args(out):
         keys = ppo_keys(tiny_model, data_dir, reward_run, out, max_steps=6, save_steps=2, ppo_epochs=1)
@@ -135,22 +112,10 @@ def test_ppo_sigkill_then_resume_continues_the_same_run(tiny_model, data_dir, re
         rows = map(json.loads, (out / "trainer_log.jsonl").read_text().splitlines())
         return {r["current_steps"]: (r["loss"], r["rewards/score"]) for r in rows}
 
-    reference = tmp_path / "reference"
-    subprocess.run(args(reference), check=True, capture_output=True)
-    out = tmp_path / "killed"
-    proc = subprocess.Popen(args(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not list(out.glob(f"checkpoint-*/{COMPLETE_MARKER}")) and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    done = [s for s, _, ok in list_checkpoints(out) if ok]
-    resumed = subprocess.run(args(out) + ["resume_from_checkpoint=true"], capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
+    reference, out, last = kill_then_resume(args, tmp_path)
     ref, got = losses(reference), losses(out)
     assert sorted(got) == sorted(ref) == list(range(1, 7))
-    for step in range(done[-1] + 1, 7):  # same prompts, same samples (RNG restored), same updates
+    for step in range(last + 1, 7):  # same prompts, same samples (RNG restored), same updates
         assert got[step] == pytest.approx(ref[step], abs=1e-4), f"step {step}"
 
 

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from expertkit.core.config import load_config
-from expertkit.train.config import TrainConfig
+from reward_model import RANKED_PAIRS, train_reward_model
 
 PAIRS = [
     {"instruction": "Who are you?", "chosen": "I am Sail, the Yunfan Tech assistant.", "rejected": "I am ChatGPT."},
@@ -22,37 +20,13 @@ PAIRS = [
 
 @pytest.fixture(scope="module")
 def rm_run(tiny_model, tmp_path_factory):
-    from expertkit.train.run import run
-
     d = tmp_path_factory.mktemp("rm-data")
     (d / "pairs.json").write_text(json.dumps(PAIRS), encoding="utf-8")
-    info = {
-        "pairs": {
-            "file_name": "pairs.json",
-            "ranking": True,
-            "columns": {"prompt": "instruction", "chosen": "chosen", "rejected": "rejected"},
-        }
-    }
-    (d / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
-    keys = {
-        "stage": "rm",
-        "model_name_or_path": str(tiny_model),
-        "dataset": "pairs",
-        "dataset_dir": str(d),
-        "output_dir": str(tmp_path_factory.mktemp("rm") / "run"),
-        "cutoff_len": 128,
-        "lora_rank": 16,
-        "learning_rate": 5e-3,
-        "num_train_epochs": 8,
-        "per_device_train_batch_size": 2,
-        "logging_steps": 1,
-        "save_steps": 1000,
-        "learning_check_samples": 4,
-        "lr_scheduler_type": "constant",
-        "bf16": False,
-    }
-    config = load_config(TrainConfig, None, keys)
-    return config, run(config)
+    (d / "dataset_info.json").write_text(json.dumps({"pairs": RANKED_PAIRS}), encoding="utf-8")
+    out = tmp_path_factory.mktemp("rm") / "run"
+    return train_reward_model(
+        tiny_model, d, out, logging_steps=1, learning_check_samples=4, lr_scheduler_type="constant"
+    )
 
 
 def test_rm_run_logs_accuracy_and_ranks_the_pairs_right(rm_run):
