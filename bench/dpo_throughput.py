@@ -31,7 +31,20 @@ import platform
 import sys
 from pathlib import Path
 
-from train_throughput import DEFAULT_ANCHOR, prepare_work, print_table, run_system, slug, summarise
+from train_throughput import (
+    DEFAULT_ANCHOR,
+    add_run_options,
+    check_variants,
+    prepare_work,
+    print_table,
+    run_rounds,
+    run_worker,
+    summarise,
+    train_expertkit,
+    trl_args,
+    trl_lora,
+    user_turn,
+)
 
 DATASET_NAME = "bench_dpo"
 LOSS_TOLERANCE = 1e-4
@@ -83,35 +96,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         + " (default %(default)s)",
     )
     p.add_argument("--no-trl", action="store_true", help="skip the TRL baseline (while iterating on expertkit)")
-    p.add_argument("--rounds", type=int, default=1, help="run every system this many times, interleaved (medians)")
-    p.add_argument("--idle-wait", type=float, default=300, help="wait up to this long for an idle machine per run")
-    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in every system (0: torch's default)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra config override for every expertkit variant",
-    )
+    add_run_options(p)
     p.add_argument("--json", help="also write the results to this JSON file")
-    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one system from a spec file
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.accumulation = 2, 1
-    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in args.variants if v not in VARIANTS]
-    if unknown:
-        p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    if any("=" not in o for o in args.overrides):
-        p.error("--set takes KEY=VALUE")
+    check_variants(p, args, VARIANTS)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        return run_worker(json.loads(Path(args.worker).read_text()))
+        return run_worker(json.loads(Path(args.worker).read_text()), trl=run_trl, expertkit=run_expertkit)
     work = Path(args.work_dir)
     model, data = prepare_work(work, Path(args.anchor_dir))
     pairs = write_pairs(work, data)
@@ -122,13 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         f"model {model}, pairs {pairs}"
     )
     print(f"machine: {os.cpu_count()} CPU(s), {platform.processor() or platform.machine()}", flush=True)
-    runs = []
-    for r in range(args.rounds):
-        for name, spec in systems:
-            run_dir = work / "runs" / f"dpo-{slug(name)}-{r + 1}"
-            res = run_system(name, spec, model, pairs, run_dir, args, script=Path(__file__).resolve())
-            runs.append(res)
-            print(f"  {name:<22} round {r + 1}: {res.summary()}", flush=True)
+    runs = run_rounds(systems, model, pairs, work, args, prefix="dpo-", script=Path(__file__).resolve())
     rows = summarise(runs, [name for name, _ in systems])
     print_table(rows, args)
     ratios = print_ratios(rows)
@@ -230,47 +221,9 @@ def check_losses(rows: list[dict]) -> bool:
 # ---------------------------------------------------------------------------------------------- workers
 
 
-def run_worker(spec: dict) -> int:
-    import torch
-
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
-    print(f"worker: {spec['system']} {spec.get('variant', '')} torch threads {torch.get_num_threads()}", flush=True)
-    if spec["system"] == "trl":
-        run_trl(spec)
-    else:
-        run_expertkit(spec)
-    return 0
-
-
 def run_expertkit(spec: dict) -> None:
     """expertkit's stage dpo through its public API, configured with the key=value strings the CLI takes."""
-    import logging
-
-    from expertkit.core.config import load_config
-    from expertkit.train.config import TrainConfig
-    from expertkit.train.run import run
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    overrides = {k: str(v) for k, v in HYPER.items()}
-    overrides.update(
-        stage="dpo",
-        model_name_or_path=spec["model"],
-        dataset=DATASET_NAME,
-        dataset_dir=spec["dataset_dir"],
-        finetuning_type="lora",
-        lora_target="all",
-        max_steps=str(spec["steps"]),
-        logging_steps="1",
-        save_steps="1000000",
-        output_dir=spec["out"],
-        overwrite_output_dir="true",
-        plot_loss="false",
-        learning_check_samples="0",
-        report_to="none",
-    )
-    overrides.update(spec["overrides"])
-    result = run(load_config(TrainConfig, None, overrides))
+    result = train_expertkit(spec, HYPER, DATASET_NAME, stage="dpo")
     print(json.dumps({"tokens": result.tokens_seen, "train_runtime": result.train_runtime}))
 
 
@@ -278,7 +231,6 @@ def run_trl(spec: dict) -> None:
     """Plain TRL DPOTrainer + PEFT (peft_config: TRL wraps the model), conversational rows, fp32."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import DPOConfig, DPOTrainer
 
@@ -286,8 +238,7 @@ def run_trl(spec: dict) -> None:
     ds = Dataset.from_list(
         [
             {
-                # LLaMA-Factory's alpaca user turn: instruction + "\n" + input (when input is not empty)
-                "prompt": [{"role": "user", "content": r["instruction"] + ("\n" + r["input"] if r["input"] else "")}],
+                "prompt": user_turn(r),
                 "chosen": [{"role": "assistant", "content": r["chosen"]}],
                 "rejected": [{"role": "assistant", "content": r["rejected"]}],
             }
@@ -299,38 +250,12 @@ def run_trl(spec: dict) -> None:
     tok = AutoTokenizer.from_pretrained(spec["model"])
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     args = DPOConfig(
-        output_dir=spec["out"],
-        max_steps=spec["steps"],
-        per_device_train_batch_size=h["per_device_train_batch_size"],
-        gradient_accumulation_steps=h["gradient_accumulation_steps"],
-        learning_rate=h["learning_rate"],
-        lr_scheduler_type=h["lr_scheduler_type"],
-        warmup_steps=h["warmup_steps"],
-        weight_decay=h["weight_decay"],
-        max_grad_norm=h["max_grad_norm"],
-        optim=h["optim"],
+        **trl_args(spec, h),
         beta=h["pref_beta"],
         loss_type=[h["pref_loss"]],
-        max_length=h["cutoff_len"],
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=h["seed"],
-        bf16=False,
-        fp16=False,
         gradient_checkpointing=False,  # TRL's default is on; off as in expertkit
-        include_num_input_tokens_seen="non_padding",
-        dataloader_num_workers=0,
-        disable_tqdm=True,
     )
-    lora = LoraConfig(
-        r=h["lora_rank"],
-        lora_alpha=h["lora_alpha"],
-        lora_dropout=h["lora_dropout"],
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=trl_lora(h))
     result = trainer.train()
     trainer.save_state()
     print(json.dumps(result.metrics))

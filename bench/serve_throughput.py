@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from quiet import busy_cpu_seconds, wait_for_idle  # bench/quiet.py, beside this script
-from shared import TOPICS, percentile, prepare_model, wait_healthy  # bench/shared.py
+from shared import TOPICS, add_set_option, percentile, prepare_model, wait_healthy  # bench/shared.py
 
 DEFAULT_WORK = Path("/tmp/expertkit-bench")
 GOAL_THROUGHPUT, GOAL_CLIENTS = 4.0, 16  # the issue: at 16 clients >= 4x the baseline's tokens/s, p95 TTFT no worse
@@ -68,14 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="which servers to run: baseline, expertkit, vllm (expertkit serve engine=vllm), vllm-serve (vLLM's own "
         "server); the last two where vLLM is installed (default %(default)s)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra `expertkit serve` key=value, e.g. --set max_concurrency=8",
-    )
+    add_set_option(p, "extra `expertkit serve` key=value, e.g. --set max_concurrency=8")
     p.add_argument(
         "--idle-wait",
         type=float,

@@ -1,8 +1,9 @@
-"""Shared by the benchmarks: the ~27M-parameter model they run on, its topics, percentiles, and waiting for a
-server subprocess to become healthy."""
+"""Shared by the benchmarks: the ~27M-parameter model they run on, its topics, percentiles, waiting for a
+server subprocess to become healthy, and the --set KEY=VALUE option."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import time
 from pathlib import Path
@@ -54,3 +55,8 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, limit_s: float = 3
         time.sleep(poll_s)
     proc.kill()
     raise SystemExit(f"FAIL start: not healthy after {limit_s:.0f} s; its log:\n{log.read_text()[-5000:]}")
+
+
+def add_set_option(p: argparse.ArgumentParser, help: str) -> None:
+    """--set KEY=VALUE, repeatable, into args.overrides (a list of the strings; check each has "=")."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from quiet import busy_cpu_seconds, wait_for_idle  # bench/quiet.py, beside this script
+from shared import add_set_option
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ANCHOR = REPO.parent / "shared" / "anchor-bench"
@@ -107,6 +108,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=shutil.which("llamafactory-cli"),
         help="llamafactory-cli to run as a third system (default: the one on PATH, if any: %(default)s)",
     )
+    add_run_options(p)
+    p.add_argument("--json", help="also write the results (every run, medians, ratios) to this JSON file")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps = 3
+    check_variants(p, args, VARIANTS)
+    return args
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """--rounds, --idle-wait, --threads, --set and the internal --worker (bench/dpo_throughput.py takes them too)."""
     p.add_argument(
         "--rounds",
         type=int,
@@ -120,26 +132,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="before each run, wait up to this many seconds for an idle machine (default %(default)s)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in every system (0: torch's default)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra config override for every expertkit variant, e.g. --set optim=adamw_torch_fused",
-    )
-    p.add_argument("--json", help="also write the results (every run, medians, ratios) to this JSON file")
+    add_set_option(p, "extra config override for every expertkit variant, e.g. --set optim=adamw_torch_fused")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one system from a spec file
-    args = p.parse_args(argv)
-    if args.quick:
-        args.steps = 3
+
+
+def check_variants(p: argparse.ArgumentParser, args: argparse.Namespace, variants: dict) -> None:
+    """args.variants from the comma list into names of `variants`; --set values must be KEY=VALUE."""
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in args.variants if v not in VARIANTS]
+    unknown = [v for v in args.variants if v not in variants]
     if unknown:
-        p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(variants)}")
     if any("=" not in o for o in args.overrides):
         p.error("--set takes KEY=VALUE")
-    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,12 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     model, data = prepare_work(work, Path(args.anchor_dir))
     systems = plan_systems(args)
     print_intro(args, model, data, systems)
-    runs: list[RunResult] = []
-    for r in range(args.rounds):
-        for name, spec in systems:
-            res = run_system(name, spec, model, data, work / "runs" / f"{slug(name)}-{r + 1}", args)
-            runs.append(res)
-            print(f"  {name:<22} round {r + 1}: {res.summary()}", flush=True)
+    runs = run_rounds(systems, model, data, work, args)
     rows = summarise(runs, [name for name, _ in systems])
     print_table(rows, args)
     ratios = print_ratios(rows, args)
@@ -288,6 +287,19 @@ def print_intro(args: argparse.Namespace, model: Path, data: Path, systems: list
 
 
 # ---------------------------------------------------------------------------------------------- one run
+
+
+def run_rounds(
+    systems: list[tuple[str, dict]], model: Path, data: Path, work: Path, args, prefix: str = "", script=None
+) -> list[RunResult]:
+    """Every system once per round, in order, each in WORK/runs/PREFIX<system>-<round>; a line per run."""
+    runs = []
+    for r in range(args.rounds):
+        for name, spec in systems:
+            res = run_system(name, spec, model, data, work / "runs" / f"{prefix}{slug(name)}-{r + 1}", args, script)
+            runs.append(res)
+            print(f"  {name:<22} round {r + 1}: {res.summary()}", flush=True)
+    return runs
 
 
 @dataclass
@@ -441,22 +453,38 @@ def lf_yaml(spec: dict) -> str:
 # ---------------------------------------------------------------------------------------------- workers
 
 
-def run_worker(spec: dict) -> int:
-    """Runs inside the subprocess: one system, figures written to spec['out'] by the system itself."""
+def run_worker(spec: dict, trl=None, expertkit=None) -> int:
+    """Runs inside the subprocess: one system, figures written to spec['out'] by the system itself.
+    `trl` and `expertkit` run the systems (default: this file's run_trl, run_expertkit)."""
     import torch
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     print(f"worker: {spec['system']} {spec.get('variant', '')} torch threads {torch.get_num_threads()}", flush=True)
     if spec["system"] == "trl":
-        run_trl(spec)
+        (trl or run_trl)(spec)
     else:
-        run_expertkit(spec)
+        (expertkit or run_expertkit)(spec)
     return 0
 
 
 def run_expertkit(spec: dict) -> None:
     """expertkit through its public API, configured with the same key=value strings the CLI takes."""
+    result = train_expertkit(spec, HYPER, DATASET_NAME)
+    print(
+        json.dumps(
+            {
+                "tokens": result.tokens_seen,
+                "train_runtime": result.train_runtime,
+                "tokens_per_second": result.tokens_per_second,
+                "train_loss": result.train_loss,
+            }
+        )
+    )
+
+
+def train_expertkit(spec: dict, hyper: dict, dataset: str, **keys: str):
+    """expertkit's `train` on `dataset` with `hyper`, `keys` (e.g. stage) and the spec's overrides; its result."""
     import logging
 
     from expertkit.core.config import load_config
@@ -464,10 +492,11 @@ def run_expertkit(spec: dict) -> None:
     from expertkit.train.run import run
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    overrides = {k: str(v) for k, v in HYPER.items()}
+    overrides = {k: str(v) for k, v in hyper.items()}
+    overrides.update(keys)
     overrides.update(
         model_name_or_path=spec["model"],
-        dataset=DATASET_NAME,
+        dataset=dataset,
         dataset_dir=spec["dataset_dir"],
         finetuning_type="lora",
         lora_target="all",
@@ -481,41 +510,46 @@ def run_expertkit(spec: dict) -> None:
         report_to="none",
     )
     overrides.update(spec["overrides"])
-    result = run(load_config(TrainConfig, None, overrides))
-    print(
-        json.dumps(
-            {
-                "tokens": result.tokens_seen,
-                "train_runtime": result.train_runtime,
-                "tokens_per_second": result.tokens_per_second,
-                "train_loss": result.train_loss,
-            }
-        )
-    )
+    return run(load_config(TrainConfig, None, overrides))
 
 
 def run_trl(spec: dict) -> None:
     """Plain TRL SFTTrainer + PEFT, as shared/anchor-bench/run_trl.py (gradient checkpointing per spec)."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     rows = json.loads(Path(spec["data"]).read_text(encoding="utf-8"))
-    # LLaMA-Factory's alpaca user turn: instruction + "\n" + input (when input is not empty)
     ds = Dataset.from_list(
-        [
-            {
-                "prompt": [{"role": "user", "content": r["instruction"] + ("\n" + r["input"] if r["input"] else "")}],
-                "completion": [{"role": "assistant", "content": r["output"]}],
-            }
-            for r in rows
-        ]
+        [{"prompt": user_turn(r), "completion": [{"role": "assistant", "content": r["output"]}]} for r in rows]
     )
     tok = AutoTokenizer.from_pretrained(spec["model"])
-    h = HYPER
     args = SFTConfig(
+        **trl_args(spec, HYPER),
+        packing=False,
+        completion_only_loss=True,
+        gradient_checkpointing=spec["gc"],
+        model_init_kwargs={"dtype": torch.float32},
+    )
+    trainer = SFTTrainer(
+        model=spec["model"], args=args, train_dataset=ds, processing_class=tok, peft_config=trl_lora(HYPER)
+    )
+    result = trainer.train()
+    trainer.save_model()
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    print(json.dumps(result.metrics))
+
+
+def user_turn(row: dict) -> list[dict]:
+    """LLaMA-Factory's alpaca user turn: instruction + "\\n" + input (when input is not empty), as TRL's prompt."""
+    return [{"role": "user", "content": row["instruction"] + ("\n" + row["input"] if row["input"] else "")}]
+
+
+def trl_args(spec: dict, h: dict) -> dict:
+    """The TRL config keys every baseline shares: `h`'s optimisation, a log line per step, no saving, fp32."""
+    return dict(
         output_dir=spec["out"],
         max_steps=spec["steps"],
         per_device_train_batch_size=h["per_device_train_batch_size"],
@@ -531,29 +565,25 @@ def run_trl(spec: dict) -> None:
         report_to="none",
         seed=h["seed"],
         max_length=h["cutoff_len"],
-        packing=False,
-        completion_only_loss=True,
         bf16=False,
-        fp16=False,  # fp32 (SFTConfig's default is bf16=True)
-        gradient_checkpointing=spec["gc"],
+        fp16=False,  # fp32 (TRL's configs default to bf16=True)
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
         disable_tqdm=True,
-        model_init_kwargs={"dtype": torch.float32},
     )
-    lora = LoraConfig(
+
+
+def trl_lora(h: dict):
+    """PEFT's LoraConfig for `h`'s rank, alpha and dropout on every linear layer."""
+    from peft import LoraConfig
+
+    return LoraConfig(
         r=h["lora_rank"],
         lora_alpha=h["lora_alpha"],
         lora_dropout=h["lora_dropout"],
         target_modules="all-linear",
         task_type="CAUSAL_LM",
     )
-    trainer = SFTTrainer(model=spec["model"], args=args, train_dataset=ds, processing_class=tok, peft_config=lora)
-    result = trainer.train()
-    trainer.save_model()
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-    print(json.dumps(result.metrics))
 
 
 # ---------------------------------------------------------------------------------------------- report
