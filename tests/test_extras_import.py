@@ -28,7 +28,7 @@ MODULES: dict[str, dict[str, list[str]]] = {
         "typer": ["typer", "click"],  # cli/main.py catches click's usage errors; typer brings click
     },
     "train": {
-        "torch": ["torch"],
+        "torch": ["torch", "torch.distributed"],
         "transformers": [
             "transformers",
             "transformers.generation.configuration_utils",

@@ -172,6 +172,8 @@ class PPOTrainer:
     """Trains the policy's LoRA adapter and a value head with PPO; the run skeleton drives it like a Trainer
     (`train`, `state`, `args`, `model`, `save_state`, `_load_from_checkpoint`)."""
 
+    is_deepspeed_enabled = False  # multi-process PPO is refused (train/config.py): never under DeepSpeed
+
     def __init__(self, config, model, value_head, tokenizer, prompts, reward: RewardScorer, args, callbacks):
         from transformers import DefaultFlowCallback, Trainer, TrainerControl, TrainerState, get_scheduler
         from transformers.trainer_callback import CallbackHandler
