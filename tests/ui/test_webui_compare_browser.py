@@ -8,7 +8,6 @@ with EXPERTKIT_SCREENSHOTS=docs/images, into the test's folder otherwise. The pa
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -17,22 +16,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from browser_setup import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, sync_playwright
 
 from expertkit.ui.accounts import add_user
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:  # pragma: no cover - the dev extra installs it
-    sync_playwright = None
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run does)"),
-    pytest.mark.skipif(sync_playwright is None, reason="needs playwright (pip install -e '.[dev]')"),
-]
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+pytestmark = BROWSER_MARKS
 WAIT_MS = 60_000
 LIVE_KEY = "sk-test-local"  # the key of conftest.py's live server
 

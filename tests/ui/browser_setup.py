@@ -1,0 +1,23 @@
+"""What the browser tests share: Debian's chromium driven by playwright, the flags it needs on this closed network,
+and the marks that skip a test cleanly where either is missing (.ci/run installs both)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - the dev extra installs it
+    sync_playwright = None
+
+BROWSER_MARKS = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run does)"),
+    pytest.mark.skipif(sync_playwright is None, reason="needs playwright (pip install -e '.[dev]')"),
+]
+# without the background-networking flags chromium tries hosts this machine cannot reach, many at a time
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
