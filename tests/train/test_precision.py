@@ -106,6 +106,13 @@ def test_fa2_where_it_cannot_run_is_an_error(facts, says):
     assert "sdpa" in e.value.hint or "pip install flash-attn" in e.value.hint
 
 
+def test_fa2_refuses_a_float32_run():
+    with pytest.raises(ConfigError, match="computes in bf16 or fp16 only") as e:
+        choose_attention(A100_KERNELS, "fa2", choose_precision(A100_KERNELS, False, None))
+    assert "bf16=false" in str(e.value) and "sdpa" in e.value.hint
+    assert choose_attention(A100_KERNELS, "fa2", choose_precision(A100_KERNELS, None, None)) == "flash_attention_2"
+
+
 def test_liger_kernels_apply_on_a_gpu_with_liger_installed():
     assert check_liger(A100_KERNELS, True, "sft") and check_liger(A100_KERNELS, True, "pt")
     assert not check_liger(CPU, False, "sft")  # off: nothing to check
@@ -145,15 +152,21 @@ def test_gradient_checkpointing_follows_the_memory_estimate_on_a_gpu(
 def test_checkpointing_is_turned_on_when_the_estimate_says_the_run_will_not_fit(tiny_model, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    from expertkit.train.run import attach_lora
+
     config = load_config(TrainConfig, None, {"model_name_or_path": str(tiny_model), "dataset": "d"})
+    model = attach_lora(AutoModelForCausalLM.from_pretrained(tiny_model), config)  # enabled through the PEFT model
     monkeypatch.setattr(precision, "detect_device", lambda: A100)
     estimates = {False: MemoryEstimate(60 * GIB, GIB, 20 * GIB, 70 * GIB, "GPU"), True: None}
     estimates[True] = MemoryEstimate(60 * GIB, GIB, GIB, 70 * GIB, "GPU")
     monkeypatch.setattr(precision, "run_estimate", lambda c, t, d, p, gc: estimates[gc])
     p = choose_precision(A100, None, None)
     precision.plan_checkpointing(config, SimpleNamespace(model=model), None, p)
-    assert model.is_gradient_checkpointing and config.gradient_checkpointing is True
+    assert model.base_model.model.is_gradient_checkpointing and config.gradient_checkpointing is True
+    inputs = torch.tensor([[1, 2, 3, 4]])
+    model.train()
+    model(input_ids=inputs, labels=inputs).loss.backward()  # recomputed in the backward pass, adapters get grads
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)
     assert p.notes["checkpointing"].startswith("on (unset: ~81.0 GiB without it would not fit in 70.0 GiB")
 
 

@@ -142,7 +142,7 @@ def choose_precision(
 ATTENTION = {"disabled": "eager", "sdpa": "sdpa", "fa2": "flash_attention_2"}
 
 
-def choose_attention(facts: DeviceFacts, flash_attn: str) -> str | None:
+def choose_attention(facts: DeviceFacts, flash_attn: str, precision: Precision | None = None) -> str | None:
     """transformers' attn_implementation for LLaMA-Factory's `flash_attn` key (None: auto, transformers' choice).
 
     LLaMA-Factory falls back with a warning when fa2 is asked for and missing; asked for explicitly, it is an error
@@ -165,6 +165,11 @@ def choose_attention(facts: DeviceFacts, flash_attn: str) -> str | None:
             raise ConfigError(
                 "flash_attn=fa2 but the flash-attn package is not installed",
                 hint="pip install flash-attn --no-build-isolation, or use flash_attn=sdpa (or auto)",
+            )
+        if precision is not None and not (precision.bf16 or precision.fp16):
+            raise ConfigError(
+                f"flash_attn=fa2 computes in bf16 or fp16 only, and this run trains in float32 ({precision.reason})",
+                hint="drop bf16=false (or set bf16=true / fp16=true), or use flash_attn=sdpa",
             )
     return ATTENTION[flash_attn]
 
@@ -236,8 +241,9 @@ def set_attention(model, implementation: str | None, key: str, precision: Precis
 def plan_checkpointing(config, trainer, data, precision: Precision) -> None:
     """Unset gradient_checkpointing: on when the memory estimate on a GPU says the run does not fit without it."""
     without, with_gc = (run_estimate(config, trainer, data, precision, gc) for gc in (False, True))
+    facts = detect_device()
     on, why = choose_checkpointing(
-        detect_device(),
+        facts,
         config.gradient_checkpointing,
         config.disable_gradient_checkpointing,
         without.total,
@@ -245,10 +251,24 @@ def plan_checkpointing(config, trainer, data, precision: Precision) -> None:
         without.available,
         deepspeed=config.deepspeed is not None,
     )
+    if config.gradient_checkpointing is None and facts.gpu and not config.deepspeed:
+        on = agree_across_ranks(on)  # each rank measured its own free memory: all follow the one that must save
     if on and not config.gradient_checkpointing:
         enable_checkpointing(trainer.model)
     config.gradient_checkpointing = on  # the header's estimate and advice follow the choice
     precision.notes["checkpointing"] = why
+
+
+def agree_across_ranks(on: bool) -> bool:
+    """In a multi-process GPU run: on everywhere when any rank chose it (ranks must run the same backward)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return on
+    flag = torch.tensor([int(on)], device=f"cuda:{torch.cuda.current_device()}")
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def run_estimate(config, trainer, data, precision: Precision, gradient_checkpointing: bool):
@@ -267,6 +287,6 @@ def run_estimate(config, trainer, data, precision: Precision, gradient_checkpoin
 def check_hardware(config, facts: DeviceFacts) -> Precision:
     """Every hardware choice of a train config that can fail, before any process is spawned or model loaded."""
     precision = choose_precision(facts, config.bf16, config.fp16, config.finetuning_type)
-    choose_attention(facts, config.flash_attn)
+    choose_attention(facts, config.flash_attn, precision)
     check_liger(facts, config.enable_liger_kernel, config.stage)
     return precision

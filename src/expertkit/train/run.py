@@ -252,7 +252,7 @@ def build_model(config: TrainConfig):
     head = "score" if config.stage == "rm" else None  # rm: a sequence-classification model, one score per sequence
     model = load_model(config.model_name_or_path, precision.load_dtype, config.trust_remote_code, head=head)
     model.config.use_cache = False
-    set_attention(model, choose_attention(facts, config.flash_attn), config.flash_attn, precision)
+    set_attention(model, choose_attention(facts, config.flash_attn, precision), config.flash_attn, precision)
     if config.gradient_checkpointing:
         enable_checkpointing(model)
     if config.finetuning_type == "lora":
