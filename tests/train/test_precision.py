@@ -56,6 +56,14 @@ def test_precision_is_chosen_from_the_device_and_the_keys(facts, bf16, fp16, kin
     assert p.notes["precision"].startswith(mixed if mixed != "fp32" else "float32")
 
 
+def test_stage_ppo_never_trains_fp16_without_loss_scaling():
+    p = choose_precision(T4, None, None, stage="ppo")
+    assert not (p.bf16 or p.fp16) and "stage ppo has no loss scaling" in p.notes["precision"]
+    assert choose_precision(A100, None, None, stage="ppo").bf16
+    with pytest.raises(ConfigError, match="fp16=true with stage ppo"):
+        choose_precision(T4, None, True, stage="ppo")
+
+
 def test_the_header_says_why_a_t4_trains_in_fp16():
     note = choose_precision(T4, None, None).notes["precision"]
     assert note == "fp16 (unset: 1 x Tesla T4, compute capability 7.5 has no native bf16, so fp16 with loss scaling)"

@@ -24,6 +24,8 @@ FA2_MIN_CAPABILITY = (8, 0)
 # Liger kernels are written for these stages' models (the causal LM's own loss); the preference trainers would
 # switch to TRL's own Liger losses, which nothing here has checked
 LIGER_STAGES = ("sft", "pt")
+# stages trained by our own loop (ppo_loop.py), without transformers' GradScaler: fp16 would underflow unscaled
+NO_LOSS_SCALING = ("ppo",)
 CHECKPOINTING_SHARE = 0.9  # the share of memory a run may fill before the estimate says it does not fit
 
 
@@ -96,7 +98,7 @@ class Precision:
 
 
 def choose_precision(
-    facts: DeviceFacts, bf16: bool | None, fp16: bool | None, finetuning_type: str = "lora"
+    facts: DeviceFacts, bf16: bool | None, fp16: bool | None, finetuning_type: str = "lora", stage: str = "sft"
 ) -> Precision:
     """bf16 / fp16 / float32 from the device and the `bf16` / `fp16` keys (None: unset). Errors before any work.
 
@@ -113,6 +115,11 @@ def choose_precision(
             "loss scaling)",
             hint="drop fp16 (unset picks bf16 where this CPU computes it natively, else float32), or fp16=false",
         )
+    if fp16 and stage in NO_LOSS_SCALING:
+        raise ConfigError(
+            f"fp16=true with stage {stage}: its own training loop has no loss scaling, which fp16 needs",
+            hint="drop fp16 (unset picks bf16 where the GPU has it, else float32)",
+        )
     if bf16 and facts.gpu and not facts.bf16:
         raise ConfigError(
             f"bf16=true but {facts.describe()} has no native bf16 (it needs compute capability 8.0 or newer)",
@@ -126,6 +133,8 @@ def choose_precision(
         use, why = "fp32", "bf16=false"
     elif facts.bf16:
         use, why = "bf16", f"unset: {facts.describe()} computes bf16 natively"
+    elif facts.gpu and fp16 is None and stage in NO_LOSS_SCALING:
+        use, why = "fp32", f"unset: {facts.describe()} has no native bf16, and stage {stage} has no loss scaling"
     elif facts.gpu and fp16 is None:
         use, why = "fp16", f"unset: {facts.describe()} has no native bf16, so fp16 with loss scaling"
     else:
@@ -286,7 +295,7 @@ def run_estimate(config, trainer, data, precision: Precision, gradient_checkpoin
 
 def check_hardware(config, facts: DeviceFacts) -> Precision:
     """Every hardware choice of a train config that can fail, before any process is spawned or model loaded."""
-    precision = choose_precision(facts, config.bf16, config.fp16, config.finetuning_type)
+    precision = choose_precision(facts, config.bf16, config.fp16, config.finetuning_type, config.stage)
     choose_attention(facts, config.flash_attn, precision)
     check_liger(facts, config.enable_liger_kernel, config.stage)
     return precision
