@@ -178,6 +178,19 @@ def test_checkpointing_is_turned_on_when_the_estimate_says_the_run_will_not_fit(
     assert p.notes["checkpointing"].startswith("on (unset: ~81.0 GiB without it would not fit in 70.0 GiB")
 
 
+def test_a_t4_is_detected_without_bf16_although_torch_can_emulate_it(monkeypatch):
+    # torch.cuda.is_bf16_supported() answers True on a T4 by default (emulation): the choice must not count that
+    cuda = torch.cuda
+    monkeypatch.setattr(cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(cuda, "get_device_name", lambda i=0: "Tesla T4")
+    monkeypatch.setattr(cuda, "get_device_capability", lambda i=0: (7, 5))
+    monkeypatch.setattr(cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    facts = precision.detect_device()
+    assert facts == DeviceFacts("gpu", "Tesla T4", 2, False, (7, 5), facts.flash_attn, facts.liger)
+    assert choose_precision(facts, None, None).fp16
+
+
 def test_this_machine_is_detected_as_a_cpu():
     facts = precision.detect_device()
     assert facts.kind == "cpu" and facts.count == 0 and not facts.gpu
