@@ -38,7 +38,6 @@ LLAMA_FACTORY_DEFAULTS = {
     "save_total_limit": None,
     "eval_strategy": "no",
     "eval_steps": None,
-    "fp16": False,
     # FinetuningArguments / LoraArguments / FreezeArguments
     "stage": "sft",
     "finetuning_type": "lora",

@@ -93,8 +93,10 @@ def train(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=Fa
     """
     config = load_train_config(args or [])  # config errors come before any process is spawned
     from expertkit.train import launch
+    from expertkit.train.precision import check_hardware, detect_device
 
     launch.load_deepspeed(config.deepspeed)  # a missing or broken file is an error before anything starts
+    check_hardware(config, detect_device())  # fp16 on a CPU, fa2 without flash-attn, ...: before any process
     plan = launch.plan_launch(os.environ, launch.device_count(), force=config.deepspeed is not None)
     launch.refuse_stage(config.stage, plan)
     launch.refuse_fsdp()

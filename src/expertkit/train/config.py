@@ -54,8 +54,9 @@ class TrainConfig(DataConfig):
         "bf16": "`false`, with the weights' dtype inferred from the model and GPU. Unset here turns bf16 on where the "
         "hardware computes it natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX), otherwise float32.",
         "optim": "`adamw_torch_fused` under transformers 5. The same AdamW update; the unfused kernel runs everywhere.",
-        "gradient_checkpointing": "on unless `disable_gradient_checkpointing`. Off here: the same result, ~30% "
-        "faster; turn it on when memory is short.",
+        "gradient_checkpointing": "on unless `disable_gradient_checkpointing`. Off here unless the run would not "
+        "fit in GPU memory without it: the same result, ~30% faster.",
+        "fp16": "`false`. Unset here picks fp16 on GPUs without bf16, as bf16 is picked where it is native.",
         "padding_free": "padding (`false`). The loss is the same (attention stays per example); less compute.",
         "template": "required there. Unset uses the tokenizer's own chat template.",
         "learning_check_samples": "no such check in LLaMA-Factory.",
@@ -174,14 +175,25 @@ class TrainConfig(DataConfig):
     bf16: bool | None = None
     """bfloat16 mixed precision. Unset: on for GPUs and CPUs that support it natively."""
 
-    fp16: bool = False
-    """float16 mixed precision (GPUs without bf16)."""
+    fp16: bool | None = None
+    """float16 mixed precision with loss scaling, for GPUs without bf16 (T4, V100); needs a GPU. Unset: on for such
+    GPUs when bf16 is unset too."""
 
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: much less memory, ~30% slower."""
+    gradient_checkpointing: bool | None = None
+    """Recompute activations in the backward pass: much less memory, ~30% slower. Unset: off, except on a GPU
+    where the header's memory estimate says the run will not fit without it."""
 
     disable_gradient_checkpointing: bool | None = None
     """LLaMA-Factory's switch; true forces gradient_checkpointing off."""
+
+    flash_attn: Literal["auto", "disabled", "sdpa", "fa2"] = "auto"
+    """Attention kernel (LLaMA-Factory's key): auto (transformers' choice, sdpa where available), disabled (eager),
+    sdpa (PyTorch's scaled_dot_product_attention) or fa2 (FlashAttention-2: an Ampere or newer GPU and
+    `pip install flash-attn`)."""
+
+    enable_liger_kernel: bool = False
+    """Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) for stage sft / pt on a
+    GPU: less memory, faster. Needs `pip install liger-kernel`; an error on a CPU."""
 
     padding_free: bool = True
     """Concatenate each batch into one row without padding (faster; attention stays per example)."""
@@ -306,7 +318,7 @@ class TrainConfig(DataConfig):
             self.lora_alpha = 2 * self.lora_rank
         if self.stage == "pt" and "packing" not in self.model_fields_set:
             self.packing = True  # LLaMA-Factory: packing unset means on for pt
-        if self.disable_gradient_checkpointing and self.gradient_checkpointing:
+        if self.disable_gradient_checkpointing:
             self.gradient_checkpointing = False
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 are both on: choose one")

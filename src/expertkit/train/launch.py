@@ -76,6 +76,7 @@ def plan_launch(env: Mapping[str, str], devices: int, force: bool = False) -> La
     """
     if in_launched_process(env):
         return None
+    refuse_too_many_processes(env, devices)  # also without FORCE_TORCHRUN on a one-GPU machine
     force = force or env.get("FORCE_TORCHRUN", "0").strip().lower() in _TRUE
     if not force and devices <= 1:
         return None
@@ -93,11 +94,6 @@ def plan_launch(env: Mapping[str, str], devices: int, force: bool = False) -> La
             hint="e.g. FORCE_TORCHRUN=1 NPROC_PER_NODE=2 expertkit train my.yaml (CPU processes talk over gloo)",
         )
     nproc = _env_int(env, "NPROC_PER_NODE", devices, minimum=1)
-    if devices and nproc > devices:
-        raise ConfigError(
-            f"NPROC_PER_NODE={nproc} but only {devices} accelerator(s) are visible on this machine",
-            hint=f"set NPROC_PER_NODE to at most {devices} (one process per GPU), or check CUDA_VISIBLE_DEVICES",
-        )
     if nnodes > 1 and not (env.get("MASTER_ADDR") and env.get("MASTER_PORT")):
         raise ConfigError(
             f"NNODES={nnodes} needs MASTER_ADDR and MASTER_PORT: every machine must meet at the same address",
@@ -107,6 +103,18 @@ def plan_launch(env: Mapping[str, str], devices: int, force: bool = False) -> La
     addr = env.get("MASTER_ADDR") or "127.0.0.1"
     port = _env_int(env, "MASTER_PORT", 0, minimum=1) if env.get("MASTER_PORT") else free_port()
     return LaunchPlan(nnodes, node_rank, nproc, addr, port)
+
+
+def refuse_too_many_processes(env: Mapping[str, str], devices: int) -> None:
+    """On a GPU machine, NPROC_PER_NODE above the visible GPUs is an error (one process per GPU)."""
+    if not devices:
+        return
+    nproc = _env_int(env, "NPROC_PER_NODE", devices, minimum=1)
+    if nproc > devices:
+        raise ConfigError(
+            f"NPROC_PER_NODE={nproc} but only {devices} accelerator(s) are visible on this machine",
+            hint=f"set NPROC_PER_NODE to at most {devices} (one process per GPU), or check CUDA_VISIBLE_DEVICES",
+        )
 
 
 def refuse_stage(stage: str, planned: LaunchPlan | None, env: Mapping[str, str] = os.environ) -> None:

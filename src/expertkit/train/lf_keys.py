@@ -19,11 +19,11 @@ LF_UNSUPPORTED = frozenset(
     dataloader_pin_memory dataloader_prefetch_factor ddp_backend ddp_broadcast_buffers ddp_bucket_cap_mb
     ddp_find_unused_parameters ddp_static_graph ddp_timeout debug default_system disable_shuffling
     disable_tqdm do_eval do_predict do_sample double_quantization download_mode 
-    early_stopping_steps enable_jit_checkpoint enable_liger_kernel enable_thinking enable_torch_profiler
+    early_stopping_steps enable_jit_checkpoint enable_thinking enable_torch_profiler
     eval_accumulation_steps eval_dataset eval_delay eval_do_concat_batches eval_num_beams eval_on_each_dataset
     eval_on_start eval_use_gather_object evaluation_strategy export_device export_dir export_hub_model_id
     export_legacy_format export_quantization_bit export_quantization_dataset export_quantization_maxlen
-    export_quantization_nsamples export_size flash_attn fp16_backend fp16_full_eval fp16_opt_level fp8
+    export_quantization_nsamples export_size fp16_backend fp16_full_eval fp16_opt_level fp8
     fp8_backend fp8_enable_fsdp_float8_all_gather freeze_extra_modules freeze_language_model
     freeze_multi_modal_projector freeze_trainable_modules freeze_vision_tower fsdp fsdp_config full_determinism
     galore_layerwise galore_proj_type galore_rank galore_scale galore_target galore_update_interval
@@ -89,8 +89,7 @@ LF_REFUSED: dict[str, tuple[object, str, str]] = {
     "fsdp_config": (None, "configures FSDP", _DIST),
     "use_unsloth": (False, "swaps in Unsloth's kernels", "drop the key: expertkit trains with transformers' own"),
     "use_unsloth_gc": (False, "uses Unsloth's gradient checkpointing", "use gradient_checkpointing=true instead"),
-    "enable_liger_kernel": (False, "swaps in Liger's fused kernels", "drop the key"),
-    "use_liger_kernel": (False, "swaps in Liger's fused kernels", "drop the key"),
+    "use_liger_kernel": (False, "swaps in Liger's fused kernels", "use LLaMA-Factory's enable_liger_kernel=true"),
     "use_galore": (False, "trains with the GaLore optimiser", _OPT),
     "use_apollo": (False, "trains with the APOLLO optimiser", _OPT),
     "use_badam": (False, "trains with the BAdam optimiser", _OPT),

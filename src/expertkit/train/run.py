@@ -23,6 +23,7 @@ from expertkit.core.config import save_config
 from expertkit.core.errors import ConfigError, DataError, ExpertkitError
 from expertkit.core.runs import RESOLVED_CONFIG, TRAINER_LOG, write_json_atomic
 from expertkit.train.config import TrainConfig
+from expertkit.train.precision import Precision
 
 logger = logging.getLogger(__name__)
 FINISHED_MARKER = "expertkit_finished"
@@ -69,6 +70,7 @@ def load_stage(name: str) -> Stage:
 
 def run(config: TrainConfig) -> TrainResult:
     from expertkit.train.launch import crash_for_test, gather_weights, is_main_process
+    from expertkit.train.precision import plan_checkpointing
 
     main = is_main_process()  # in a multi-process run only rank 0 prints and writes the run folder
     stage = load_stage(config.stage)
@@ -79,6 +81,7 @@ def run(config: TrainConfig) -> TrainResult:
     at_end = resume_is_at_end(config, resume, len(data.train_set))
     model, precision = build_model(config)
     trainer = stage.build_trainer(config, model, tokenizer, data, precision)
+    plan_checkpointing(config, trainer, data, precision)  # unset: on when the estimate says it will not fit
     if main:
         print_header(config, trainer, data, precision, stage.header_lines(config, trainer))
         (Path(config.output_dir) / FINISHED_MARKER).unlink(missing_ok=True)
@@ -231,57 +234,27 @@ def load_chat_tokenizer(config: TrainConfig):
     return tokenizer
 
 
-@dataclass
-class Precision:
-    bf16: bool
-    fp16: bool
-    load_dtype: object  # torch dtype the weights are loaded in
-
-    def describe(self) -> str:
-        mixed = "bf16 mixed precision" if self.bf16 else "fp16 mixed precision" if self.fp16 else "no mixed precision"
-        return f"weights {str(self.load_dtype).replace('torch.', '')}, {mixed}"
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matrix work in hardware (elsewhere bf16 on CPU is emulated and slow)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def choose_precision(config: TrainConfig) -> Precision:
-    import torch
-
-    gpu = torch.cuda.is_available()
-    bf16 = config.bf16
-    if bf16 is None:
-        bf16 = (torch.cuda.is_bf16_supported() if gpu else cpu_has_native_bf16()) and not config.fp16
-    if config.fp16 and not gpu:
-        raise ExpertkitError("fp16 training needs a GPU", hint="use bf16=true (on CPUs with AVX512-BF16) or fp16=false")
-    if bf16 and gpu and not torch.cuda.is_bf16_supported():
-        raise ExpertkitError("this GPU does not support bf16", hint="use fp16=true bf16=false")
-    # LoRA: frozen base weights in half precision (peft keeps the adapters in fp32), so autocast has nothing to
-    # cast or cache; full and freeze keep fp32 master weights for the optimiser
-    half = config.finetuning_type == "lora" and (bf16 or config.fp16)
-    load_dtype = (torch.bfloat16 if bf16 else torch.float16) if half else torch.float32
-    return Precision(bool(bf16), config.fp16, load_dtype)
-
-
 def build_model(config: TrainConfig):
     from transformers import set_seed
 
     from expertkit.model.load import load_model
+    from expertkit.train.precision import (
+        check_hardware,
+        choose_attention,
+        detect_device,
+        enable_checkpointing,
+        set_attention,
+    )
 
     set_seed(config.seed)  # LoRA's A matrices are random: same seed, same initial adapter, same loss curve
-    precision = choose_precision(config)
+    facts = detect_device()
+    precision = check_hardware(config, facts)
     head = "score" if config.stage == "rm" else None  # rm: a sequence-classification model, one score per sequence
     model = load_model(config.model_name_or_path, precision.load_dtype, config.trust_remote_code, head=head)
     model.config.use_cache = False
+    set_attention(model, choose_attention(facts, config.flash_attn, precision), config.flash_attn, precision)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
-        model.enable_input_require_grads()
+        enable_checkpointing(model)
     if config.finetuning_type == "lora":
         model = attach_lora(model, config, head)
     elif config.finetuning_type == "freeze":
@@ -390,6 +363,7 @@ def training_arguments(config: TrainConfig, precision: Precision, args_class=Non
             eval_steps=config.eval_steps or config.logging_steps,
             bf16=precision.bf16,
             fp16=precision.fp16,
+            use_liger_kernel=config.enable_liger_kernel,  # checked before the model loaded (precision.check_liger)
             seed=config.seed,
             report_to=config.report_to,
             remove_unused_columns=False,
@@ -449,22 +423,19 @@ def planned_steps(config: TrainConfig, n_examples: int) -> int:
 def print_header(config: TrainConfig, trainer, data: StageData, precision: Precision, stage_lines: dict) -> None:
     from expertkit.model.load import count_parameters
     from expertkit.train.launch import processes_line
-    from expertkit.train.report import GIB, estimate_memory, log_header, memory_advice
+    from expertkit.train.precision import run_estimate
+    from expertkit.train.report import GIB, log_header, memory_advice
 
     trainable, total = count_parameters(trainer.model)
     batch = config.per_device_train_batch_size * config.gradient_accumulation_steps * trainer.args.world_size
-    row = config.cutoff_len if config.packing else min(data.longest, config.cutoff_len)
-    # pair stages hold two sequences per row
-    tokens = config.per_device_train_batch_size * row * (1 if config.stage in ("sft", "pt") else 2)
-    est = estimate_memory(
-        trainer.model, trainable, tokens, config.gradient_checkpointing, 2 if precision.bf16 or precision.fp16 else 4
-    )
+    est = run_estimate(config, trainer, data, precision, bool(config.gradient_checkpointing))
     kind = config.finetuning_type + (
         f" (r={config.lora_rank}, alpha={config.lora_alpha})" if config.finetuning_type == "lora" else ""
     )
     log_header(
         {
             "model": f"{config.model_name_or_path} ({precision.describe()})",
+            **precision.notes,
             "stage": config.stage,
             "method": kind,
             **stage_lines,
