@@ -1,0 +1,142 @@
+"""One chunk into scored question/answer pairs: questions -> an answer with its quote per question -> a judge score.
+
+    pairs = await synthesize_chunk(job, teacher, prompts, config)
+    # [{"question": ..., "answer": ..., "quote": "<exact text of the chunk>", "score": 8.0, "reason": ...}, ...]
+
+Each reply is read leniently (the first JSON object, past `<think>`, code fences and prose). A reply that cannot be
+read is asked again once, with the bad reply shown; if the second cannot be read either, the chunk fails with that
+reply kept (`ChunkFailed`). An answer whose quote is not in the chunk is kept with `dropped` set, so the counts say
+why it is not in the dataset; the quote kept is the chunk's own text (whitespace as in the chunk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable
+from typing import TypeVar
+
+from expertkit.core.errors import ExpertkitError
+from expertkit.engine.text import parse_json_object
+from expertkit.synth.config import SynthConfig
+from expertkit.synth.prompts import Prompts
+from expertkit.synth.state import ChunkJob
+from expertkit.synth.teacher import Teacher
+
+T = TypeVar("T")
+AGAIN = "That reply could not be read ({problem}). Reply with only the JSON object asked for."
+QUOTE_MARKS = "\"'“”‘’「」『』«»` "
+
+
+class ChunkFailed(ExpertkitError):
+    """The teacher's replies for this chunk could not be used; `reply` is the last one, kept for inspection."""
+
+    def __init__(self, message: str, reply: str = ""):
+        super().__init__(message)
+        self.reply = reply
+
+
+async def synthesize_chunk(job: ChunkJob, teacher: Teacher, prompts: Prompts, config: SynthConfig) -> list[dict]:
+    lang = job.language
+    values = {"chunk": job.text, "title": job.title}
+    questions = await ask_json(
+        teacher, prompts, lang, prompts.render(lang, "questions", n=str(config.questions_per_chunk), **values),
+        lambda obj: read_questions(obj, config.questions_per_chunk),
+    )  # fmt: skip
+    answers = await asyncio.gather(
+        *(ask_json(teacher, prompts, lang, prompts.render(lang, "answer", question=q, **values), read_answer)
+          for q in questions),
+        return_exceptions=True,  # let every request end before a failure fails the chunk
+    )  # fmt: skip
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            raise answer
+    pairs = []
+    for question, (answer, quote) in zip(questions, answers):
+        found = locate_quote(quote, job.text)
+        pair = {"question": question, "answer": answer, "quote": found or quote}
+        if not answer:
+            pair["dropped"] = "no answer"
+        elif found is None:
+            pair["dropped"] = "quote not in the chunk"
+        pairs.append(pair)
+    kept = [p for p in pairs if "dropped" not in p]
+    if kept:
+        listed = "\n\n".join(f"{i}. Q: {p['question']}\n   A: {p['answer']}" for i, p in enumerate(kept, 1))
+        prompt = prompts.render(lang, "judge", pairs=listed, **values)
+        scores = await ask_json(teacher, prompts, lang, prompt, read_scores, temperature=0.0)
+        for i, pair in enumerate(kept, 1):
+            pair["score"], pair["reason"] = scores.get(i, (0.0, "the judge gave no score"))
+    return pairs
+
+
+async def ask_json(
+    teacher: Teacher, prompts: Prompts, lang: str, prompt: str, read: Callable[[dict], T], temperature=None
+) -> T:
+    """What `read` makes of the teacher's JSON reply; one retry with the bad reply shown, then ChunkFailed."""
+    messages = [{"role": "system", "content": prompts.system(lang)}, {"role": "user", "content": prompt}]
+    reply = ""
+    for _ in range(2):
+        reply = await teacher.ask(messages, temperature)
+        try:
+            return read(parse_json_object(reply))
+        except ValueError as e:
+            problem = str(e)
+            messages = [*messages[:2], {"role": "assistant", "content": reply},
+                        {"role": "user", "content": AGAIN.format(problem=problem)}]  # fmt: skip
+    raise ChunkFailed(f"the teacher's reply could not be read twice ({problem})", reply=reply)
+
+
+def read_questions(obj: dict, n: int) -> list[str]:
+    value = obj.get("questions")
+    if not isinstance(value, list):
+        raise ValueError('no "questions" list')
+    out = []
+    for item in value:
+        text = item.get("question") if isinstance(item, dict) else item
+        if isinstance(text, str) and text.strip() and text.strip() not in out:
+            out.append(text.strip())
+    if not out:
+        raise ValueError('"questions" holds no question')
+    return out[:n]
+
+
+def read_answer(obj: dict) -> tuple[str, str]:
+    answer, quote = obj.get("answer"), obj.get("quote", "")
+    if not isinstance(answer, str):
+        raise ValueError('no "answer" text')
+    if isinstance(quote, list):  # several quoted sentences
+        quote = " ".join(str(q) for q in quote)
+    return answer.strip(), str(quote or "")
+
+
+def read_scores(obj: dict) -> dict[int, tuple[float, str]]:
+    """{pair number: (score clamped to 1..10, reason)} from {"scores": [{"id": 1, "score": 8, "reason": ...}]}."""
+    value = obj.get("scores")
+    if not isinstance(value, list):
+        raise ValueError('no "scores" list')
+    out = {}
+    for n, item in enumerate(value, 1):
+        if not isinstance(item, dict):
+            raise ValueError(f"score {n} is not an object")
+        try:
+            number = int(item.get("id", n))
+            score = float(re.search(r"-?\d+(?:\.\d+)?", str(item.get("score"))).group())
+        except (TypeError, ValueError, AttributeError):
+            raise ValueError(f"score {n} has no number: {json.dumps(item, ensure_ascii=False)[:100]}") from None
+        out[number] = (min(10.0, max(1.0, score)), str(item.get("reason", "")))
+    return out
+
+
+def locate_quote(quote: str, chunk: str) -> str | None:
+    """The chunk's own text that `quote` copies (whitespace may differ; quote marks and ellipses around it are
+    ignored), or None when the chunk does not hold it."""
+    quote = quote.strip().strip(QUOTE_MARKS).removesuffix("...").removesuffix("…").strip()
+    if not quote:
+        return None
+    if quote in chunk:
+        return quote
+    words = quote.split()
+    match = re.search(r"\s+".join(re.escape(w) for w in words), chunk)
+    return match.group(0) if match else None

@@ -1,0 +1,200 @@
+"""`expertkit data synth`: documents -> chunks -> questions -> grounded answers -> judge -> a dataset.
+
+    result = run(SynthConfig(inputs=["docs/"], teacher_base_url="http://127.0.0.1:8000/v1", output_dir="data/hb"))
+
+1. read the documents (the knowledge base's extractors; URLs through its guarded reader) and chunk them (its
+   chunker), recording every chunk in the state file;
+2. ask the teacher about the chunks the state file has no result for (new, changed, or failed before), a few
+   requests at a time;
+3. write the dataset from the state file (write.py).
+A teacher that refuses the key or cannot be reached stops step 2; step 3 still runs, so the rows of the chunks
+finished so far are written, and the error is raised after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from expertkit.core.errors import BrokenExtraError, ExpertkitError, MissingExtraError, Problem
+from expertkit.rag.chunk import split_text
+from expertkit.rag.extract import Document, extract_file, find_files
+from expertkit.rag.ids import chunk_id, content_hash
+from expertkit.rag.kb import MARKDOWN_KINDS
+from expertkit.synth.config import SynthConfig
+from expertkit.synth.generate import ChunkFailed, synthesize_chunk
+from expertkit.synth.prompts import Prompts, detect_language, load_prompts
+from expertkit.synth.state import ChunkJob, State
+from expertkit.synth.teacher import Tally, Teacher, TeacherDown, TeacherError, load_teacher
+from expertkit.synth.write import Counts, write_dataset
+
+logger = logging.getLogger(__name__)
+HEADING = re.compile(r"^ {0,3}#{1,6}[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+
+
+@dataclass
+class SynthResult:
+    output_dir: Path
+    counts: Counts
+    tally: Tally
+    asked: int = 0  # chunks sent to the teacher in this run
+    cached: int = 0  # chunks whose result the state file already had
+    unreadable: list[Problem] = field(default_factory=list)
+    stopped: str = ""  # why the teacher stopped answering ("" when it did not)
+
+
+def run(config: SynthConfig) -> SynthResult:
+    if not config.output_dir:
+        raise ExpertkitError("expertkit data synth needs output_dir=FOLDER", hint="e.g. output_dir=data/handbook")
+    if not config.inputs:
+        raise ExpertkitError("expertkit data synth needs documents", hint="expertkit data synth docs/ handbook.pdf ...")
+    prompts = load_prompts(config.prompts)
+    out = Path(config.output_dir)
+    state = State.open(out)
+    try:
+        keys, unreadable = record_chunks(config, prompts, state)
+        todo = [k for k in dict.fromkeys(keys) if wanted(state, k, config)]
+        result = SynthResult(out, Counts(), Tally(), asked=len(todo), cached=len(set(keys)) - len(todo),
+                             unreadable=unreadable)  # fmt: skip
+        if todo:
+            teacher = Teacher(load_teacher(config), config)
+            try:
+                asyncio.run(ask_all(todo, state, teacher, prompts, config))
+            except TeacherDown as e:
+                result.stopped = str(e)
+            finally:
+                result.tally = teacher.tally
+                t = teacher.tally
+                state.add_totals(requests=t.requests, prompt_tokens=t.prompt_tokens,
+                                 completion_tokens=t.completion_tokens)  # fmt: skip
+        result.counts = write_dataset(state, keys, config, out)
+    finally:
+        state.close()
+    if result.stopped:
+        done = result.counts.train_rows + result.counts.eval_rows
+        raise ExpertkitError(
+            f"{result.stopped}\n  the {done} rows of the chunks finished so far are written to {out}; "
+            "run the same command again to go on",
+            hint="",
+        )
+    return result
+
+
+def wanted(state: State, key: str, config: SynthConfig) -> bool:
+    job = state.get(key)
+    return job is not None and (job.status == "new" or (job.status == "failed" and config.retry_failed))
+
+
+# -- 1. documents into chunks ---------------------------------------------------------------------------------
+
+
+def record_chunks(config: SynthConfig, prompts: Prompts, state: State) -> tuple[list[str], list[Problem]]:
+    """Every chunk of the inputs into the state file; (their keys in document order, documents that failed)."""
+    keys: list[str] = []
+    unreadable: list[Problem] = []
+    documents = 0
+    for doc in read_documents(config, unreadable):
+        documents += 1
+        chunks = split_text(doc.text, config.chunk_size, config.chunk_overlap, markdown=doc.kind in MARKDOWN_KINDS)
+        if not chunks:
+            unreadable.append(Problem("holds no text", doc.source, hint="an empty file, or a scan that needs OCR"))
+            continue
+        headings = [(m.start(), m.group(1)) for m in HEADING.finditer(doc.text)] if doc.kind in MARKDOWN_KINDS else []
+        starts = [h[0] for h in headings]
+        state.db.execute("BEGIN")
+        for chunk in chunks:
+            language = config.language if config.language != "auto" else detect_language(chunk.text)
+            key = content_hash(f"{prompts.version}/{config.questions_per_chunk}/{language}\n{chunk.text}")
+            i = bisect.bisect_right(starts, chunk.start) - 1
+            section = headings[i][1] if i >= 0 else ""
+            job = ChunkJob(key, chunk.text, doc.source, doc.title, section, chunk_id(doc.source, chunk.position),
+                           language)  # fmt: skip
+            state.put_chunk(job)
+            keys.append(key)
+        state.db.execute("COMMIT")
+    if not keys:
+        raise ExpertkitError(
+            f"nothing to synthesize from: none of the {documents} documents given holds readable text"
+            if documents else "nothing to synthesize from: no document could be read",
+            problems=unreadable,
+            hint="PDF scans need a text layer first (`ocrmypdf in.pdf out.pdf`); supported: md, txt, html, pdf, docx",
+        )  # fmt: skip
+    for problem in unreadable:
+        logger.warning("skipped %s", problem.format())
+    return keys, unreadable
+
+
+def read_documents(config: SynthConfig, unreadable: list[Problem]) -> Iterator[Document]:
+    """The documents of the inputs, one at a time; those that cannot be read go to `unreadable`."""
+    urls = [i for i in config.inputs if i.lower().startswith(("http://", "https://"))]
+    paths = [i for i in config.inputs if i not in urls]
+    for path in find_files(paths) if paths else []:
+        try:
+            yield extract_file(path)
+        except (MissingExtraError, BrokenExtraError):
+            raise  # the install, not the file: every other file would fail the same way
+        except ExpertkitError as e:
+            unreadable.append(Problem(e.message, hint=e.hint))
+    if urls:
+        from expertkit.rag.webread import read_pages
+
+        pages, failures = asyncio.run(read_pages(urls, config))
+        unreadable += [Problem(reason, url) for url, reason in failures]
+        for doc, _ in pages:
+            yield doc
+
+
+# -- 2. the teacher -------------------------------------------------------------------------------------------
+
+
+async def ask_all(keys: list[str], state: State, teacher: Teacher, prompts: Prompts, config: SynthConfig) -> None:
+    """Synthesize the chunks of `keys`, a few at a time; a TeacherDown stops the others and is raised."""
+    progress = make_progress(len(keys))
+    in_flight = max(2 * config.concurrency, 2)  # chunks started at once: enough to keep `concurrency` requests busy
+    pending: set[asyncio.Task] = set()
+
+    async def one(job: ChunkJob) -> None:
+        try:
+            state.finish(job.key, await synthesize_chunk(job, teacher, prompts, config))
+        except ChunkFailed as e:
+            state.fail(job.key, e.message, e.reply)
+        except TeacherError as e:
+            state.fail(job.key, e.message + (f" (fix: {e.hint})" if e.hint else ""))
+        progress.update(1)
+        t = teacher.tally
+        progress.set_postfix_str(f"{t.prompt_tokens + t.completion_tokens} tokens" + cost_text(t, config))
+
+    try:
+        for job in state.jobs(keys):
+            pending.add(asyncio.create_task(one(job)))
+            if len(pending) >= in_flight:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # raises TeacherDown
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        progress.close()
+        await teacher.close()
+
+
+def cost_text(tally: Tally, config: SynthConfig) -> str:
+    return f", ${tally.cost(config):.4f}" if config.price_per_million_input or config.price_per_million_output else ""
+
+
+def make_progress(total: int):
+    """A progress bar with ETA on a terminal; silent otherwise (logs and tests)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="chunk", desc="synth", disable=not sys.stderr.isatty(), dynamic_ncols=True)
