@@ -34,7 +34,7 @@ class Teacher:
     latency: float = 0.0  # seconds per request, before the reply
     api_key: str | None = None
     faults: list[tuple[int, dict]] = field(default_factory=list)  # (status, headers) for the next requests, in order
-    calls: list[dict] = field(default_factory=list)  # {"task", "chunk", "status"} per request
+    calls: list[dict] = field(default_factory=list)  # {"task", "chunk", "status", "prompt", "system"} per request
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def tasks(self, task: str) -> list[dict]:
@@ -97,7 +97,14 @@ def build_app(teacher: Teacher):
     async def chat(request: Request):
         body = await request.json()
         prompt = next((m["content"] for m in body["messages"] if m["role"] == "user"), "")
-        call = {"task": task_of(prompt), "chunk": tag(prompt, "chunk"), "status": 200}
+        system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
+        call = {
+            "task": task_of(prompt),
+            "chunk": tag(prompt, "chunk"),
+            "status": 200,
+            "prompt": prompt,
+            "system": system,
+        }
         with teacher.lock:
             teacher.calls.append(call)
             fault = teacher.faults.pop(0) if teacher.faults else None
