@@ -36,6 +36,8 @@ class Teacher:
     faults: list[tuple[int, dict]] = field(default_factory=list)  # (status, headers) for the next requests, in order
     calls: list[dict] = field(default_factory=list)  # {"task", "chunk", "status", "prompt", "system"} per request
     lock: threading.Lock = field(default_factory=threading.Lock)
+    in_flight: int = 0  # requests being answered now, and the most at once (bench/synth_throughput.py)
+    max_in_flight: int = 0
 
     def tasks(self, task: str) -> list[dict]:
         return [c for c in self.calls if c["task"] == task and c["status"] == 200]
@@ -108,8 +110,13 @@ def build_app(teacher: Teacher):
         with teacher.lock:
             teacher.calls.append(call)
             fault = teacher.faults.pop(0) if teacher.faults else None
-        if teacher.latency:
-            await asyncio.sleep(teacher.latency)
+        teacher.in_flight += 1  # one event loop: no lock needed
+        teacher.max_in_flight = max(teacher.max_in_flight, teacher.in_flight)
+        try:
+            if teacher.latency:
+                await asyncio.sleep(teacher.latency)
+        finally:
+            teacher.in_flight -= 1
         if teacher.api_key and request.headers.get("authorization") != f"Bearer {teacher.api_key}":
             call["status"] = 401
             return error(401, "Incorrect API key provided.", "invalid_api_key")

@@ -189,7 +189,8 @@ def config_keys(
     }
     if stage not in stages:
         raise ExpertkitError(f"unknown stage '{stage}'", hint=f"stages: {', '.join(stages)}")
-    typer.echo(describe_keys(stages[stage], markdown=markdown, title=f"`expertkit {stage}` keys"), nl=False)
+    command = "data synth" if stage == "synth" else stage
+    typer.echo(describe_keys(stages[stage], markdown=markdown, title=f"`expertkit {command}` keys"), nl=False)
 
 
 @app.command(context_settings=EXTRA_ARGS)
