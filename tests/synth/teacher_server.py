@@ -23,9 +23,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 MODEL = "teacher"
+PAGE = """<!doctype html><html><head><title>Pump care</title></head><body><nav>Home | Products</nav>
+<main><h1>Pump care</h1><p>The impeller of the P-300 pump is cleaned every three months. Its shaft is aligned with a
+laser after every repair. A worn impeller lowers the flow by a tenth.</p></main><footer>(c) Acme</footer>
+</body></html>"""
 SENTENCE = re.compile(r"[^.!?。！？\n]+[.!?。！？]")
 
 
@@ -94,6 +98,10 @@ def build_app(teacher: Teacher):
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "test"}]}
+
+    @app.get("/docs/pump.html")
+    async def page():  # a web page to read (the synth inputs may be URLs)
+        return HTMLResponse(PAGE)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):

@@ -286,3 +286,27 @@ def test_the_teacher_speaks_openai(tmp_path):
             "questions": ["What does the text say about: The seal is replaced yearly.?"]
         }
         assert reply.usage.prompt_tokens > 0 and [m.id for m in client.models.list()] == ["teacher"]
+
+
+def test_a_local_model_teacher_runs_through_our_engine(tmp_path, tiny_model):
+    """teacher_model_name_or_path: the tiny random model writes no JSON, so its chunk fails with the reply kept."""
+    docs = write_docs(tmp_path / "docs", {"pump.md": PUMP})
+    out = tmp_path / "out"
+    result = run(SynthConfig(inputs=[str(docs)], teacher_model_name_or_path=str(tiny_model), output_dir=str(out),
+                             max_tokens=16, eval_size=0.0))  # fmt: skip
+    assert result.counts.chunks_failed == 1 and result.tally.requests == 2  # the questions, asked twice
+    failed = json.loads((out / "failed.jsonl").read_text())
+    assert "could not be read twice" in failed["error"] and failed["reply"] and failed["chunk"].startswith("# Pump")
+    assert json.loads((out / "train.json").read_text()) == []
+
+
+def test_urls_are_read_through_the_guarded_fetcher(tmp_path):
+    with teacher_server() as (_, url):
+        page = url.removesuffix("/v1") + "/docs/pump.html"
+        with pytest.raises(ExpertkitError) as e:  # loopback is refused unless allowed (the SSRF guard)
+            synth([page], url, tmp_path / "refused")
+        assert "nothing to synthesize" in str(e.value) and "127.0.0.1" in str(e.value)
+        result = synth([page], url, tmp_path / "out", allow_networks="127.0.0.1/32")
+    train, _ = rows(tmp_path / "out")
+    assert result.counts.train_rows == 3 and {r["source"]["file"] for r in train} == {page}
+    assert all("Home | Products" not in r["source"]["quote"] for r in train)
