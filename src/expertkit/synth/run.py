@@ -31,7 +31,7 @@ from expertkit.synth.config import SynthConfig
 from expertkit.synth.generate import ChunkFailed, synthesize_chunk
 from expertkit.synth.prompts import Prompts, detect_language, load_prompts
 from expertkit.synth.state import ChunkJob, State
-from expertkit.synth.teacher import Tally, Teacher, TeacherDown, TeacherError, load_teacher
+from expertkit.synth.teacher import Tally, Teacher, TeacherDown, TeacherError, load_teacher, require_teacher
 from expertkit.synth.write import Counts, write_dataset
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class SynthResult:
     asked: int = 0  # chunks sent to the teacher in this run
     cached: int = 0  # chunks whose result the state file already had
     unreadable: list[Problem] = field(default_factory=list)
-    stopped: str = ""  # why the teacher stopped answering ("" when it did not)
+    stopped: TeacherDown | None = None  # why the teacher stopped answering (None when it did not)
 
 
 def run(config: SynthConfig) -> SynthResult:
@@ -54,6 +54,7 @@ def run(config: SynthConfig) -> SynthResult:
         raise ExpertkitError("expertkit data synth needs output_dir=FOLDER", hint="e.g. output_dir=data/handbook")
     if not config.inputs:
         raise ExpertkitError("expertkit data synth needs documents", hint="expertkit data synth docs/ handbook.pdf ...")
+    require_teacher(config)
     prompts = load_prompts(config.prompts)
     out = Path(config.output_dir)
     state = State.open(out)
@@ -62,12 +63,18 @@ def run(config: SynthConfig) -> SynthResult:
         todo = [k for k in dict.fromkeys(keys) if wanted(state, k, config)]
         result = SynthResult(out, Counts(), Tally(), asked=len(todo), cached=len(set(keys)) - len(todo),
                              unreadable=unreadable)  # fmt: skip
+        logger.info(
+            "synth: %d chunks (%d to ask the teacher, %d known from earlier runs), %d requests in flight, teacher %s%s "
+            "-> %s", len(set(keys)), len(todo), result.cached, config.concurrency,
+            config.teacher_base_url or config.teacher_model_name_or_path, f" ({config.teacher_model})"
+            if config.teacher_model else "", out,
+        )  # fmt: skip
         if todo:
             teacher = Teacher(load_teacher(config), config)
             try:
                 asyncio.run(ask_all(todo, state, teacher, prompts, config))
             except TeacherDown as e:
-                result.stopped = str(e)
+                result.stopped = e
             finally:
                 result.tally = teacher.tally
                 t = teacher.tally
@@ -79,9 +86,9 @@ def run(config: SynthConfig) -> SynthResult:
     if result.stopped:
         done = result.counts.train_rows + result.counts.eval_rows
         raise ExpertkitError(
-            f"{result.stopped}\n  the {done} rows of the chunks finished so far are written to {out}; "
-            "run the same command again to go on",
-            hint="",
+            f"{result.stopped.message}; the {done} rows of the chunks finished so far are written to {out}, and "
+            "the same command goes on from there",
+            hint=result.stopped.hint,
         )
     return result
 
@@ -174,19 +181,24 @@ async def ask_all(keys: list[str], state: State, teacher: Teacher, prompts: Prom
         for job in state.jobs(keys):
             pending.add(asyncio.create_task(one(job)))
             if len(pending) >= in_flight:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()  # raises TeacherDown
+                pending = await settle(pending)
         while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()
+            pending = await settle(pending)
     finally:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         progress.close()
         await teacher.close()
+
+
+async def settle(pending: set[asyncio.Task]) -> set[asyncio.Task]:
+    """Wait for one task to end; raise the first error (TeacherDown) of those that ended, once all are retrieved."""
+    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    errors = [task.exception() for task in done if not task.cancelled() and task.exception()]
+    if errors:
+        raise errors[0]
+    return pending
 
 
 def cost_text(tally: Tally, config: SynthConfig) -> str:

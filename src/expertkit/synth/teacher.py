@@ -56,14 +56,9 @@ def load_teacher(config: SynthConfig) -> Engine:
     from expertkit.engine.base import load_engine
     from expertkit.engine.config import EngineConfig
 
+    require_teacher(config)
     if config.teacher_model_name_or_path:
         return load_engine(EngineConfig(model_name_or_path=config.teacher_model_name_or_path))
-    if not config.teacher_base_url:
-        raise ExpertkitError(
-            "expertkit data synth needs a teacher: teacher_base_url=... (an OpenAI-compatible /v1 URL) or "
-            "teacher_model_name_or_path=... (a local model)",
-            hint="e.g. teacher_base_url=http://127.0.0.1:11434/v1 teacher_model=qwen2.5:14b",
-        )
     return load_engine(
         EngineConfig(
             engine="openai",
@@ -72,6 +67,15 @@ def load_teacher(config: SynthConfig) -> Engine:
             served_model_name=config.teacher_model,
         )
     )
+
+
+def require_teacher(config: SynthConfig) -> None:
+    if not (config.teacher_base_url or config.teacher_model_name_or_path):
+        raise ExpertkitError(
+            "expertkit data synth needs a teacher: teacher_base_url=... (an OpenAI-compatible /v1 URL) or "
+            "teacher_model_name_or_path=... (a local model)",
+            hint="e.g. teacher_base_url=http://127.0.0.1:11434/v1 teacher_model=qwen2.5:14b",
+        )
 
 
 class Teacher:
