@@ -310,3 +310,22 @@ def test_urls_are_read_through_the_guarded_fetcher(tmp_path):
     train, _ = rows(tmp_path / "out")
     assert result.counts.train_rows == 3 and {r["source"]["file"] for r in train} == {page}
     assert all("Home | Products" not in r["source"]["quote"] for r in train)
+
+
+def test_pdf_rows_name_their_page(tmp_path):
+    from pdf_files import make_pdf
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    pages = [["The gearbox oil is changed every 4,000 hours.", "Its level is checked weekly."],
+             ["The clutch plates are replaced after 9,000 hours.", "Worn plates make the drive slip."]]  # fmt: skip
+    (docs / "gearbox.pdf").write_bytes(make_pdf(pages))
+    out = tmp_path / "out"
+    with teacher_server() as (_, url):
+        synth([docs], url, out, chunk_size=60)
+    train, _ = rows(out)
+    assert {r["source"]["page"] for r in train} == {"1", "2"} and all("section" not in r["source"] for r in train)
+    for row in train:
+        assert ("clutch" in row["source"]["quote"].lower() or "plates" in row["source"]["quote"]) == (
+            row["source"]["page"] == "2"
+        )

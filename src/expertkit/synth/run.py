@@ -113,15 +113,12 @@ def record_chunks(config: SynthConfig, prompts: Prompts, state: State) -> tuple[
             unreadable.append(Problem("holds no text", doc.source, hint="an empty file, or a scan that needs OCR"))
             continue
         headings = [(m.start(), m.group(1)) for m in HEADING.finditer(doc.text)] if doc.kind in MARKDOWN_KINDS else []
-        starts = [h[0] for h in headings]
         state.db.execute("BEGIN")
         for chunk in chunks:
             language = config.language if config.language != "auto" else detect_language(chunk.text)
             key = content_hash(f"{prompts.version}/{config.questions_per_chunk}/{language}\n{chunk.text}")
-            i = bisect.bisect_right(starts, chunk.start) - 1
-            section = headings[i][1] if i >= 0 else ""
-            job = ChunkJob(key, chunk.text, doc.source, doc.title, section, chunk_id(doc.source, chunk.position),
-                           language)  # fmt: skip
+            job = ChunkJob(key, chunk.text, doc.source, doc.title, last_before(headings, chunk.start) or "",
+                           chunk_id(doc.source, chunk.position), language, page=pages_of(doc, chunk))  # fmt: skip
             state.put_chunk(job)
             keys.append(key)
         state.db.execute("COMMIT")
@@ -135,6 +132,20 @@ def record_chunks(config: SynthConfig, prompts: Prompts, state: State) -> tuple[
     for problem in unreadable:
         logger.warning("skipped %s", problem.format())
     return keys, unreadable
+
+
+def last_before(marks: list[tuple[int, object]], offset: int):
+    """The value of the last (offset, value) mark at or before `offset` (marks sorted by offset), or None."""
+    i = bisect.bisect_right(marks, offset, key=lambda m: m[0]) - 1
+    return marks[i][1] if i >= 0 else None
+
+
+def pages_of(doc: Document, chunk) -> str:
+    """A PDF chunk's page ("3") or pages ("3-4"); "" for other documents."""
+    if not doc.page_starts:
+        return ""
+    first, last = last_before(doc.page_starts, chunk.start), last_before(doc.page_starts, chunk.end - 1)
+    return str(first) if first == last else f"{first}-{last}"
 
 
 def read_documents(config: SynthConfig, unreadable: list[Problem]) -> Iterator[Document]:

@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     language TEXT NOT NULL, text TEXT NOT NULL,
     pairs TEXT NOT NULL DEFAULT '[]',  -- JSON: [{question, answer, quote, score, reason}]
     error TEXT NOT NULL DEFAULT '', reply TEXT NOT NULL DEFAULT '',
+    page TEXT NOT NULL DEFAULT '',     -- PDF: "3", or "3-4" for a chunk across two pages
     updated TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value REAL NOT NULL);
@@ -50,6 +51,7 @@ class ChunkJob:
     pairs: list[dict] = field(default_factory=list)
     error: str = ""
     reply: str = ""
+    page: str = ""
 
 
 def now() -> str:
@@ -76,8 +78,8 @@ class State:
         if row:
             # the same text may have moved (another file, another position): the rows follow the latest place
             self.db.execute(
-                "UPDATE chunks SET source=?, title=?, section=?, chunk_id=? WHERE key=?",
-                (job.source, job.title, job.section, job.chunk_id, job.key),
+                "UPDATE chunks SET source=?, title=?, section=?, page=?, chunk_id=? WHERE key=?",
+                (job.source, job.title, job.section, job.page, job.chunk_id, job.key),
             )
             return row[0]
         values = asdict(job)
@@ -100,15 +102,14 @@ class State:
 
     def get(self, key: str) -> ChunkJob | None:
         cursor = self.db.execute(
-            "SELECT key, text, source, title, section, chunk_id, language, status, pairs, error, reply "
+            "SELECT key, text, source, title, section, chunk_id, language, status, pairs, error, reply, page "
             "FROM chunks WHERE key = ?",
             (key,),
         )
         row = cursor.fetchone()
         if row is None:
             return None
-        job = ChunkJob(*row[:8], pairs=json.loads(row[8]), error=row[9], reply=row[10])
-        return job
+        return ChunkJob(*row[:8], pairs=json.loads(row[8]), error=row[9], reply=row[10], page=row[11])
 
     def jobs(self, keys: list[str]) -> Iterator[ChunkJob]:
         for key in keys:

@@ -7,7 +7,8 @@ An alpaca row of train.json (`format=sharegpt`: the same pair as `conversations`
      "source": {"file": "/data/docs/pump.md", "section": "Maintenance", "chunk_id": "3f2a...-00004",
                 "quote": "The seal is replaced every 2,000 operating hours", "score": 9.0}}
 
-A row of eval.jsonl (what `expertkit eval eval_file=...` reads; `context` is the whole source chunk, for checking
+A PDF's rows name the page (`"page": "3"`, or `"3-4"` for a chunk across two) instead of the section. A row of
+eval.jsonl (what `expertkit eval eval_file=...` reads; `context` is the whole source chunk, for checking
 answers against it)::
 
     {"id": "3f2a...-00004-1", "question": "...", "reference": "...", "context": "<the chunk>", "source": {...}}
@@ -131,7 +132,8 @@ def in_eval(key: str, config: SynthConfig) -> bool:
 
 
 def source_of(job: ChunkJob, pair: dict) -> dict:
-    return {"file": job.source, "section": job.section, "chunk_id": job.chunk_id, "quote": pair["quote"],
+    place = {"page": job.page} if job.page else {"section": job.section}
+    return {"file": job.source, **place, "chunk_id": job.chunk_id, "quote": pair["quote"],
             "score": pair.get("score")}  # fmt: skip
 
 
@@ -174,7 +176,7 @@ def distractor_pool(keys: list[str], seed: int) -> list[str]:
 
 
 def failure_row(job: ChunkJob) -> dict:
-    return {"chunk_id": job.chunk_id, "file": job.source, "section": job.section, "error": job.error,
+    return {"chunk_id": job.chunk_id, "file": job.source, "section": job.section, "page": job.page, "error": job.error,
             "reply": job.reply, "chunk": job.text}  # fmt: skip
 
 
