@@ -59,20 +59,20 @@ def run(config: SynthConfig) -> SynthResult:
     out = Path(config.output_dir)
     state = State.open(out)
     try:
-        keys, unreadable = record_chunks(config, prompts, state)
-        todo = [k for k in dict.fromkeys(keys) if wanted(state, k, config)]
-        result = SynthResult(out, Counts(), Tally(), asked=len(todo), cached=len(set(keys)) - len(todo),
-                             unreadable=unreadable)  # fmt: skip
+        unreadable = record_chunks(config, prompts, state)
+        asking = ("new", "failed") if config.retry_failed else ("new",)
+        total, todo = state.count_current(), state.count_current(asking)
+        result = SynthResult(out, Counts(), Tally(), asked=todo, cached=total - todo, unreadable=unreadable)
         logger.info(
             "synth: %d chunks (%d to ask the teacher, %d known from earlier runs), %d requests in flight, teacher %s%s "
-            "-> %s", len(set(keys)), len(todo), result.cached, config.concurrency,
+            "-> %s", total, todo, result.cached, config.concurrency,
             config.teacher_base_url or config.teacher_model_name_or_path, f" ({config.teacher_model})"
             if config.teacher_model else "", out,
         )  # fmt: skip
         if todo:
             teacher = Teacher(load_teacher(config), config)
             try:
-                asyncio.run(ask_all(todo, state, teacher, prompts, config))
+                asyncio.run(ask_all(state.current_keys(asking), todo, state, teacher, prompts, config))
             except TeacherDown as e:
                 result.stopped = e
             finally:
@@ -80,7 +80,7 @@ def run(config: SynthConfig) -> SynthResult:
                 t = teacher.tally
                 state.add_totals(requests=t.requests, prompt_tokens=t.prompt_tokens,
                                  completion_tokens=t.completion_tokens)  # fmt: skip
-        result.counts = write_dataset(state, keys, config, out)
+        result.counts = write_dataset(state, config, out)
     finally:
         state.close()
     if result.stopped:
@@ -93,19 +93,14 @@ def run(config: SynthConfig) -> SynthResult:
     return result
 
 
-def wanted(state: State, key: str, config: SynthConfig) -> bool:
-    job = state.get(key)
-    return job is not None and (job.status == "new" or (job.status == "failed" and config.retry_failed))
-
-
 # -- 1. documents into chunks ---------------------------------------------------------------------------------
 
 
-def record_chunks(config: SynthConfig, prompts: Prompts, state: State) -> tuple[list[str], list[Problem]]:
-    """Every chunk of the inputs into the state file; (their keys in document order, documents that failed)."""
-    keys: list[str] = []
+def record_chunks(config: SynthConfig, prompts: Prompts, state: State) -> list[Problem]:
+    """Every chunk of the inputs into the state file, in order; returns the documents that could not be read."""
     unreadable: list[Problem] = []
-    documents = 0
+    documents = chunks_seen = 0
+    state.clear_current()
     for doc in read_documents(config, unreadable):
         documents += 1
         chunks = split_text(doc.text, config.chunk_size, config.chunk_overlap, markdown=doc.kind in MARKDOWN_KINDS)
@@ -120,9 +115,9 @@ def record_chunks(config: SynthConfig, prompts: Prompts, state: State) -> tuple[
             job = ChunkJob(key, chunk.text, doc.source, doc.title, last_before(headings, chunk.start) or "",
                            chunk_id(doc.source, chunk.position), language, page=pages_of(doc, chunk))  # fmt: skip
             state.put_chunk(job)
-            keys.append(key)
+            chunks_seen += 1
         state.db.execute("COMMIT")
-    if not keys:
+    if not chunks_seen:
         raise ExpertkitError(
             f"nothing to synthesize from: none of the {documents} documents given holds readable text"
             if documents else "nothing to synthesize from: no document could be read",
@@ -131,7 +126,7 @@ def record_chunks(config: SynthConfig, prompts: Prompts, state: State) -> tuple[
         )  # fmt: skip
     for problem in unreadable:
         logger.warning("skipped %s", problem.format())
-    return keys, unreadable
+    return unreadable
 
 
 def last_before(marks: list[tuple[int, object]], offset: int):
@@ -171,9 +166,11 @@ def read_documents(config: SynthConfig, unreadable: list[Problem]) -> Iterator[D
 # -- 2. the teacher -------------------------------------------------------------------------------------------
 
 
-async def ask_all(keys: list[str], state: State, teacher: Teacher, prompts: Prompts, config: SynthConfig) -> None:
-    """Synthesize the chunks of `keys`, a few at a time; a TeacherDown stops the others and is raised."""
-    progress = make_progress(len(keys))
+async def ask_all(
+    keys: Iterator[str], total: int, state: State, teacher: Teacher, prompts: Prompts, config: SynthConfig
+) -> None:
+    """Synthesize the `total` chunks of `keys`, a few at a time; a TeacherDown stops the others and is raised."""
+    progress = make_progress(total)
     in_flight = max(2 * config.concurrency, 2)  # chunks started at once: enough to keep `concurrency` requests busy
     pending: set[asyncio.Task] = set()
 
@@ -189,8 +186,8 @@ async def ask_all(keys: list[str], state: State, teacher: Teacher, prompts: Prom
         progress.set_postfix_str(f"{t.prompt_tokens + t.completion_tokens} tokens" + cost_text(t, config))
 
     try:
-        for job in state.jobs(keys):
-            pending.add(asyncio.create_task(one(job)))
+        for key in keys:
+            pending.add(asyncio.create_task(one(state.get(key))))
             if len(pending) >= in_flight:
                 pending = await settle(pending)
         while pending:

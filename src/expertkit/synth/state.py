@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +33,10 @@ CREATE TABLE IF NOT EXISTS chunks (
     updated TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value REAL NOT NULL);
+-- the chunks of this run's inputs, in document order (a chunk repeated in the inputs: its first place counts)
+CREATE TABLE IF NOT EXISTS current (pos INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
 """
+PAGE = 500  # keys read at a time: the run never holds the list of its chunks in memory
 
 
 @dataclass
@@ -72,8 +75,12 @@ class State:
         db.executescript(SCHEMA)
         return cls(db, path)
 
+    def clear_current(self) -> None:
+        self.db.execute("DELETE FROM current")
+
     def put_chunk(self, job: ChunkJob) -> str:
         """Record a chunk of the current inputs; returns its status (new, done or failed)."""
+        self.db.execute("INSERT OR IGNORE INTO current (key) VALUES (?)", (job.key,))
         row = self.db.execute("SELECT status FROM chunks WHERE key = ?", (job.key,)).fetchone()
         if row:
             # the same text may have moved (another file, another position): the rows follow the latest place
@@ -111,11 +118,32 @@ class State:
             return None
         return ChunkJob(*row[:8], pairs=json.loads(row[8]), error=row[9], reply=row[10], page=row[11])
 
-    def jobs(self, keys: list[str]) -> Iterator[ChunkJob]:
+    def jobs(self, keys: Iterable[str]) -> Iterator[ChunkJob]:
         for key in keys:
             job = self.get(key)
             if job is not None:
                 yield job
+
+    def current_keys(self, statuses: tuple[str, ...] = ("new", "done", "failed")) -> Iterator[str]:
+        """Keys of the current inputs' chunks with one of `statuses`, in document order, a page at a time (so
+        results written meanwhile do not disturb the reading)."""
+        marks = ", ".join("?" * len(statuses))
+        last = 0
+        while True:
+            page = self.db.execute(
+                f"SELECT c.pos, c.key FROM current c JOIN chunks k ON k.key = c.key "
+                f"WHERE c.pos > ? AND k.status IN ({marks}) ORDER BY c.pos LIMIT ?",
+                (last, *statuses, PAGE),
+            ).fetchall()
+            if not page:
+                return
+            last = page[-1][0]
+            yield from (key for _, key in page)
+
+    def count_current(self, statuses: tuple[str, ...] = ("new", "done", "failed")) -> int:
+        marks = ", ".join("?" * len(statuses))
+        query = f"SELECT count(*) FROM current c JOIN chunks k ON k.key = c.key WHERE k.status IN ({marks})"
+        return self.db.execute(query, statuses).fetchone()[0]
 
     def add_totals(self, **amounts: float) -> None:
         for name, value in amounts.items():

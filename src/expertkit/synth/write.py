@@ -52,11 +52,11 @@ class Counts:
         self.removed[reason] = self.removed.get(reason, 0) + 1
 
 
-def write_dataset(state: State, keys: list[str], config: SynthConfig, out: Path) -> Counts:
-    """Write train.json, eval.jsonl, failed.jsonl and the dataset_info.json entry for the chunks of `keys`."""
+def write_dataset(state: State, config: SynthConfig, out: Path) -> Counts:
+    """Write train.json, eval.jsonl, failed.jsonl and the dataset_info.json entry for the current inputs' chunks."""
     dedup = Dedup(config.near_dup_threshold)
-    counts = Counts(chunks=len(keys))
-    pool = distractor_pool(keys, config.seed)
+    counts = Counts(chunks=state.count_current())
+    pool = distractor_pool(state, config.seed) if config.raft else []
     rng = random.Random(config.seed)
     with (
         open_atomic(out / TRAIN_FILE) as train,
@@ -64,7 +64,7 @@ def write_dataset(state: State, keys: list[str], config: SynthConfig, out: Path)
         open_atomic(out / FAILED_FILE) as failed,
     ):
         array = JsonArray(train)
-        for job in state.jobs(list(dict.fromkeys(keys))):
+        for job in state.jobs(state.current_keys()):
             if job.status == "failed":
                 counts.chunks_failed += 1
                 failed.write(json.dumps(failure_row(job), ensure_ascii=False) + "\n")
@@ -168,11 +168,15 @@ def raft_pair(job: ChunkJob, pair: dict, config: SynthConfig, pool: list[str], s
     return question, answer, oracle
 
 
-def distractor_pool(keys: list[str], seed: int) -> list[str]:
-    unique = list(dict.fromkeys(keys))
-    if len(unique) <= DISTRACTOR_POOL:
-        return unique
-    return random.Random(seed).sample(unique, DISTRACTOR_POOL)
+def distractor_pool(state: State, seed: int) -> list[str]:
+    """Up to DISTRACTOR_POOL keys of the current chunks, a seeded uniform sample (reservoir sampling: one pass)."""
+    rng, pool = random.Random(seed), []
+    for n, key in enumerate(state.current_keys(("done",))):
+        if n < DISTRACTOR_POOL:
+            pool.append(key)
+        elif (j := rng.randrange(n + 1)) < DISTRACTOR_POOL:
+            pool[j] = key
+    return pool
 
 
 def failure_row(job: ChunkJob) -> dict:
