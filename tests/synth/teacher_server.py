@@ -7,8 +7,9 @@ from the chunk in the prompt, for the synth tests and bench/synth_throughput.py.
 - judge prompt (asks for "scores"): 9 for every pair, 2 for a question holding "[low]".
 Markers in the chunk change the reply: "[think]" wraps it in <think>...</think>, "[fence]" puts it in a ```json
 fence with prose around it, "[garbage]" always answers prose without JSON, "[garbage-once]" only until the client
-asks again, "[badquote]" quotes text the chunk does not hold, "[toolong]" answers 400 with vLLM's context-length
-message. `faults` queues HTTP errors for the next requests (status, headers); `api_key` set: 401 without it.
+asks again, "[badquote]" quotes text the chunk does not hold, "[toolong]" (or a prompt over `max_prompt_chars`)
+answers 400 with vLLM's context-length message. `faults` queues HTTP errors for the next requests (status,
+headers); `api_key` set: 401 without it.
 Streams (SSE, usage in the last chunk) when asked to, as vLLM does, and answers whole otherwise (the openai client).
 """
 
@@ -36,6 +37,7 @@ SENTENCE = re.compile(r"[^.!?。！？\n]+[.!?。！？]")
 @dataclass
 class Teacher:
     latency: float = 0.0  # seconds per request, before the reply
+    max_prompt_chars: int | None = None  # longer prompts get the context-length 400
     api_key: str | None = None
     faults: list[tuple[int, dict]] = field(default_factory=list)  # (status, headers) for the next requests, in order
     calls: list[dict] = field(default_factory=list)  # {"task", "chunk", "status", "prompt", "system"} per request
@@ -131,7 +133,7 @@ def build_app(teacher: Teacher):
         if fault:
             call["status"] = fault[0]
             return error(fault[0], "scripted fault", "server_error", fault[1])
-        if "[toolong]" in call["chunk"]:
+        if "[toolong]" in call["chunk"] or len(prompt) > (teacher.max_prompt_chars or len(prompt)):
             call["status"] = 400
             return error(400, "This model's maximum context length is 64 tokens. However, you requested 900 tokens "
                          "(800 in the messages, 100 in the completion). Please reduce the length of the messages.",

@@ -329,3 +329,19 @@ def test_pdf_rows_name_their_page(tmp_path):
         assert ("clutch" in row["source"]["quote"].lower() or "plates" in row["source"]["quote"]) == (
             row["source"]["page"] == "2"
         )
+
+
+def test_a_chunk_too_long_for_the_teacher_is_asked_in_pieces(tmp_path):
+    from expertkit.synth.prompts import load_prompts
+
+    text = " ".join(f"The {THINGS[i % 8]} number {i} was serviced by the {PLACES[i % 8]} crew in week {i * 3}."
+                    for i in range(40))  # fmt: skip
+    docs = write_docs(tmp_path / "docs", {"log.txt": text})
+    whole = load_prompts().render("en", "questions", chunk=text, n="3", title="log")
+    out = tmp_path / "out"
+    with teacher_server(max_prompt_chars=len(whole) - 1) as (teacher, url):
+        result = synth([docs], url, out, chunk_size=4000)
+    assert [c["status"] for c in teacher.calls][0] == 400 and result.counts.chunks_failed == 0
+    train, _ = rows(out)
+    assert len(train) == 6 and all(r["source"]["quote"] in text for r in train)
+    assert len({r["source"]["chunk_id"] for r in train}) == 1  # the pieces' rows keep the chunk they came from

@@ -22,10 +22,12 @@ from expertkit.engine.text import parse_json_object
 from expertkit.synth.config import SynthConfig
 from expertkit.synth.prompts import Prompts
 from expertkit.synth.state import ChunkJob
-from expertkit.synth.teacher import Teacher
+from expertkit.synth.teacher import Teacher, TeacherError
 
 T = TypeVar("T")
 AGAIN = "That reply could not be read ({problem}). Reply with only the JSON object asked for."
+MAX_SPLITS = 2  # a chunk too long for the teacher is tried in halves, then quarters, then fails
+MIN_PIECE = 200  # characters: smaller pieces hold too little to ask about
 QUOTE_MARKS = "\"'“”‘’「」『』«»` "
 
 
@@ -37,9 +39,28 @@ class ChunkFailed(ExpertkitError):
         self.reply = reply
 
 
-async def synthesize_chunk(job: ChunkJob, teacher: Teacher, prompts: Prompts, config: SynthConfig) -> list[dict]:
+async def synthesize_chunk(
+    job: ChunkJob, teacher: Teacher, prompts: Prompts, config: SynthConfig, text: str | None = None, depth: int = 0
+) -> list[dict]:
+    """The chunk's pairs; a chunk too long for the teacher's context is split in halves (twice at most, never below
+    MIN_PIECE characters) and its pieces asked one by one (their quotes are the chunk's text too)."""
+    text = job.text if text is None else text
+    try:
+        return await pairs_of(text, job, teacher, prompts, config)
+    except TeacherError as e:
+        if not e.too_long or depth >= MAX_SPLITS or len(text) < 2 * MIN_PIECE:
+            raise
+    from expertkit.rag.chunk import split_text
+
+    pairs = []
+    for piece in split_text(text, size=len(text) // 2 + MIN_PIECE // 2, overlap=0):
+        pairs += await synthesize_chunk(job, teacher, prompts, config, piece.text, depth + 1)
+    return pairs
+
+
+async def pairs_of(text: str, job: ChunkJob, teacher: Teacher, prompts: Prompts, config: SynthConfig) -> list[dict]:
     lang = job.language
-    values = {"chunk": job.text, "title": job.title}
+    values = {"chunk": text, "title": job.title}
     questions = await ask_json(
         teacher, prompts, lang, prompts.render(lang, "questions", n=str(config.questions_per_chunk), **values),
         lambda obj: read_questions(obj, config.questions_per_chunk),
@@ -54,7 +75,7 @@ async def synthesize_chunk(job: ChunkJob, teacher: Teacher, prompts: Prompts, co
             raise answer
     pairs = []
     for question, (answer, quote) in zip(questions, answers):
-        found = locate_quote(quote, job.text)
+        found = locate_quote(quote, text)
         pair = {"question": question, "answer": answer, "quote": found or quote}
         if not answer:
             pair["dropped"] = "no answer"

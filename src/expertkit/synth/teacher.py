@@ -6,8 +6,8 @@ retries with backoff, and token counts.
 
 A 429, a 5xx or a failed connection is retried `max_retries` times, waiting Retry-After when the server sends it,
 else `retry_backoff` seconds doubled each time (at most 60). A 401 / 403, or no connection after every retry, stops
-the run (`TeacherDown`: every chunk would fail the same way). A 400 that says the prompt is too long for the model,
-and any other refusal, fails only the chunk (`TeacherError`).
+the run (`TeacherDown`: every chunk would fail the same way). A 400 that says the prompt is too long for the model
+(the chunk is then tried in pieces, generate.py), and any other refusal, fails only the chunk (`TeacherError`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,12 @@ TOO_LONG = re.compile(r"context.{0,20}length|maximum context|too (?:long|many to
 
 
 class TeacherError(ExpertkitError):
-    """This request failed for good: the chunk is counted as failed and the run goes on."""
+    """This request failed for good: the chunk is counted as failed and the run goes on. `too_long`: the teacher
+    said the prompt does not fit its context (the chunk may be split and tried again in pieces)."""
+
+    def __init__(self, message: str, hint: str = "", too_long: bool = False):
+        super().__init__(message, hint=hint)
+        self.too_long = too_long
 
 
 class TeacherDown(ExpertkitError):
@@ -130,6 +135,7 @@ class Teacher:
                 raise TeacherError(
                     f"the chunk is too long for the teacher's context: {error.body[:200]}",
                     hint="lower chunk_size (or max_tokens), or use a teacher with a longer context",
+                    too_long=True,
                 )
             raise TeacherError(f"the teacher refused the request (HTTP {status}): {error.body[:300]}")
         if _is_connection_error(error):
