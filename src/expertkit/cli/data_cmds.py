@@ -116,7 +116,7 @@ def synth_summary(result) -> str:
     c, t = result.counts, result.tally
     lines = [
         f"chunks: {c.chunks} ({result.asked} sent to the teacher, {result.cached} known from earlier runs; "
-        f"{c.chunks_failed} failed, see failed.jsonl)",
+        f"{c.chunks_failed} failed{', see failed.jsonl' if c.chunks_failed else ''})",
         f"teacher: {t.requests} requests ({t.retries} retried), {t.prompt_tokens} prompt + {t.completion_tokens} "
         "completion tokens",
         f"pairs: {c.pairs} -> {c.train_rows} train rows, {c.eval_rows} eval rows",

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from expertkit.core.errors import ExpertkitError
 from expertkit.engine.text import parse_json_object
+from expertkit.rag.chunk import split_text
 from expertkit.synth.config import SynthConfig
 from expertkit.synth.prompts import Prompts
 from expertkit.synth.state import ChunkJob
@@ -50,8 +51,6 @@ async def synthesize_chunk(
     except TeacherError as e:
         if not e.too_long or depth >= MAX_SPLITS or len(text) < 2 * MIN_PIECE:
             raise
-    from expertkit.rag.chunk import split_text
-
     pairs = []
     for piece in split_text(text, size=len(text) // 2 + MIN_PIECE // 2, overlap=0):
         pairs += await synthesize_chunk(job, teacher, prompts, config, piece.text, depth + 1)
