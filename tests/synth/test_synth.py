@@ -164,9 +164,12 @@ def done_chunks(out: Path) -> int:
 
 def test_429_and_5xx_are_retried_honouring_retry_after(tmp_path):
     docs = write_docs(tmp_path / "docs", {"pump.md": PUMP})
-    with teacher_server(faults=[(429, {"Retry-After": "0"}), (503, {}), (500, {})]) as (teacher, url):
+    with teacher_server(faults=[(429, {"Retry-After": "1"}), (503, {}), (500, {})]) as (teacher, url):
+        start = time.monotonic()
         result = synth([docs], url, tmp_path / "out", retry_backoff=0.01)
+        took = time.monotonic() - start
     assert [c["status"] for c in teacher.calls[:4]] == [429, 503, 500, 200]
+    assert took >= 1.0  # the 429's Retry-After, not the 10 ms backoff
     assert result.tally.retries == 3 and result.counts.train_rows == 3 and result.counts.chunks_failed == 0
     assert result.tally.prompt_tokens > 0 and result.tally.completion_tokens > 0
 
