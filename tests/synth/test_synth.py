@@ -351,3 +351,15 @@ def test_a_chunk_too_long_for_the_teacher_is_asked_in_pieces(tmp_path):
     train, _ = rows(out)
     assert len(train) == 6 and all(r["source"]["quote"] in text for r in train)
     assert len({r["source"]["chunk_id"] for r in train}) == 1  # the pieces' rows keep the chunk they came from
+
+
+def test_two_runs_into_one_folder_are_refused(tmp_path):
+    from expertkit.synth.state import State
+
+    docs = write_docs(tmp_path / "docs", {"pump.md": PUMP})
+    held = State.open(tmp_path / "out")
+    try:
+        with pytest.raises(ExpertkitError, match="another `expertkit data synth` is writing to"):
+            synth([docs], "http://127.0.0.1:9/v1", tmp_path / "out")
+    finally:
+        held.close()

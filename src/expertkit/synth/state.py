@@ -20,7 +20,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from expertkit.core.errors import ExpertkitError
+
 STATE_FILE = "synth_state.sqlite"
+LOCK_FILE = "synth.lock"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
     key TEXT PRIMARY KEY,
@@ -65,15 +68,20 @@ class State:
     def __init__(self, db: sqlite3.Connection, path: Path):
         self.db = db
         self.path = path
+        self.lock = None
 
     @classmethod
     def open(cls, output_dir: Path) -> State:
+        """The state of `output_dir`, locked for this process: two runs into one folder would ask the same chunks."""
         output_dir.mkdir(parents=True, exist_ok=True)
         path = output_dir / STATE_FILE
+        lock = lock_folder(output_dir)
         db = sqlite3.connect(path, isolation_level=None)  # autocommit; transactions are explicit
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(SCHEMA)
-        return cls(db, path)
+        state = cls(db, path)
+        state.lock = lock
+        return state
 
     def clear_current(self) -> None:
         self.db.execute("DELETE FROM current")
@@ -157,3 +165,23 @@ class State:
 
     def close(self) -> None:
         self.db.close()
+        if self.lock is not None:
+            self.lock.close()  # releases the lock (so does the process ending, however it ends)
+
+
+def lock_folder(output_dir: Path):
+    """An open file holding an exclusive lock on output_dir/synth.lock; None where there is no fcntl (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    fh = open(output_dir / LOCK_FILE, "w")  # noqa: SIM115 - held open for the run, closed by State.close
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise ExpertkitError(
+            f"another `expertkit data synth` is writing to {output_dir}",
+            hint="wait for it to end (or stop it), or give this run another output_dir",
+        ) from None
+    return fh
