@@ -363,3 +363,24 @@ def test_two_runs_into_one_folder_are_refused(tmp_path):
             synth([docs], "http://127.0.0.1:9/v1", tmp_path / "out")
     finally:
         held.close()
+
+
+def test_another_expertkit_serve_can_be_the_teacher(tmp_path):
+    """The teacher behind expertkit's own OpenAI-compatible server (build_app), answering as the scripted one."""
+    from live_server import ScriptedEngine, serve_engine
+    from teacher_server import reply_for
+
+    from expertkit.engine.base import Delta, Usage
+
+    class Scripted(ScriptedEngine):
+        def model_names(self):
+            return ["teacher"]
+
+        async def stream(self, messages, params, model=None, tools=None):
+            yield Delta(text=reply_for(messages))
+            yield Delta(finish_reason="stop", usage=Usage(100, 20))
+
+    docs = write_docs(tmp_path / "docs", {"pump.md": PUMP, "zh.txt": ZH})
+    with serve_engine(Scripted(), served_model_name="teacher", api_key=["sk-serve"]) as url:
+        result = synth([docs], url + "/v1", tmp_path / "out", teacher_api_key="sk-serve", teacher_model="teacher")
+    assert result.counts.train_rows == 6 and result.tally.prompt_tokens == 100 * result.tally.requests
