@@ -44,6 +44,7 @@ def test_replies_are_read_leniently_and_refused_clearly():
         read_answer({"quote": "a"})
     scores = read_scores({"scores": [{"id": 1, "score": "8/10"}, {"score": 15, "reason": "r"}]})
     assert scores == {1: (8.0, ""), 2: (10.0, "r")}
+    assert read_scores({"scores": [{"id": 0, "score": 3}, {"id": 1, "score": 9}]}) == {1: (3.0, ""), 2: (9.0, "")}
     with pytest.raises(ValueError, match="has no number"):
         read_scores({"scores": [{"id": 1, "score": "great"}]})
 

@@ -146,6 +146,8 @@ def read_scores(obj: dict) -> dict[int, tuple[float, str]]:
         except (TypeError, ValueError, AttributeError):
             raise ValueError(f"score {n} has no number: {json.dumps(item, ensure_ascii=False)[:100]}") from None
         out[number] = (min(10.0, max(1.0, score)), str(item.get("reason", "")))
+    if out and min(out) == 0:  # the teacher counted from 0
+        out = {number + 1: value for number, value in out.items()}
     return out
 
 
