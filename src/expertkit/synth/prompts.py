@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -27,6 +28,7 @@ LANGUAGES = ("en", "zh")
 REQUIRED = {"system": (), "questions": ("{chunk}", "{n}"), "answer": ("{chunk}", "{question}"),
             "judge": ("{chunk}", "{pairs}")}  # fmt: skip
 PLACEHOLDERS = ("{title}", "{chunk}", "{n}", "{question}", "{pairs}")
+OUR_TAGS = re.compile(r"</?(?:chunk|question|pairs)>", re.I)
 CJK_SHARE = 0.3  # of letters: Chinese text mixed with English names and numbers is still Chinese
 
 
@@ -44,9 +46,11 @@ class Prompts:
         return hashlib.sha256(json.dumps(self.texts, sort_keys=True).encode()).hexdigest()[:12]
 
     def render(self, language: str, name: str, **values: str) -> str:
+        """The prompt with its placeholders filled; our tags are taken out of the values, so that a document cannot
+        close its <chunk> and speak as the prompt (documents are material, never instructions)."""
         text = self.texts[language][name]
         for key, value in values.items():
-            text = text.replace("{" + key + "}", value)
+            text = text.replace("{" + key + "}", OUR_TAGS.sub("", value))
         return text
 
     def system(self, language: str) -> str:
