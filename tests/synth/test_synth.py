@@ -116,6 +116,9 @@ def test_rerun_asks_nothing_and_a_changed_file_only_its_chunks(tmp_path):
         first = synth([docs], url, out)
         made = len(teacher.calls)
         assert first.asked == 3 and made == 3 * 5  # per chunk: questions, 3 answers, judge
+        log = [json.loads(line) for line in (out / "synth_log.jsonl").read_text().splitlines()]
+        assert [r["chunks_done"] for r in log] == [1, 2, 3] and log[-1]["chunks_total"] == 3
+        assert log[-1]["requests"] == made and log[-1]["prompt_tokens"] > 0
         train_before = (out / "train.json").read_text()
         again = synth([docs], url, out)
         assert len(teacher.calls) == made and again.asked == 0 and again.cached == 3

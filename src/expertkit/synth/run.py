@@ -18,11 +18,13 @@ import bisect
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from expertkit.core.errors import BrokenExtraError, ExpertkitError, MissingExtraError, Problem
+from expertkit.core.runs import append_jsonl, write_text_atomic
 from expertkit.rag.chunk import split_text
 from expertkit.rag.extract import Document, extract_file, find_files
 from expertkit.rag.ids import chunk_id, content_hash
@@ -35,6 +37,7 @@ from expertkit.synth.teacher import Tally, Teacher, TeacherDown, TeacherError, l
 from expertkit.synth.write import Counts, write_dataset
 
 logger = logging.getLogger(__name__)
+LOG_FILE = "synth_log.jsonl"  # this run's progress, one line per chunk finished
 HEADING = re.compile(r"^ {0,3}#{1,6}[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 
 
@@ -173,17 +176,23 @@ async def ask_all(
     progress = make_progress(total)
     in_flight = max(2 * config.concurrency, 2)  # chunks started at once: enough to keep `concurrency` requests busy
     pending: set[asyncio.Task] = set()
+    counted = {"done": 0, "failed": 0, "start": time.monotonic()}
+    write_text_atomic(state.path.parent / LOG_FILE, "")  # the log is this run's
 
     async def one(job: ChunkJob) -> None:
         try:
             state.finish(job.key, await synthesize_chunk(job, teacher, prompts, config))
+            counted["done"] += 1
         except ChunkFailed as e:
             state.fail(job.key, e.message, e.reply)
+            counted["failed"] += 1
         except TeacherError as e:
             state.fail(job.key, e.message + (f" (fix: {e.hint})" if e.hint else ""))
+            counted["failed"] += 1
         progress.update(1)
         t = teacher.tally
         progress.set_postfix_str(f"{t.prompt_tokens + t.completion_tokens} tokens" + cost_text(t, config))
+        log_progress(state, counted, total, t, config)
 
     try:
         for key in keys:
@@ -207,6 +216,16 @@ async def settle(pending: set[asyncio.Task]) -> set[asyncio.Task]:
     if errors:
         raise errors[0]
     return pending
+
+
+def log_progress(state: State, counted: dict, total: int, tally: Tally, config: SynthConfig) -> None:
+    """One JSON line per chunk finished in output_dir/synth_log.jsonl, for whoever watches the run (the web UI)."""
+    record = {"chunks_done": counted["done"], "chunks_failed": counted["failed"], "chunks_total": total,
+              "seconds": round(time.monotonic() - counted["start"], 2), "requests": tally.requests,
+              "prompt_tokens": tally.prompt_tokens, "completion_tokens": tally.completion_tokens}  # fmt: skip
+    if config.price_per_million_input or config.price_per_million_output:
+        record["cost"] = round(tally.cost(config), 6)
+    append_jsonl(state.path.parent / LOG_FILE, record)
 
 
 def cost_text(tally: Tally, config: SynthConfig) -> str:
