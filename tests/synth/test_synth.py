@@ -216,6 +216,8 @@ def test_a_refused_key_stops_the_run_and_keeps_the_rows_written(tmp_path):
     assert "refused the key (HTTP 401)" in str(e.value) and "teacher_api_key" in str(e.value)
     assert "3 rows of the chunks finished so far are written" in str(e.value) and "goes on from there" in str(e.value)
     assert [c["status"] for c in teacher.calls].count(401) == 1  # no retry of a 401, no other request after it
+    resolved = (out / "expertkit_config.yaml").read_text()
+    assert "teacher_base_url: http://127.0.0.1" in resolved and "sk-" not in resolved
     assert len(rows(out)[0]) == 3
 
 

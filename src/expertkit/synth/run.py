@@ -23,8 +23,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from expertkit.core.config import save_config
 from expertkit.core.errors import BrokenExtraError, ExpertkitError, MissingExtraError, Problem
-from expertkit.core.runs import append_jsonl, write_text_atomic
+from expertkit.core.runs import RESOLVED_CONFIG, append_jsonl, write_text_atomic
 from expertkit.rag.chunk import split_text
 from expertkit.rag.extract import Document, extract_file, find_files
 from expertkit.rag.ids import chunk_id, content_hash
@@ -62,6 +63,8 @@ def run(config: SynthConfig) -> SynthResult:
     out = Path(config.output_dir)
     state = State.open(out)
     try:
+        # the run folder says how it was made; never with the key
+        save_config(config.model_copy(update={"teacher_api_key": None}), out / RESOLVED_CONFIG)
         unreadable = record_chunks(config, prompts, state)
         asking = ("new", "failed") if config.retry_failed else ("new",)
         total, todo = state.count_current(), state.count_current(asking)
