@@ -105,7 +105,7 @@ def test_config_keys_lists_documented_fields(capsys):
 
 
 @pytest.mark.parametrize(
-    "stage", ["train", "export", "chat", "serve", "kb", "ask", "eval", "webui", "promote", "improve"]
+    "stage", ["train", "export", "chat", "serve", "kb", "ask", "eval", "webui", "promote", "improve", "synth"]
 )
 def test_reference_docs_are_up_to_date(capsys, stage):
     from pathlib import Path

@@ -78,6 +78,7 @@ MODULES: dict[str, dict[str, list[str]]] = {
         "ddgs": ["ddgs", "ddgs.exceptions"],
         "pypdf": ["pypdf", "pypdf.errors"],
         "python-docx": ["docx", "docx.table"],
+        "tqdm": ["tqdm", "tqdm.auto"],
     },
     "eval": {
         "sacrebleu": ["sacrebleu"],

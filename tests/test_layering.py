@@ -20,6 +20,7 @@ ALLOWED = {
     "serve": {"engine", "rag", "core"},
     "improve": {"evaluate", "data", "core"},  # runs training as a CLI process, like the UI; never imports serve
     "ui": {"core"},
+    "synth": {"rag", "engine", "data", "core", "model"},  # model: through rag's and engine's config classes
 }
 # ARCHITECTURE: "ui -> core, stage configs": the UI builds its forms from these stages' config classes (same keys,
 # defaults and docstrings as the YAML) and validates them before starting a job; their code it runs as CLI processes

@@ -6,6 +6,7 @@ import io
 import time
 
 import pytest
+from pdf_files import make_pdf
 
 from expertkit.core.errors import DataError, ExpertkitError
 from expertkit.rag import extract as extract_module
@@ -118,39 +119,6 @@ NEWS_PAGE_ZH = """<!DOCTYPE html>
 <p><a href="/about">关于我们</a> <a href="/contact">联系我们</a></p></footer>
 </body></html>
 """
-
-
-def make_pdf(pages: list[list[str]], title: str | None = None) -> bytes:
-    """A minimal PDF whose pages hold the given lines in Helvetica, written by hand (pypdf writes no text)."""
-
-    def escape(line: str) -> str:
-        return line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-
-    n = len(pages)
-    font = 3 + 2 * n
-    kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(n))
-    objects = ["<< /Type /Catalog /Pages 2 0 R >>", f"<< /Type /Pages /Kids [{kids}] /Count {n} >>"]
-    for i, lines in enumerate(pages):
-        stream = "BT /F1 11 Tf 14 TL 72 760 Td " + " ".join(f"({escape(line)}) Tj T*" for line in lines) + " ET"
-        objects.append(
-            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 {font} 0 R >> >> "
-            f"/Contents {4 + 2 * i} 0 R >>"
-        )
-        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
-    objects.append("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>")
-    if title:
-        objects.append(f"<< /Title ({escape(title)}) >>")
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += f"{number} 0 obj\n{body}\nendobj\n".encode("latin-1")
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
-    info = f" /Info {len(objects)} 0 R" if title else ""
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R{info} >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    return bytes(out)
 
 
 GUIDE_PAGES = [
@@ -487,3 +455,11 @@ def test_damaged_docx_is_an_error_naming_the_file(tmp_path):
         extract_file(path)
     assert str(path) in e.value.message and "not a readable Word document" in e.value.message
     assert ".doc" in e.value.hint
+
+
+def test_pdf_page_starts_say_where_each_page_begins(tmp_path):
+    path = tmp_path / "three.pdf"
+    path.write_bytes(make_pdf([["First page text."], [], ["Third page text."]]))
+    doc = extract_file(path)
+    assert doc.page_starts == [(0, 1), (len("First page text.") + 2, 3)]
+    assert doc.text[doc.page_starts[1][0] :].startswith("Third page")

@@ -85,3 +85,44 @@ def data_clean(
     config = load(CleanConfig, keys + [f"input={items[0]}"])
     report = run(config)
     typer.echo(report.summary() + f"\n-> {config.output} (report: {config.output}.report.json)")
+
+
+def data_synth(
+    args: list[str] = typer.Argument(None, help="Files, folders and URLs, then key=value (teacher_base_url=...)."),
+) -> None:
+    """Turn documents into grounded question/answer rows through a teacher model (resumable, incremental).
+
+    Example: expertkit data synth docs/ handbook.pdf teacher_base_url=http://127.0.0.1:8000/v1 teacher_model=qwen2.5-72b
+    output_dir=data/handbook. `--show-prompts` prints the prompts (a file to copy and pass as prompts=FILE).
+    """
+    from expertkit.cli.rag_cmds import load, split_items
+
+    args = list(args or [])
+    if "--show-prompts" in args:
+        from expertkit.synth.prompts import shipped_text
+
+        typer.echo(shipped_text(), nl=False)
+        return
+    from expertkit.synth.config import SynthConfig
+    from expertkit.synth.run import run
+
+    items, keys, _ = split_items(args)
+    config = load(SynthConfig, keys + ([f"inputs={','.join(items)}"] if items else []))
+    result = run(config)
+    typer.echo(synth_summary(result))
+
+
+def synth_summary(result) -> str:
+    c, t = result.counts, result.tally
+    lines = [
+        f"chunks: {c.chunks} ({result.asked} sent to the teacher, {result.cached} known from earlier runs; "
+        f"{c.chunks_failed} failed{', see failed.jsonl' if c.chunks_failed else ''})",
+        f"teacher: {t.requests} requests ({t.retries} retried), {t.prompt_tokens} prompt + {t.completion_tokens} "
+        "completion tokens",
+        f"pairs: {c.pairs} -> {c.train_rows} train rows, {c.eval_rows} eval rows",
+    ]
+    lines += [f"  removed {n} ({reason})" for reason, n in sorted(c.removed.items())]
+    lines += [f"  unreadable: {p.format()}" for p in result.unreadable]
+    out = result.output_dir
+    lines.append(f"-> {out / 'train.json'}, {out / 'eval.jsonl'}, {out / 'dataset_info.json'}")
+    return "\n".join(lines)

@@ -20,7 +20,7 @@ import warnings
 import typer
 
 from expertkit import __version__
-from expertkit.cli.data_cmds import data_clean, data_text
+from expertkit.cli.data_cmds import data_clean, data_synth, data_text
 from expertkit.cli.eval_cmd import evaluate
 from expertkit.cli.feedback_cmd import feedback_app
 from expertkit.cli.improve_cmd import improve, promote
@@ -44,6 +44,7 @@ config_app = typer.Typer(no_args_is_help=True, help="List config keys and their 
 app.add_typer(data_app, name="data")
 data_app.command("text", context_settings=EXTRA_ARGS)(data_text)
 data_app.command("clean", context_settings=EXTRA_ARGS)(data_clean)
+data_app.command("synth", context_settings=EXTRA_ARGS)(data_synth)
 app.add_typer(config_app, name="config")
 app.add_typer(kb_app, name="kb")
 app.add_typer(feedback_app, name="feedback")
@@ -159,7 +160,7 @@ def data_check(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_defau
 @config_app.command("keys")
 def config_keys(
     stage: str = typer.Argument(
-        "train", help="Which stage's keys: train, export, chat, serve, kb, ask, eval, webui, promote, improve."
+        "train", help="Which stage's keys: train, export, chat, serve, kb, ask, eval, webui, promote, improve, synth."
     ),
     markdown: bool = typer.Option(False, "--markdown", help="Print the reference page (docs/reference/)."),
 ) -> None:
@@ -171,6 +172,7 @@ def config_keys(
     from expertkit.improve.config import ImproveConfig, PromoteConfig
     from expertkit.rag.config import AskConfig, KbCommandConfig
     from expertkit.serve.config import ServeConfig
+    from expertkit.synth.config import SynthConfig
     from expertkit.train.config import TrainConfig
     from expertkit.ui.config import WebUIConfig
 
@@ -185,10 +187,12 @@ def config_keys(
         "webui": WebUIConfig,
         "promote": PromoteConfig,
         "improve": ImproveConfig,
+        "synth": SynthConfig,
     }
     if stage not in stages:
         raise ExpertkitError(f"unknown stage '{stage}'", hint=f"stages: {', '.join(stages)}")
-    typer.echo(describe_keys(stages[stage], markdown=markdown, title=f"`expertkit {stage}` keys"), nl=False)
+    command = "data synth" if stage == "synth" else stage
+    typer.echo(describe_keys(stages[stage], markdown=markdown, title=f"`expertkit {command}` keys"), nl=False)
 
 
 @app.command(context_settings=EXTRA_ARGS)

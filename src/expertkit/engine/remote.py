@@ -14,6 +14,34 @@ from expertkit.engine.config import EngineConfig
 from expertkit.engine.text import ReasoningSplitter
 
 
+class RemoteHTTPError(ExpertkitError):
+    """The remote answered an HTTP error: `status`, its `body`, and `retry_after` (seconds, from a 429's or 503's
+    Retry-After header; None when it sent none), for callers that retry (synth's teacher)."""
+
+    def __init__(self, base_url: str, status: int, body: str, retry_after: str | None = None):
+        super().__init__(f"{base_url} answered {status}: {body[:300]}")
+        self.status = status
+        self.body = body
+        self.retry_after = _seconds(retry_after)
+
+
+def _seconds(value: str | None) -> float | None:
+    """Retry-After in seconds: a number, or an HTTP date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    from datetime import datetime, timezone
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return max((parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds(), 0.0)
+    except (TypeError, ValueError):
+        return None
+
+
 class RemoteEngine:
     def __init__(self, config: EngineConfig):
         httpx = import_optional("httpx", "httpx", "serve")
@@ -43,7 +71,9 @@ class RemoteEngine:
 
     def _check(self, response) -> None:
         if response.status_code >= 400:
-            raise ExpertkitError(f"{self.base_url} answered {response.status_code}: {response.text[:300]}")
+            raise RemoteHTTPError(
+                self.base_url, response.status_code, response.text, response.headers.get("retry-after")
+            )
 
     async def stream(
         self,

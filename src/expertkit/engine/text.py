@@ -1,6 +1,10 @@
-"""Turning a growing list of generated tokens into clean text deltas: stop strings and `<think>` reasoning."""
+"""Turning a growing list of generated tokens into clean text deltas: stop strings and `<think>` reasoning; reading
+the JSON object out of a whole reply (the judge's verdicts, synth's questions and answers)."""
 
 from __future__ import annotations
+
+import json
+import re
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -76,3 +80,23 @@ class ReasoningSplitter:
     def flush(self) -> tuple[str, str]:
         rest, self.buf = self.buf, ""
         return ("", rest) if self.state == "reasoning" else (rest if self.state != "after" else "", "")
+
+
+THINK = re.compile(r"<think>.*?(?:</think>|$)", re.S)
+
+
+def parse_json_object(text: str) -> dict:
+    """The first JSON object in a model's reply, past `<think>` blocks, code fences and prose; ValueError if none."""
+    text = text or ""
+    if "</think>" in text and "<think>" not in text:
+        text = text.rsplit("</think>", 1)[1]  # the chat template opened <think> in the prompt
+    text = THINK.sub("", text)
+    decoder = json.JSONDecoder()
+    for start in (m.start() for m in re.finditer(r"\{", text)):
+        try:
+            value, _ = decoder.raw_decode(text, start)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    raise ValueError("no JSON object in it")

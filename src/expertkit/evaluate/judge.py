@@ -15,7 +15,6 @@ reply). If that fails too, the call raises `JudgeError`. An eval records that as
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import re
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from typing import Literal, TypeVar
 
 from expertkit.core.errors import ExpertkitError
 from expertkit.engine.base import Engine, SamplingParams, complete
+from expertkit.engine.text import parse_json_object
 
 Winner = Literal["a", "b", "tie"]
 T = TypeVar("T")
@@ -219,26 +219,6 @@ class Judge:
 def material(text: str) -> str:
     """Text to judge, with our own tags taken out so an answer cannot close its tag and speak as the prompt."""
     return OUR_TAGS.sub("", text or "").strip()
-
-
-THINK = re.compile(r"<think>.*?(?:</think>|$)", re.S)
-
-
-def parse_json_object(text: str) -> dict:
-    """The first JSON object in a model's reply, past `<think>` blocks, code fences and prose; ValueError if none."""
-    text = text or ""
-    if "</think>" in text and "<think>" not in text:
-        text = text.rsplit("</think>", 1)[1]  # the chat template opened <think> in the prompt
-    text = THINK.sub("", text)
-    decoder = json.JSONDecoder()
-    for start in (m.start() for m in re.finditer(r"\{", text)):
-        try:
-            value, _ = decoder.raw_decode(text, start)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    raise ValueError("no JSON object in it")
 
 
 def field(obj: dict, *names: str):

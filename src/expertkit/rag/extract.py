@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
@@ -81,6 +81,7 @@ class Document:
     title: str
     text: str
     kind: Kind
+    page_starts: list[tuple[int, int]] = field(default_factory=list)  # PDF: (offset in text, page number from 1)
 
 
 def find_files(paths: list[str | Path]) -> list[Path]:
@@ -156,8 +157,8 @@ def _extract(
     data: bytes, kind: Kind, source: str, where: str, fallback_title: str, charset: str = "", strict: bool = True
 ) -> Document:
     if kind == "pdf":
-        title, text = _read_pdf(data, where)
-        return Document(source, title or fallback_title, text, kind)
+        title, text, page_starts = _read_pdf(data, where)
+        return Document(source, title or fallback_title, text, kind, page_starts)
     if kind == "docx":
         title, text = _read_docx(data, where)
         return Document(source, title or fallback_title, text, kind)
@@ -306,7 +307,7 @@ def _one_line(text: str) -> str:
 # --- PDF and Word -----------------------------------------------------------------------------------------------
 
 
-def _read_pdf(data: bytes, where: str) -> tuple[str, str]:
+def _read_pdf(data: bytes, where: str) -> tuple[str, str, list[tuple[int, int]]]:
     import_optional("pypdf", "pypdf", "rag")
     from pypdf import PdfReader
     from pypdf.errors import DependencyError, FileNotDecryptedError
@@ -327,13 +328,26 @@ def _read_pdf(data: bytes, where: str) -> tuple[str, str]:
             f"{where}: not a readable PDF ({type(e).__name__}: {e})",
             hint="open it in a PDF viewer to check it, or save it again as PDF",
         ) from None
-    text = "\n\n".join(_unwrap_lines(page) for page in pages if page.strip())
+    text, page_starts = _join_pages(pages)
     if not text.strip():
         raise ExpertkitError(
             f"{where}: the PDF holds no text ({len(pages)} pages of images: a scan?)",
             hint="add a text layer first, e.g. `ocrmypdf in.pdf out.pdf`",
         )
-    return _one_line(str(title or "")), text
+    return _one_line(str(title or "")), text, page_starts
+
+
+def _join_pages(pages: list[str]) -> tuple[str, list[tuple[int, int]]]:
+    """The pages' text, blank pages left out, and where each page starts in it: (offset, page number from 1)."""
+    parts, starts, offset = [], [], 0
+    for number, page in enumerate(pages, start=1):
+        if not page.strip():
+            continue
+        unwrapped = _unwrap_lines(page)
+        starts.append((offset, number))
+        parts.append(unwrapped)
+        offset += len(unwrapped) + 2  # the blank line between pages
+    return "\n\n".join(parts), starts
 
 
 _JOINS_NEXT_LINE = re.compile(r"[^\s.!?:;。！？：；…]$")

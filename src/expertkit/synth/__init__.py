@@ -1,0 +1,1 @@
+"""Documents into training data: chunks -> questions -> grounded answers -> judge -> rows (expertkit data synth)."""
