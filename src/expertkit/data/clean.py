@@ -15,74 +15,22 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import field_validator
-
-from expertkit.core.config import StageConfig, split_list
 from expertkit.core.errors import DataError
+from expertkit.data.config import CleanConfig
 from expertkit.data.dedup import DuplicateIndex
-from expertkit.data.language import LANGUAGES, detect_language
+from expertkit.data.language import detect_language
 from expertkit.data.pii import find_pii, id_card_valid, luhn_valid, scrub_row
 from expertkit.data.stream import RowStream
 
 logger = logging.getLogger(__name__)
 EXAMPLES_KEPT = 5
-PROGRESS_EVERY = 100_000  # rows between progress lines in the log
+PROGRESS_EVERY = 10_000  # rows between progress lines in the log (the web UI shows them)
 
 __all__ = ["CleanConfig", "CleanReport", "find_pii", "id_card_valid", "luhn_valid", "row_text", "run"]
-
-
-class CleanConfig(StageConfig):
-    input: str
-    """The dataset file to clean (JSON Lines or a JSON list of rows)."""
-
-    output: str
-    """Where the cleaned rows go (JSON Lines); written atomically."""
-
-    near_dup_threshold: float = 0.7
-    """Estimated Jaccard similarity of character n-grams above which a row is a near-duplicate (0-1; 1: exact only)."""
-
-    ngram: int = 3
-    """Characters per n-gram for the near-duplicate check (3 suits Chinese, where a word is one to three characters)."""
-
-    num_perm: int = 128
-    """MinHash permutations: more is more accurate and slower."""
-
-    min_chars: int = 1
-    """Drop rows whose text is shorter than this."""
-
-    max_chars: int | None = None
-    """Drop rows whose text is longer than this (unset: no limit)."""
-
-    languages: list[str] = []
-    """Keep only rows in these languages, e.g. `zh,en` (guessed by script; empty: every language). Codes: zh ja ko en
-    fr de es pt it nl ru ar el he th hi, and `unknown` for rows without letters."""
-
-    pii: Literal["mask", "drop", "keep"] = "mask"
-    """E-mail addresses, phone numbers, mainland-China ID-card and bank-card numbers, IPv4 addresses: mask them
-    (`[EMAIL]`, `[PHONE]`, `[ID_CARD]`, `[BANK_CARD]`, `[IP]`), drop the row, or keep them."""
-
-    @field_validator("near_dup_threshold")
-    @classmethod
-    def _share(cls, v: float) -> float:
-        if not 0 < v <= 1:
-            raise ValueError("must be a similarity above 0, at most 1 (1: exact duplicates only), e.g. 0.7")
-        return v
-
-    @field_validator("languages", mode="before")
-    @classmethod
-    def _comma_list(cls, v: object) -> object:
-        return split_list(v)
-
-    @field_validator("languages")
-    @classmethod
-    def _known_languages(cls, v: list[str]) -> list[str]:
-        unknown = [x for x in v if x not in (*LANGUAGES, "unknown")]
-        if unknown:
-            raise ValueError(f"unknown language code(s) {', '.join(unknown)}; known: {' '.join(LANGUAGES)} unknown")
-        return v
 
 
 @dataclass
@@ -122,7 +70,7 @@ def run(config: CleanConfig) -> CleanReport:
 
     rows = RowStream(config.input)
     index = DuplicateIndex(config.near_dup_threshold, config.ngram, config.num_perm)
-    report = CleanReport()
+    report, started = CleanReport(), time.monotonic()
     with open_atomic(config.output) as out:
         for number, row in rows:
             report.read += 1
@@ -131,7 +79,8 @@ def run(config: CleanConfig) -> CleanReport:
                 out.write(json.dumps(kept, ensure_ascii=False) + "\n")
                 report.kept += 1
             if report.read % PROGRESS_EVERY == 0:
-                logger.info("read %d rows, kept %d", report.read, report.kept)
+                rate = report.read / max(time.monotonic() - started, 1e-9)
+                logger.info("read %d rows, kept %d (%.0f rows/s)", report.read, report.kept, rate)
         if report.read == 0:
             raise DataError(f"'{config.input}' has no rows", hint="check that the file is not empty")
     write_json_atomic(f"{config.output}.report.json", asdict(report))
