@@ -1,7 +1,7 @@
 """What `expertkit data check` shows before training that `expertkit data clean` would remove or mask:
 
     near duplicates: 2 (data/train.jsonl:3 ~ data/train.jsonl:1, data/train.jsonl:5 ~ data/train.jsonl:4)
-    PII: 2 rows (EMAIL 1, PHONE 1, ID_CARD 1) (data/train.jsonl:6: EMAIL PHONE, data/train.jsonl:7: ID_CARD)
+    PII: 2 row(s) (EMAIL 1, PHONE 1, ID_CARD 1) (data/train.jsonl:6: EMAIL PHONE, data/train.jsonl:7: ID_CARD)
       fix: expertkit data clean data/train.jsonl output=data/clean.jsonl
 
 The detectors are data clean's own (`data/dedup.py` at its default threshold, `data/pii.py`), run over the valid
@@ -39,7 +39,7 @@ class Findings:
         if self.pii:
             kinds = ", ".join(f"{k} {n}" for k, n in self.pii_counts.items())
             shown = ", ".join(f"{where}: {' '.join(k)}" for where, k in self.pii[:SHOWN])
-            lines.append(f"PII: {len(self.pii)} rows ({kinds}) ({shown}{', ...' if len(self.pii) > SHOWN else ''})")
+            lines.append(f"PII: {len(self.pii)} row(s) ({kinds}) ({shown}{', ...' if len(self.pii) > SHOWN else ''})")
         else:
             lines.append("PII: none found")
         if self.pii or self.near_duplicates:
