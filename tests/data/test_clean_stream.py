@@ -84,6 +84,13 @@ def test_broken_json_list_names_the_row(tmp_path, content, message):
         list(RowStream(path))
 
 
+def test_a_file_that_is_not_utf8_is_an_error_not_a_traceback(tmp_path):
+    path = tmp_path / "gbk.jsonl"
+    path.write_bytes(json.dumps({"text": "理赔"}, ensure_ascii=False).encode("gbk") + b"\n")
+    with pytest.raises(DataError, match="is not UTF-8 text"):
+        list(RowStream(path))
+
+
 PEAK_RSS_GROWTH = """
 import json, resource, sys
 from expertkit.data.clean import CleanConfig, run

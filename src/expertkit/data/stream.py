@@ -29,8 +29,11 @@ class RowStream:
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(f"'{self.path}' is not a file", hint="give a JSON Lines file or a JSON list of rows")
-        with open(self.path, encoding="utf-8-sig") as fh:
-            head = fh.read(4096).lstrip()
+        try:
+            with open(self.path, encoding="utf-8-sig") as fh:
+                head = fh.read(4096).lstrip()
+        except UnicodeDecodeError as e:
+            raise self._not_utf8(e) from None
         self.is_list = head.startswith("[")
 
     def where(self, number: int) -> str:
@@ -41,7 +44,10 @@ class RowStream:
             with open(self.path, encoding="utf-8-sig") as fh:
                 yield from (self._list_rows(fh) if self.is_list else self._lines(fh))
         except UnicodeDecodeError as e:
-            raise DataError(f"'{self.path}' is not UTF-8 text ({e.reason})", hint="save the file as UTF-8") from None
+            raise self._not_utf8(e) from None
+
+    def _not_utf8(self, e: UnicodeDecodeError) -> DataError:
+        return DataError(f"'{self.path}' is not UTF-8 text ({e.reason})", hint="save the file as UTF-8")
 
     def _lines(self, fh: IO[str]) -> Iterator[tuple[int, Any]]:
         for number, line in enumerate(fh, start=1):
