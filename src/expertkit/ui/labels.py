@@ -7,8 +7,8 @@ from __future__ import annotations
 
 EN = {
     "title": "expertkit",
-    "subtitle": "Chat with a model, compare answers, fine-tune, evaluate, export and promote it: each long job runs as "
-    "its own process.",
+    "subtitle": "Chat with a model, compare answers, clean data, fine-tune, evaluate, export and promote it: each long "
+    "job runs as its own process.",
     # tabs
     "chat": "Chat",
     "train": "Train",
@@ -142,7 +142,7 @@ EN = {
 
 ZH = {
     "title": "expertkit",
-    "subtitle": "与模型对话、对比回答、微调、评估、导出和上线：每个耗时任务都在独立进程中运行。",
+    "subtitle": "与模型对话、对比回答、清洗数据、微调、评估、导出和上线：每个耗时任务都在独立进程中运行。",
     "chat": "对话",
     "train": "训练",
     "eval": "评估",
