@@ -80,3 +80,14 @@ def test_row_text_of_any_shape(text):
     from expertkit.data.clean import row_text
 
     assert row_text({"a": [text, {"b": text}], "n": 3}) == f"{text}\n{text}\n"
+
+
+def test_data_check_shows_near_duplicates_and_pii_with_rows(tmp_path, tiny_model, capsys):
+    src = tmp_path / "train.jsonl"
+    write(src, rows()[:7])  # the last row has no answer: data check would report it as invalid
+    assert main(["data", "check", f"model_name_or_path={tiny_model}", f"dataset={src}"]) == 0
+    out = capsys.readouterr().out
+    assert f"exact duplicates: 1 ({src}:2 = {src}:1)" in out
+    assert f"near duplicates: 2 ({src}:3 ~ {src}:1, {src}:5 ~ {src}:4)" in out
+    assert f"PII: 2 row(s) (EMAIL 1, PHONE 1, ID_CARD 1, BANK_CARD 1, IP 1) ({src}:6: EMAIL PHONE, {src}:7: " in out
+    assert "fix: expertkit data clean" in out and "ready to train" in out

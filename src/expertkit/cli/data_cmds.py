@@ -72,17 +72,19 @@ def data_clean(
 ) -> None:
     """Drop exact and near-duplicate rows (MinHash LSH), too short / long rows, and mask or drop PII.
 
-    Example: expertkit data clean data/train.jsonl output=data/clean.jsonl near_dup_threshold=0.7 pii=mask
+    Example: expertkit data clean data/train.jsonl output=data/clean.jsonl near_dup_threshold=0.7 languages=zh,en
+    (or a YAML file of these keys: expertkit data clean clean.yaml)
     """
     from expertkit.cli.rag_cmds import load, split_items
     from expertkit.data.clean import CleanConfig, run
 
     items, keys, _ = split_items(args or [])
-    if len(items) != 1:
+    from_yaml = not items and any(k.endswith((".yaml", ".yml")) for k in keys)  # input= in the file (the web UI)
+    if len(items) != 1 and not from_yaml:
         raise ExpertkitError(
             "expertkit data clean needs one dataset file", hint="expertkit data clean in.jsonl output=out.jsonl"
         )
-    config = load(CleanConfig, keys + [f"input={items[0]}"])
+    config = load(CleanConfig, keys + [f"input={x}" for x in items])
     report = run(config)
     typer.echo(report.summary() + f"\n-> {config.output} (report: {config.output}.report.json)")
 

@@ -19,6 +19,7 @@ from typing import Any
 from expertkit.core.errors import ExpertkitError, Problem
 from expertkit.core.schema import Conversation, PreferencePair, UnpairedExample
 from expertkit.data.config import DataConfig
+from expertkit.data.findings import Findings, find_findings
 from expertkit.data.load import (
     LoadedDataset,
     load_datasets,
@@ -60,6 +61,7 @@ class CheckReport:
     refusal: str = ""  # why training would refuse this data ("" when it would train)
     kind: PreferenceKind | None = None  # None: instruction data (sft); pairs (dpo, rm); unpaired (kto)
     labels: tuple[int, int] | None = None  # kto: (desirable, undesirable)
+    findings: Findings | None = None  # near-duplicates and PII: what `data clean` would remove or mask
 
     @property
     def ok(self) -> bool:
@@ -94,6 +96,8 @@ class CheckReport:
             )
         else:
             lines.append("exact duplicates: none")
+        if self.findings:
+            lines += self.findings.format()
         if self.lengths:
             s = self.lengths
             fmt = lambda p: " ".join(f"{k} {v}" for k, v in p.items())  # noqa: E731
@@ -218,6 +222,7 @@ def run(config: DataConfig) -> CheckReport:
         report.refusal = e.message.rstrip(":") + (f" ({e.hint})" if e.hint else "")
         items = [item for d in datasets for item in d.items]
     report.duplicates = find_duplicates(items)
+    report.findings = find_findings(items)
     if kind == "unpaired":
         good = sum(1 for x in items if x.label)
         report.labels = (good, len(items) - good)

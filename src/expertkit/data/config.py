@@ -1,4 +1,4 @@
-"""Keys that say which data to read and how to cut it. LLaMA-Factory's names."""
+"""Keys that say which data to read and how to cut it (LLaMA-Factory's names), and `expertkit data clean`'s keys."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import field_validator, model_validator
 
-from expertkit.core.config import split_list  # noqa: F401  (train/ and evaluate/ import it from here too)
+from expertkit.core.config import StageConfig, split_list  # split_list: train/ and evaluate/ import it from here too
+from expertkit.data.language import LANGUAGES
 from expertkit.model.config import ModelConfig
 
 
@@ -92,4 +93,55 @@ class DataConfig(ModelConfig):
     def _non_negative(cls, v: float) -> float:
         if v < 0:
             raise ValueError("must not be negative")
+        return v
+
+
+class CleanConfig(StageConfig):
+    input: str
+    """The dataset file to clean (JSON Lines or a JSON list of rows)."""
+
+    output: str
+    """Where the cleaned rows go (JSON Lines); written atomically."""
+
+    near_dup_threshold: float = 0.7
+    """Estimated Jaccard similarity of character n-grams above which a row is a near-duplicate (0-1; 1: exact only)."""
+
+    ngram: int = 3
+    """Characters per n-gram for the near-duplicate check (3 suits Chinese, where a word is one to three characters)."""
+
+    num_perm: int = 128
+    """MinHash permutations: more is more accurate and slower."""
+
+    min_chars: int = 1
+    """Drop rows whose text is shorter than this."""
+
+    max_chars: int | None = None
+    """Drop rows whose text is longer than this (unset: no limit)."""
+
+    languages: list[str] = []
+    """Keep only rows in these languages, e.g. `zh,en` (guessed by script; empty: every language). Codes: zh ja ko en
+    fr de es pt it nl ru ar el he th hi, and `unknown` for rows without letters."""
+
+    pii: Literal["mask", "drop", "keep"] = "mask"
+    """E-mail addresses, phone numbers, mainland-China ID-card and bank-card numbers, IPv4 addresses: mask them
+    (`[EMAIL]`, `[PHONE]`, `[ID_CARD]`, `[BANK_CARD]`, `[IP]`), drop the row, or keep them."""
+
+    @field_validator("near_dup_threshold")
+    @classmethod
+    def _share(cls, v: float) -> float:
+        if not 0 < v <= 1:
+            raise ValueError("must be a similarity above 0, at most 1 (1: exact duplicates only), e.g. 0.7")
+        return v
+
+    @field_validator("languages", mode="before")
+    @classmethod
+    def _comma_list(cls, v: object) -> object:
+        return split_list(v)
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, v: list[str]) -> list[str]:
+        unknown = [x for x in v if x not in (*LANGUAGES, "unknown")]
+        if unknown:
+            raise ValueError(f"unknown language code(s) {', '.join(unknown)}; known: {' '.join(LANGUAGES)} unknown")
         return v

@@ -1,7 +1,7 @@
 """Who may do what on the page: the logged-in user's role, and trainer-only events refused server-side.
 
 Hiding a tab is not enough: every event of a Gradio page can be called through its HTTP API. So each event of the
-trainer's tabs (train, evaluate, export, promote) is wrapped after the page is built: for a user without the
+trainer's tabs (data, train, evaluate, export, promote) is wrapped after the page is built: for a user without the
 trainer role it does nothing (`gr.skip()`: no output changes, nothing starts, nothing is read).
 """
 

@@ -99,10 +99,14 @@ def build_trainer_tabs(demo, config: WebUIConfig, L: dict[str, str], shown: bool
     """The trainer's tabs and what their page loads; returns (tabs, their timers)."""
     import gradio as gr
 
+    from expertkit.ui.data_tab import build_data_tab
+    from expertkit.ui.datasets import dataset_names
     from expertkit.ui.improve_tab import build_promote_tab
     from expertkit.ui.stage_tabs import build_eval_tab, build_export_tab
     from expertkit.ui.train_tab import build_train_tab
 
+    with gr.Tab(L["data_tab"], id="data", elem_id="tab-data", visible=shown) as data:
+        data_parts = build_data_tab(config, L)
     with gr.Tab(L["train"], id="train", elem_id="tab-train", visible=shown) as train:
         train_parts = build_train_tab(config, L)
     with gr.Tab(L["eval"], id="eval", elem_id="tab-eval", visible=shown) as evaluate:
@@ -117,7 +121,10 @@ def build_trainer_tabs(demo, config: WebUIConfig, L: dict[str, str], shown: bool
     demo.load(fresh_dir, None, [output_dir])
     for fn, outputs in promote_parts["load"]:
         demo.load(fn, None, outputs)
-    tabs = [train, evaluate, export, promote]
+    picker, dataset_dir = train_parts["dataset"]
+    for accepted in data_parts["accepted"]:  # a dataset accepted in the Data tab appears in the Train tab's picker
+        accepted.then(lambda d: gr.update(choices=dataset_names(d or ".")), [dataset_dir], [picker])
+    tabs = [data, train, evaluate, export, promote]
     return tabs, [t for tab in tabs for t in _descendants(tab) if isinstance(t, gr.Timer)]
 
 

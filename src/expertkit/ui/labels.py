@@ -7,8 +7,8 @@ from __future__ import annotations
 
 EN = {
     "title": "expertkit",
-    "subtitle": "Chat with a model, compare answers, fine-tune, evaluate, export and promote it: each long job runs as "
-    "its own process.",
+    "subtitle": "Chat with a model, compare answers, clean data, fine-tune, evaluate, export and promote it: each long "
+    "job runs as its own process.",
     # tabs
     "chat": "Chat",
     "train": "Train",
@@ -127,11 +127,22 @@ EN = {
     "stopped": "stopped",
     "failed": "failed",
     "none": "not started",
+    # data
+    "data_tab": "Data",
+    "data_clean": "Clean",
+    "clean_counts": "**{read}** rows read, **{kept}** kept. Removed:",
+    "clean_masked": "masked",
+    "clean_no_report": "no report at {path}",
+    "accept_title": "Accept the cleaned file as a dataset",
+    "accept_name": "dataset name (in dataset_info.json)",
+    "accept": "Accept",
+    "accept_not_finished": "the job has not finished: nothing to accept yet",
+    "accepted": "registered {what}",
 }
 
 ZH = {
     "title": "expertkit",
-    "subtitle": "与模型对话、对比回答、微调、评估、导出和上线：每个耗时任务都在独立进程中运行。",
+    "subtitle": "与模型对话、对比回答、清洗数据、微调、评估、导出和上线：每个耗时任务都在独立进程中运行。",
     "chat": "对话",
     "train": "训练",
     "eval": "评估",
@@ -236,6 +247,17 @@ ZH = {
     "stopped": "已停止",
     "failed": "失败",
     "none": "未开始",
+    # data
+    "data_tab": "数据",
+    "data_clean": "清洗",
+    "clean_counts": "读取 **{read}** 行，保留 **{kept}** 行。删除：",
+    "clean_masked": "已脱敏",
+    "clean_no_report": "{path} 处没有报告",
+    "accept_title": "将清洗后的文件登记为数据集",
+    "accept_name": "数据集名称（写入 dataset_info.json）",
+    "accept": "登记",
+    "accept_not_finished": "任务尚未完成，暂无可登记的文件",
+    "accepted": "已登记 {what}",
 }
 
 LABELS = {"en": EN, "zh": ZH}

@@ -70,9 +70,11 @@ def job_values(job: Job) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def start_stage_job(name: str, job: Job, values: dict[str, Any]) -> None:
-    """Write the job's YAML (API keys in clear: the job reads them; the file is then 0600) and start it."""
-    start_job(job, [name, str(job.config_path)], yaml_text(name, job, values, reveal=True), private=has_secrets(values))
+def start_stage_job(command: str, job: Job, values: dict[str, Any]) -> None:
+    """Write the job's YAML (API keys in clear: the job reads them; the file is then 0600) and start
+    `expertkit COMMAND YAML` (a command of one or more words: "eval", "data clean")."""
+    args = [*command.split(), str(job.config_path)]
+    start_job(job, args, yaml_text(command, job, values, reveal=True), private=has_secrets(values))
 
 
 def candidates_box(spec: FieldSpec, value: Any) -> gr.components.Component:
@@ -115,7 +117,10 @@ def build_job_tab(
     draw_result: Callable[[], list[gr.components.Component]],
     show_result: Callable[[Job], tuple],
     custom: dict[str, Callable[[FieldSpec, Any], gr.components.Component]] | None = None,
+    command: str | None = None,
 ) -> dict[str, Any]:
+    """The tab of job `name` (its folder, element ids), running `expertkit COMMAND YAML` (COMMAND: name if unset)."""
+    command = command or name
     job = stage_job(config.saves_dir, name)
     custom = {"adapter_name_or_path": adapter_picker(config, f"{name}-adapter_name_or_path"), **(custom or {})}
     with gr.Row():
@@ -144,22 +149,22 @@ def build_job_tab(
 
     def on_show_yaml(*values):
         ok, failed = checked(values, 1)
-        return failed or ("", gr.update(value=yaml_text(name, job, ok[1]), language="yaml"))
+        return failed or ("", gr.update(value=yaml_text(command, job, ok[1]), language="yaml"))
 
     def on_show_command(*values):
         ok, failed = checked(values, 1)
-        return failed or ("", gr.update(value=command_text(name, job, ok[1]), language="shell"))
+        return failed or ("", gr.update(value=command_text(command, job, ok[1]), language="shell"))
 
     def on_start(*values):
         ok, failed = checked(values, 1)
         if failed:
             return failed
         try:
-            start_stage_job(name, job, ok[1])
+            start_stage_job(command, job, ok[1])
         except ExpertkitError as e:
             return error_text(e), gr.update()
-        started = L["started"].format(command=shown_command([name, str(job.config_path)]))
-        return started, gr.update(value=yaml_text(name, job, ok[1]), language="yaml")
+        started = L["started"].format(command=shown_command([*command.split(), str(job.config_path)]))
+        return started, gr.update(value=yaml_text(command, job, ok[1]), language="yaml")
 
     def on_stop():
         return L["stopping"].format(grace=STOP_GRACE_S) if stop_job(job) else L["not_running"]
@@ -178,7 +183,7 @@ def build_job_tab(
     start.click(on_start, values, [message, code])
     stop.click(on_stop, None, [message])
     timer.tick(tick, None, [status, log, *results])
-    return {"tick": (tick, [status, log, *results])}
+    return {"tick": (tick, [status, log, *results]), "fields": fields, "job": job}
 
 
 def build_eval_tab(config, L: dict[str, str]) -> dict[str, Any]:

@@ -246,6 +246,7 @@ def build_train_tab(config, L: dict[str, str]) -> dict[str, Any]:
     return {
         "runs": (runs_choices, [run]),
         "output_dir": (lambda: fresh_output_dir(config.saves_dir, config.model_name_or_path), fields["output_dir"]),
+        "dataset": (fields["dataset"], fields["dataset_dir"]),
     }
 
 

@@ -94,15 +94,17 @@ class FormValues:
 
 def yaml_text(command: str, job: Job, values: dict[str, Any], reveal: bool = False) -> str:
     """The job's YAML; API keys masked as *** unless reveal (the file the job itself reads)."""
-    header = f"# written by expertkit webui; run it again with: {shown_command([command, str(job.config_path)])}"
+    again = shown_command([*command.split(), str(job.config_path)])  # command: "eval", or "data clean"
+    header = f"# written by expertkit webui; run it again with: {again}"
     return values_to_yaml(values if reveal else masked(values), header)
 
 
 def command_text(command: str, job: Job, values: dict[str, Any]) -> str:
     """Both ways to repeat the job from a terminal: the YAML the UI writes, or everything on the command line
     (API keys masked as ***)."""
-    return f"{shown_command([command, str(job.config_path)])}\n\n# or, without the file:\n" + shown_command(
-        [command, *values_to_args(masked(values))]
+    words = command.split()
+    return f"{shown_command([*words, str(job.config_path)])}\n\n# or, without the file:\n" + shown_command(
+        [*words, *values_to_args(masked(values))]
     )
 
 
