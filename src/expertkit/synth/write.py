@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from expertkit.core.optional import import_optional
 from expertkit.core.runs import open_atomic, write_json_atomic
 from expertkit.synth.config import SynthConfig
 from expertkit.synth.state import ChunkJob, State
@@ -89,32 +88,20 @@ def write_dataset(state: State, config: SynthConfig, out: Path) -> Counts:
 
 
 class Dedup:
-    """Exact and near-duplicate questions, with `data clean`'s MinHash (character n-grams: Chinese needs no
+    """Exact and near-duplicate questions, with `data clean`'s index (MinHash of character n-grams: Chinese needs no
     segmentation); the first one kept wins."""
 
     def __init__(self, threshold: float):
-        from expertkit.data.clean import CleanConfig
+        from expertkit.data.dedup import DuplicateIndex
 
-        self.datasketch = import_optional("datasketch", "datasketch", "train", needed_for="deduplicating the rows")
-        self.config = CleanConfig(input="-", output="-", near_dup_threshold=threshold)
-        near = threshold < 1  # datasketch's LSH needs a threshold below 1
-        self.lsh = self.datasketch.MinHashLSH(threshold=threshold, num_perm=self.config.num_perm) if near else None
-        self.seen: set[str] = set()
+        self.index = DuplicateIndex(threshold)
 
     def reason(self, text: str, name: str) -> str | None:
         """Why `text` is a duplicate of one kept before, or None (and it is kept)."""
-        from expertkit.data.clean import minhash
-
-        normal = " ".join(text.lower().split())
-        if normal in self.seen:
-            return "duplicate question"
-        if self.lsh is not None:
-            signature = minhash(self.datasketch, text, self.config)
-            if self.lsh.query(signature):
-                return "near-duplicate question"
-            self.lsh.insert(name, signature)
-        self.seen.add(normal)
-        return None
+        found = self.index.first_copy(name, " ".join(text.lower().split()))
+        if found is None:
+            return None
+        return "duplicate question" if found[0] == "exact duplicate" else "near-duplicate question"
 
 
 def drop_reason(pair: dict, config: SynthConfig) -> str | None:
