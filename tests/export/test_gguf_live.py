@@ -115,3 +115,27 @@ def test_a_template_difference_fails_the_export_and_writes_nothing(tiny_model, t
     assert "multi-turn" in str(e.value) and "nothing was written" in str(e.value)
     assert list(tmp_path.iterdir()) == []
     assert shutil.which("go")
+
+
+def test_qwen25_tools_go_template_renders_tools_calls_and_results_as_the_chat_template(tiny_model):
+    """Qwen2.5's own template: its Go form carries the tools, the calls and grouped results (JSON compared as JSON)."""
+    from chat_templates import HERMES_TEMPLATE, QWEN25_TEMPLATE
+    from transformers import AutoTokenizer
+
+    from expertkit.core.errors import Problem
+    from expertkit.export.gguf_check import check_template
+    from expertkit.export.modelfile import template_family
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = QWEN25_TEMPLATE
+    ollama = template_family(tok)
+    assert ollama.family == "qwen2.5-tools" and ollama.system.startswith("You are Qwen")
+    problems: list[Problem] = []
+    lines = check_template(tok, ollama, bool(ollama.bos_text), problems)
+    assert not problems, problems
+    assert "tool calls" in lines[0] and any("compactly" in line for line in lines)
+    # a tools template without a Go form: written without tools, and the report says Ollama refuses tool requests
+    tok.chat_template = HERMES_TEMPLATE
+    ollama = template_family(tok)
+    assert ollama.family == "chatml" and "refuses requests with tools" in ollama.tools_note
+    assert any("refuses requests with tools" in line for line in check_template(tok, ollama, False, []))
