@@ -115,3 +115,77 @@ def test_a_template_difference_fails_the_export_and_writes_nothing(tiny_model, t
     assert "multi-turn" in str(e.value) and "nothing was written" in str(e.value)
     assert list(tmp_path.iterdir()) == []
     assert shutil.which("go")
+
+
+def test_qwen25_tools_go_template_renders_tools_calls_and_results_as_the_chat_template(tiny_model):
+    """Qwen2.5's own template: its Go form carries the tools, the calls and grouped results (JSON compared as JSON)."""
+    from chat_templates import HERMES_TEMPLATE, QWEN25_TEMPLATE
+    from transformers import AutoTokenizer
+
+    from expertkit.core.errors import Problem
+    from expertkit.export.gguf_check import check_template
+    from expertkit.export.modelfile import template_family
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = QWEN25_TEMPLATE
+    ollama = template_family(tok)
+    assert ollama.family == "qwen2.5-tools" and ollama.system.startswith("You are Qwen")
+    problems: list[Problem] = []
+    lines = check_template(tok, ollama, bool(ollama.bos_text), problems)
+    assert not problems, problems
+    assert "tool calls" in lines[0] and any("compactly" in line for line in lines)
+    # a tools template without a Go form: written without tools, and the report says Ollama refuses tool requests
+    tok.chat_template = HERMES_TEMPLATE
+    ollama = template_family(tok)
+    assert ollama.family == "chatml" and "refuses requests with tools" in ollama.tools_note
+    assert any("refuses requests with tools" in line for line in check_template(tok, ollama, False, []))
+
+
+@pytest.mark.parametrize(
+    ("arch", "template"),
+    [("Qwen3ForCausalLM", "qwen3"), ("LlamaForCausalLM", "llama3")],
+)
+def test_qwen3_and_llama3_models_convert_and_answer_in_llama_cpp_as_in_transformers(
+    tiny_model, tmp_path, arch, template
+):
+    """The other two families, as random models of the tiny one's shape: Qwen3 (q/k norms) and Llama 3.1 (the q/k
+    permutation, llama3 rope factors). f16 is held to transformers' greedy tokens, q8_0 within its margin."""
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    from expertkit.export.gguf import run
+
+    base = AutoConfig.from_pretrained(tiny_model).to_dict()
+    keep = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "bos_token_id", "eos_token_id",
+            "pad_token_id", "tie_word_embeddings")  # fmt: skip
+    shape = {k: base[k] for k in keep}
+    if arch == "LlamaForCausalLM":
+        shape["rope_scaling"] = {
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 1024, "rope_theta": 500000.0,
+        }  # fmt: skip
+        config = transformers.LlamaConfig(**shape)
+    else:
+        config = transformers.Qwen3Config(head_dim=base["hidden_size"] // base["num_attention_heads"], **shape)
+    torch.manual_seed(1)
+    model = getattr(transformers, arch)(config).to(torch.float32)
+    src = tmp_path / "model"
+    model.save_pretrained(src)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    from expertkit.model.templates import apply_template
+
+    apply_template(tok, template)
+    tok.save_pretrained(src)
+    keys = dict(
+        model_name_or_path=str(src), finetuning_type="full", export_dir=str(tmp_path / "gguf"),
+        export_format="gguf", export_quantization="f16,q8_0",
+    )  # fmt: skip
+    result = run(load_config(ExportConfig, None, keys))
+    assert result.files == ["model-f16.gguf", "model-q8_0.gguf"] and not result.skipped
+    checks = "\n".join(result.checks)
+    assert "Modelfile TEMPLATE rendered by Go's text/template equals the chat template" in checks
+    assert f"({'qwen3' if template == 'qwen3' else 'llama3'}" in checks
+    f16 = next(c for c in result.checks if c.startswith("f16:"))
+    assert "tokenizes all" in f16 and "held to transformers' greedy tokens" in f16

@@ -14,6 +14,7 @@ model in transformers, and the Modelfile TEMPLATE in Go against the Jinja chat t
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,40 @@ TEMPLATE_CONVERSATIONS = {
         {"role": "user", "content": "用一句话介绍你自己。"},
     ],
 }
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city, now.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+# for a Go form with tools (modelfile.TOOL_FAMILIES): tools offered, a call with two results, a call with text
+TOOL_CONVERSATIONS = {
+    "tools": [{"role": "user", "content": "Weather in Paris?"}],
+    "tool calls": [
+        {"role": "system", "content": "Use the tools."},
+        {"role": "user", "content": "Weather in Paris and Oslo?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}},
+            ],
+        },
+        {"role": "tool", "content": '{"temp": 21}'},
+        {"role": "tool", "content": '{"temp": 9}'},
+        {
+            "role": "assistant",
+            "content": "Paris 21, Oslo 9.",
+            "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Rome <&>"}}}
+            ],
+        },  # fmt: skip
+        {"role": "tool", "content": "sunny"},
+    ],
+}
 # near-tie margin, as a share of the largest |logit|: below it the rounding of the file's weights may flip the choice
 MARGIN = {"f32": 1e-3, "f16": 1e-2, "bf16": 5e-2, "q8_0": 5e-2}
 MAX_NEW_TOKENS = 24
@@ -62,14 +97,21 @@ class Reference:
 
 def check_template(tokenizer, ollama, gguf_add_bos: bool, problems: list[Problem]) -> list[str]:
     """Go's rendering of the TEMPLATE against apply_chat_template on each conversation."""
+    from expertkit.export.modelfile import TOOL_FAMILIES
     from expertkit.export.runtime import render_go_template
 
-    convs = list(TEMPLATE_CONVERSATIONS.values())
-    rendered = render_go_template(ollama.template, ollama.system, convs)
+    convs = dict(TEMPLATE_CONVERSATIONS)
+    with_tools = ollama.family in TOOL_FAMILIES
+    if with_tools:
+        convs.update(TOOL_CONVERSATIONS)
+    tools = [[WEATHER_TOOL] if name in TOOL_CONVERSATIONS else None for name in convs]
+    rendered = render_go_template(ollama.template, ollama.system, list(convs.values()), tools)
     differ = []
-    for (name, conv), got in zip(TEMPLATE_CONVERSATIONS.items(), rendered, strict=True):
-        want = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+    for (name, conv), got, offered in zip(convs.items(), rendered, tools, strict=True):
+        want = tokenizer.apply_chat_template(conv, tools=offered, tokenize=False, add_generation_prompt=True)
         want = want[len(ollama.bos_text) :] if want.startswith(ollama.bos_text) else want
+        if offered:  # Ollama writes tool JSON compactly (Go's encoding/json): compared as JSON, line by line
+            got, want = json_lines(got), json_lines(want)
         if got != want:
             at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
             differ.append(name)
@@ -90,11 +132,31 @@ def check_template(tokenizer, ollama, gguf_add_bos: bool, problems: list[Problem
         )
     if differ:
         return []
-    return [
+    lines = [
         f"Modelfile TEMPLATE rendered by Go's text/template equals the chat template on "
-        f"{', '.join(TEMPLATE_CONVERSATIONS)} conversations ({ollama.family}"
+        f"{', '.join(convs)} conversations ({ollama.family}"
         f"{', default system prompt as SYSTEM' if ollama.system else ''}; BOS added by llama.cpp, not the TEMPLATE)"
     ]
+    if with_tools:
+        lines.append(
+            "tools: the tool definitions and calls are the same JSON; Ollama writes them compactly (no spaces after "
+            "',' and ':'), where the chat template writes Python's spacing"
+        )
+    if ollama.tools_note:
+        lines.append(f"tools: {ollama.tools_note}")
+    return lines
+
+
+def json_lines(text: str) -> str:
+    """Each line that is a JSON object, rewritten in one canonical form (sorted keys, Python's spacing)."""
+    out = []
+    for line in text.split("\n"):
+        try:
+            obj = json.loads(line) if line.startswith("{") else None
+        except ValueError:
+            obj = None
+        out.append(json.dumps(obj, sort_keys=True, ensure_ascii=False) if isinstance(obj, dict) else line)
+    return "\n".join(out)
 
 
 def check_texts(tokenizer, conversations: list[list[dict]]) -> list[str]:

@@ -39,6 +39,32 @@ DEEPSEEK_R1 = (
     '{{ else if eq .Role "tool" }}<｜tool▁outputs▁begin｜>{{ .Content }}<｜tool▁outputs▁end｜>'
     "{{ end }}{{ end }}<｜Assistant｜>"
 )
+# Qwen2.5's own template with its tools: the <tools> system block (one JSON line per tool), assistant <tool_call>
+# blocks, consecutive tool results in one user turn. JSON is Ollama's compact form. No `{{-`: the template has no
+# source whitespace, and a `{{-` after `<|im_end|>\n` would eat the newline.
+QWEN25_TOOLS_PREAMBLE = (
+    "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with "
+    "function signatures within <tools></tools> XML tags:\n<tools>"
+)
+QWEN25_TOOLS = (
+    "{{ if or .System .Tools }}<|im_start|>system\n{{ .System }}{{ if .Tools }}"
+    + QWEN25_TOOLS_PREAMBLE
+    + '{{ range .Tools }}\n{"type": "function", "function": {{ .Function }}}{{ end }}\n</tools>\n\n'
+    "For each function call, return a json object with function name and arguments within <tool_call></tool_call> "
+    'XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>{{ end }}'
+    "<|im_end|>\n{{ end }}"
+    '{{ $prev := "" }}{{ range .Messages }}'
+    '{{ if and (eq $prev "tool") (ne .Role "tool") }}<|im_end|>\n{{ end }}'
+    '{{ if eq .Role "tool" }}{{ if ne $prev "tool" }}<|im_start|>user{{ end }}'
+    "\n<tool_response>\n{{ .Content }}\n</tool_response>"
+    '{{ else if and (eq .Role "assistant") .ToolCalls }}<|im_start|>assistant'
+    "{{ if .Content }}\n{{ .Content }}{{ end }}"
+    '{{ range .ToolCalls }}\n<tool_call>\n{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}'
+    "\n</tool_call>{{ end }}<|im_end|>\n"
+    '{{ else if ne .Role "system" }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}'
+    "{{ $prev = .Role }}{{ end }}"
+    '{{ if eq $prev "tool" }}<|im_end|>\n{{ end }}<|im_start|>assistant\n'
+)
 LLAMA3 = (
     "{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}"
     '{{- range .Messages }}{{ if ne .Role "system" }}<|start_header_id|>'
@@ -48,11 +74,14 @@ LLAMA3 = (
 # family -> (Go template, regex for a default system prompt the Jinja template adds before the first user turn)
 FAMILIES = {
     "chatml": (CHATML, r"^<\|im_start\|>system\n(.*?)<\|im_end\|>\n<\|im_start\|>user\n"),
+    "qwen2.5-tools": (QWEN25_TOOLS, r"^<\|im_start\|>system\n(.*?)<\|im_end\|>\n<\|im_start\|>user\n"),
     "qwen3": (QWEN3, r"^<\|im_start\|>system\n(.*?)<\|im_end\|>\n<\|im_start\|>user\n"),
     "deepseek-r1": (DEEPSEEK_R1, r"^(.*?)<｜User｜>"),
     "llama3": (LLAMA3, r"^<\|start_header_id\|>system<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>"),
 }
 PROBE = "\x00expertkit-probe\x00"
+PROBE_TOOL = {"type": "function", "function": {"name": "expertkit_probe", "parameters": {"type": "object"}}}
+TOOL_FAMILIES = {"qwen2.5-tools"}  # families whose Go form carries tools (the check renders a tools conversation)
 
 
 @dataclass
@@ -61,6 +90,7 @@ class OllamaTemplate:
     template: str
     system: str | None  # the default system prompt the chat template adds (Modelfile SYSTEM)
     bos_text: str  # what the Jinja template writes before everything (the BOS text), stripped for comparison
+    tools_note: str | None = None  # the chat template has tools the Go form leaves out (Ollama refuses tool requests)
 
 
 def template_family(tokenizer) -> OllamaTemplate:
@@ -77,8 +107,11 @@ def template_family(tokenizer) -> OllamaTemplate:
     bos = tokenizer.bos_token or ""
     bos_text = bos if bos and text.startswith(bos) else ""
     body = text[len(bos_text) :]
+    tools_note = None
     if "<|im_start|>" in body:
         family = "qwen3" if "<think>" in jinja else "chatml"
+        if family == "chatml" and "tools" in jinja:
+            family, tools_note = chatml_tools(tokenizer)
     elif "<｜User｜>" in body:
         family = "deepseek-r1"
     elif "<|start_header_id|>" in body:
@@ -93,7 +126,26 @@ def template_family(tokenizer) -> OllamaTemplate:
     template, system_re = FAMILIES[family]
     match = re.search(system_re, body, re.S)
     system = match.group(1) if match and match.group(1) and PROBE not in match.group(1) else None
-    return OllamaTemplate(family, template, system, bos_text)
+    return OllamaTemplate(family, template, system, bos_text, tools_note)
+
+
+def chatml_tools(tokenizer) -> tuple[str, str | None]:
+    """A ChatML template that takes tools: Qwen2.5's own has a Go form, others are written without their tools."""
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": PROBE}], tools=[PROBE_TOOL], tokenize=False, add_generation_prompt=True
+        )
+    except Exception:  # noqa: BLE001 - a template that fails with tools is written without them
+        text = ""
+    if QWEN25_TOOLS_PREAMBLE in text:
+        return "qwen2.5-tools", None
+    if "expertkit_probe" not in text:
+        return "chatml", None
+    return "chatml", (
+        "the chat template takes tools, but only Qwen2.5's tool format has an Ollama TEMPLATE here: the Modelfile "
+        "is written without tools, so Ollama refuses requests with tools (`llama-server --jinja` uses the "
+        "template's tools as they are)"
+    )
 
 
 def build_modelfile(

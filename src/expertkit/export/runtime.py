@@ -87,8 +87,11 @@ def run_llama(folder: Path, models: list[Path], texts: list[dict], context_size:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def render_go_template(template: str, system: str | None, conversations: list[list[dict]]) -> list[str]:
-    """Render an Ollama TEMPLATE with Go's text/template as Ollama does (resources/gguf/render_template.go)."""
+def render_go_template(
+    template: str, system: str | None, conversations: list[list[dict]], tools: list[list[dict] | None] | None = None
+) -> list[str]:
+    """Render an Ollama TEMPLATE with Go's text/template as Ollama does (resources/gguf/render_template.go);
+    `tools`: the tools offered in each conversation (None: none)."""
     if shutil.which("go") is None:
         raise ExpertkitError(
             "the GGUF export renders the Modelfile TEMPLATE with Go's text/template to check it, but `go` is "
@@ -99,7 +102,11 @@ def render_go_template(template: str, system: str | None, conversations: list[li
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "render_template.go").write_text(source)
         request = Path(tmp) / "request.json"
-        request.write_text(json.dumps({"template": template, "system": system or "", "conversations": conversations}))
+        request.write_text(
+            json.dumps(
+                {"template": template, "system": system or "", "conversations": conversations, "tools": tools or []}
+            )
+        )
         env = {**os.environ, "GOFLAGS": "-mod=mod", "GO111MODULE": "off"}
         proc = subprocess.run(
             ["go", "run", "render_template.go", str(request)], cwd=tmp, capture_output=True, text=True, timeout=600,
