@@ -95,12 +95,6 @@ def test_ppo_refuses_several_processes():
     launch.refuse_stage("sft", plan)
 
 
-def test_accelerate_fsdp_configs_are_refused():
-    with pytest.raises(ConfigError, match="does not train with FSDP yet"):
-        launch.refuse_fsdp({"ACCELERATE_USE_FSDP": "true"})
-    launch.refuse_fsdp({})
-
-
 def test_the_first_failed_rank_is_the_error(tmp_path):
     (tmp_path / "rank1.txt").write_text("RuntimeError: boom\n")
     os.utime(tmp_path / "rank1.txt", (1, 1))

@@ -97,7 +97,7 @@ def train(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=Fa
     launch.load_deepspeed(config.deepspeed)  # a missing or broken file is an error before anything starts
     plan = launch.plan_launch(os.environ, launch.device_count(), force=config.deepspeed is not None)
     launch.refuse_stage(config.stage, plan)
-    launch.refuse_fsdp()
+    launch.check_fsdp(config, plan)
     if plan:  # FORCE_TORCHRUN=1 or several GPUs: the same command again, under torchrun, once per process
         raise typer.Exit(launch.relaunch(plan, _state["argv"]))
     launch.quiet_other_ranks()
