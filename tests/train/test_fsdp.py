@@ -95,6 +95,10 @@ def test_fsdp_config_may_be_a_json_file(tmp_path):
         ({"fsdp": True, "fsdp_config": {"fsdp_version": 1}}, "FSDP1 is deprecated in transformers 5"),
         ({"fsdp": True, "fsdp_config": {"state_dict_type": "LOCAL"}}, "state_dict_type 'LOCAL' is not one of"),
         ({"fsdp": True, "fsdp_config": "nope.json"}, "fsdp_config: 'nope.json' is not a file"),
+        (
+            {"fsdp": True, "fsdp_config": {"activation_checkpointing": True}, "gradient_checkpointing": True},
+            "both recompute activations: choose one",
+        ),
         ({"fsdp": True, "fsdp_config": "[1]"}, "fsdp_config.dict[any,any]: Input should be a valid dictionary"),
     ],
 )

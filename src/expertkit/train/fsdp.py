@@ -51,7 +51,7 @@ FSDP1_ONLY_KEYS = (
     "limit_all_gathers",
 )
 STATE_DICT_TYPES = ("FULL_STATE_DICT", "SHARDED_STATE_DICT")
-_HINT = "start from examples/accelerate/fsdp2_config.yaml's settings; docs/training.md#fsdp"
+_HINT = "start from examples/accelerate/fsdp2_config.yaml's settings; docs/training.md#fsdp2"
 
 
 def enabled(config) -> bool:
@@ -148,7 +148,14 @@ def check_launch(config, processes: int, env: Mapping[str, str] = os.environ) ->
     if not (enabled(config) or from_accelerate):
         return
     if enabled(config):
-        training_arguments(config)
+        settings = training_arguments(config)["fsdp_config"]
+        if config.gradient_checkpointing and str(settings.get("activation_checkpointing", False)).lower() == "true":
+            raise ConfigError(
+                "gradient_checkpointing and fsdp_config.activation_checkpointing both recompute activations: "
+                "choose one",
+                hint="keep fsdp_config.activation_checkpointing (FSDP's own, no extra all-gather) and drop "
+                "gradient_checkpointing",
+            )
     check_accelerate_env(env)
     if config.deepspeed is not None or env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         where = "fsdp" if enabled(config) else "this accelerate FSDP config"
