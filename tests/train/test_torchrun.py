@@ -379,3 +379,24 @@ def test_accelerate_launch_fsdp2_lora_matches_one_process_and_saves_the_adapter(
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), out)
     assert tuned.active_adapter == "default"
+
+
+@multiproc
+def test_without_our_state_setup_accelerate_drops_fsdp_on_cpu_and_the_run_stops(tiny_model, identity_dir, tmp_path):
+    # the reason train/fsdp.py sets accelerate's state up on a CPU: left alone, accelerate 1.16 keeps MULTI_CPU and
+    # the Trainer trains DDP under FSDP's name. The shard check stops that run; when this test fails, accelerate
+    # shards on CPU by itself and the state setup can go.
+    script = tmp_path / "skip_setup.py"
+    script.write_text(
+        "import sys\n"
+        "from expertkit.train import launch\n"
+        "launch.distributed_state = lambda args: args\n"
+        "from expertkit.cli.main import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    torchrun += [f"--master_port={launch.free_port()}", str(script)]
+    done = train(tiny_model, identity_dir, tmp_path / "run", 2, 1, "fsdp=full_shard", launcher=torchrun)
+    assert done.returncode != 0
+    assert "processes      2 (1 machine(s) x 2, DDP over gloo)" in done.stderr
+    assert "FSDP was asked for, but accelerate left the model unsharded" in done.stderr
