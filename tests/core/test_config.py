@@ -80,6 +80,7 @@ def test_every_shipped_yaml_loads():
     stages = {"train": TrainConfig, "export": ExportConfig, "serve": ServeConfig, "eval": EvalConfig,
               "improve": ImproveConfig}  # fmt: skip
     files = sorted(ROOT.glob("examples/**/*.yaml")) + sorted(ROOT.glob("configs/**/*.yaml"))
+    files = [f for f in files if f.parent.name != "accelerate"]  # accelerate's own configs: tests/train/test_fsdp.py
     assert len(files) >= 6
     for f in files:
         stage = f.parent.name

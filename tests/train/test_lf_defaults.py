@@ -154,8 +154,6 @@ def test_a_yaml_without_batch_keys_trains_with_llamafactorys_values(tmp_path):
     ("key", "value"),
     [
         ("quantization_bit", 4),
-        ("fsdp", "full_shard auto_wrap"),
-        ("fsdp_config", {"fsdp_version": 2}),
         ("use_unsloth", True),
         ("neftune_noise_alpha", 5),
         ("rope_scaling", "linear"),
@@ -187,7 +185,7 @@ def test_the_default_value_of_such_a_key_is_accepted_with_the_warning(tmp_path, 
 
 def test_all_refusals_are_reported_at_once(tmp_path):
     path = tmp_path / "qlora.yaml"
-    path.write_text("model_name_or_path: m\ndataset: d\nquantization_bit: 4\nfsdp: full_shard\n")
+    path.write_text("model_name_or_path: m\ndataset: d\nquantization_bit: 4\nuse_galore: true\n")
     with pytest.raises(ConfigError) as e:
         load_config(TrainConfig, path)
     assert f"{path}:3" in str(e.value) and f"{path}:4" in str(e.value)

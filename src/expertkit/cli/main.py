@@ -100,7 +100,7 @@ def train(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=Fa
     check_hardware(config, detect_device())  # fp16 on a CPU, fa2 without flash-attn, ...: before any process
     plan = launch.plan_launch(os.environ, launch.device_count(), force=config.deepspeed is not None)
     launch.refuse_stage(config.stage, plan)
-    launch.refuse_fsdp()
+    launch.check_fsdp(config, plan)
     if plan:  # FORCE_TORCHRUN=1 or several GPUs: the same command again, under torchrun, once per process
         raise typer.Exit(launch.relaunch(plan, _state["argv"]))
     launch.quiet_other_ranks()

@@ -23,6 +23,16 @@ def format_seconds(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
+class ShardCheckCallback(TrainerCallback):
+    """FSDP (the fsdp key or an accelerate FSDP config): the model really is sharded when training starts."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from expertkit.train import fsdp
+
+        if model is not None and (args.fsdp or fsdp.accelerate_config()):
+            fsdp.check_sharded(model, state.is_world_process_zero)
+
+
 class RunLogCallback(TrainerCallback):
     """Append every log event to trainer_log.jsonl (LLaMA-Factory's file name) and echo it without a TTY."""
 

@@ -205,6 +205,16 @@ class TrainConfig(DataConfig):
     """DeepSpeed config (LLaMA-Factory's key): a JSON file such as examples/deepspeed/ds_z3_config.json, or the
     config inline. Trains under torchrun (relaunched as with FORCE_TORCHRUN=1); needs `pip install deepspeed`."""
 
+    fsdp: bool | str | list[str] | None = None
+    """FSDP2 (torch's fully_shard; LLaMA-Factory's and transformers' key): shard weights, gradients and optimiser state
+    over the processes of a multi-process run (FORCE_TORCHRUN=1 NPROC_PER_NODE=N). full_shard (or true),
+    shard_grad_op (keep gathered weights until backward), plus offload (parameters in CPU RAM); unset or '' is off."""
+
+    fsdp_config: str | dict | None = None
+    """With fsdp: transformers' FSDP settings, inline or a JSON file (transformer_layer_cls_to_wrap,
+    cpu_ram_efficient_loading, state_dict_type, activation_checkpointing, reshard_after_forward, ...; the fsdp_ prefix
+    is optional). The final save is always one consolidated model or adapter."""
+
     eval_strategy: Literal["no", "steps", "epoch"] = "no"
     """When to compute validation loss (needs val_size > 0)."""
 

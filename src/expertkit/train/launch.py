@@ -127,15 +127,12 @@ def refuse_stage(stage: str, planned: LaunchPlan | None, env: Mapping[str, str] 
         )
 
 
-def refuse_fsdp(env: Mapping[str, str] = os.environ) -> None:
-    """`accelerate launch` with an FSDP config: refused, as the fsdp key is (the save would see only shards)."""
-    if env.get("ACCELERATE_USE_FSDP", "false").lower() in _TRUE:
-        raise ConfigError(
-            "this process was started with accelerate's FSDP config (ACCELERATE_USE_FSDP): expertkit does not train "
-            "with FSDP yet",
-            hint="use deepspeed=examples/deepspeed/ds_z3_config.json to shard the model, or an accelerate config "
-            "with distributed_type MULTI_GPU (DDP)",
-        )
+def check_fsdp(config, planned: LaunchPlan | None, env: Mapping[str, str] = os.environ) -> None:
+    """FSDP (the fsdp key, or `accelerate launch` with an FSDP config): one clear error before anything is spawned."""
+    from expertkit.train import fsdp
+
+    processes = planned.nproc_per_node * planned.nnodes if planned else int(env.get("WORLD_SIZE", "1") or 1)
+    fsdp.check_launch(config, processes, env)
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
@@ -280,12 +277,16 @@ def distributed_arguments(config) -> dict:
     """TrainingArguments for how the processes share the work: DDP (plain torchrun) or DeepSpeed."""
     import torch
 
+    from expertkit.train import fsdp
+
     gpu = torch.cuda.is_available()
     args: dict = {
         "use_cpu": not gpu,  # transformers' CPU path becomes distributed (gloo) under torchrun only with use_cpu
         # LoRA uses every adapter weight in each forward: DDP need not search for unused ones (LLaMA-Factory's rule)
         "ddp_find_unused_parameters": False if config.finetuning_type == "lora" else None,
     }
+    if fsdp.enabled(config) or fsdp.accelerate_config():
+        return args | fsdp.distributed_arguments(config, gpu)
     deepspeed = load_deepspeed(config.deepspeed)
     if deepspeed is None:
         return args
@@ -303,6 +304,17 @@ def distributed_arguments(config) -> dict:
     return args
 
 
+def distributed_state(args):
+    """After TrainingArguments: FSDP on a CPU sets accelerate's state up for the Trainer (see train/fsdp.py)."""
+    import torch
+
+    from expertkit.train import fsdp
+
+    if (args.fsdp or fsdp.accelerate_config()) and not torch.cuda.is_available():
+        fsdp.configure_cpu_state(args)
+    return args
+
+
 def zero3(trainer) -> bool:
     """Whether DeepSpeed ZeRO-3 shards the weights themselves across the processes."""
     plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None) if trainer.is_deepspeed_enabled else None
@@ -310,8 +322,9 @@ def zero3(trainer) -> bool:
 
 
 def gather_weights(trainer) -> dict | None:
-    """ZeRO-3: the whole state dict on rank 0 (every rank must call this); otherwise None (rank 0 has them all)."""
-    if not zero3(trainer):
+    """ZeRO-3 or FSDP: the whole state dict on rank 0 (every rank must call this); otherwise None (rank 0 has them
+    all)."""
+    if not (zero3(trainer) or trainer.is_fsdp_enabled):
         return None
     return trainer.accelerator.get_state_dict(trainer.model_wrapped)
 
@@ -327,6 +340,10 @@ def processes_line(args) -> dict[str, str]:
     nodes = max(args.world_size // max(local, 1), 1)
     ds = args.deepspeed if isinstance(args.deepspeed, dict) else {}
     mode = f"DeepSpeed ZeRO-{ds.get('zero_optimization', {}).get('stage', 0)}" if args.deepspeed else "DDP"
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state.get("fsdp_plugin") is not None:  # the fsdp key, or an accelerate FSDP config
+        mode = "FSDP2"
     return {"processes": f"{args.world_size} ({nodes} machine(s) x {local}, {mode} over {backend})"}
 
 

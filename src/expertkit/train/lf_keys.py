@@ -25,7 +25,7 @@ LF_UNSUPPORTED = frozenset(
     export_legacy_format export_quantization_bit export_quantization_dataset export_quantization_maxlen
     export_quantization_nsamples export_size fp16_backend fp16_full_eval fp16_opt_level fp8
     fp8_backend fp8_enable_fsdp_float8_all_gather freeze_extra_modules freeze_language_model
-    freeze_multi_modal_projector freeze_trainable_modules freeze_vision_tower fsdp fsdp_config full_determinism
+    freeze_multi_modal_projector freeze_trainable_modules freeze_vision_tower full_determinism
     galore_layerwise galore_proj_type galore_rank galore_scale galore_target galore_update_interval
     generation_config generation_max_length generation_num_beams gradient_checkpointing_kwargs greater_is_better
     half_precision_backend hf_hub_token hub_always_push hub_model_id hub_private_repo hub_revision hub_strategy
@@ -70,11 +70,6 @@ LF_UNSUPPORTED = frozenset(
 )
 
 _QLORA = "drop the key to train LoRA on unquantised weights (more memory), or use LLaMA-Factory for QLoRA"
-_DIST = (
-    "use deepspeed (ZeRO, e.g. deepspeed=examples/deepspeed/ds_z3_config.json) or DDP (FORCE_TORCHRUN=1 "
-    "NPROC_PER_NODE=N), docs/training.md#more-than-one-process; or lower "
-    "per_device_train_batch_size and raise gradient_accumulation_steps to fit memory"
-)
 _OPT = "drop the key to train with `optim` (adamw_torch by default)"
 _NO = "drop the key, or set it to LLaMA-Factory's default"
 
@@ -83,10 +78,6 @@ _NO = "drop the key, or set it to LLaMA-Factory's default"
 # key -> (LLaMA-Factory's default, what the key does, what to do instead)
 LF_REFUSED: dict[str, tuple[object, str, str]] = {
     "quantization_bit": (None, "loads the base model quantised (QLoRA)", _QLORA),
-    # accelerate (1.16) enables FSDP only on GPU-like devices: on a CPU it silently trains plain DDP, so nothing
-    # here could test it; DeepSpeed ZeRO-3 shards the model instead
-    "fsdp": ("", "shards the model over several processes (FSDP)", _DIST),
-    "fsdp_config": (None, "configures FSDP", _DIST),
     "use_unsloth": (False, "swaps in Unsloth's kernels", "drop the key: expertkit trains with transformers' own"),
     "use_unsloth_gc": (False, "uses Unsloth's gradient checkpointing", "use gradient_checkpointing=true instead"),
     "use_liger_kernel": (False, "swaps in Liger's fused kernels", "use LLaMA-Factory's enable_liger_kernel=true"),

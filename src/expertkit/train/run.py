@@ -336,10 +336,10 @@ def training_arguments(config: TrainConfig, precision: Precision, args_class=Non
     """transformers' TrainingArguments (or a stage's subclass, such as TRL's DPOConfig) from the config."""
     from transformers import TrainingArguments
 
-    from expertkit.train.launch import distributed_arguments
+    from expertkit.train.launch import distributed_arguments, distributed_state
 
     try:
-        return (args_class or TrainingArguments)(
+        args = (args_class or TrainingArguments)(
             output_dir=config.output_dir,
             per_device_train_batch_size=config.per_device_train_batch_size,
             per_device_eval_batch_size=config.per_device_eval_batch_size,
@@ -377,13 +377,15 @@ def training_arguments(config: TrainConfig, precision: Precision, args_class=Non
         )
     except ValueError as e:  # a combination transformers refuses that the config's own checks let through
         raise ConfigError(f"transformers refused the training settings: {e}") from None
+    return distributed_state(args)
 
 
 def run_callbacks(config: TrainConfig) -> list:
     """The callbacks every stage's trainer gets: trainer_log.jsonl (and its echo without a TTY), checkpoints."""
-    from expertkit.train.callbacks import CompleteCheckpointCallback, RunLogCallback
+    from expertkit.train.callbacks import CompleteCheckpointCallback, RunLogCallback, ShardCheckCallback
 
-    return [RunLogCallback(config.output_dir, echo=not sys.stderr.isatty()), CompleteCheckpointCallback()]
+    log = RunLogCallback(config.output_dir, echo=not sys.stderr.isatty())
+    return [log, CompleteCheckpointCallback(), ShardCheckCallback()]
 
 
 def quiet_printer(trainer):
@@ -462,8 +464,8 @@ def print_header(config: TrainConfig, trainer, data: StageData, precision: Preci
 def skip_check(config: TrainConfig) -> None:
     if config.learning_check_samples > 0:
         logger.warning(
-            "learning check skipped: under ZeRO-3 the trained weights are sharded across the processes; try the "
-            "result with expertkit chat"
+            "learning check skipped: under ZeRO-3 or FSDP the trained weights are sharded across the processes; try "
+            "the result with expertkit chat"
         )
 
 
