@@ -11,7 +11,7 @@ from expertkit.model.config import ModelConfig
 from expertkit.model.quant import QuantizationKeys
 
 
-class EngineConfig(ModelConfig, QuantizationKeys):
+class EngineConfig(QuantizationKeys, ModelConfig):
     model_name_or_path: str = ""
     """Base model folder (or hub id), or a merged export. Leave empty with engine=openai."""
 

@@ -46,7 +46,7 @@ _RANGES: tuple[tuple[str, float, bool, str], ...] = (
 _RANGE_OF = {key: rest for key, *rest in _RANGES}
 
 
-class TrainConfig(DataConfig, QuantizationKeys):
+class TrainConfig(QuantizationKeys, DataConfig):
     lf_unsupported = LF_UNSUPPORTED
     lf_refused = LF_REFUSED
     lf_differs = {
