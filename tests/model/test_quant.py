@@ -71,6 +71,8 @@ def test_chat_serve_and_eval_take_the_same_keys():
     assert engine_config.describe_quantization() == "4-bit nf4"  # eval's local candidates load quantised
     with pytest.raises(ValueError, match="use 4 .QLoRA"):
         EngineConfig(model_name_or_path="m", quantization_bit=2)
+    with pytest.raises(ValueError, match="vllm_config='{quantization: bitsandbytes}'"):
+        EngineConfig(model_name_or_path="m", engine="vllm", quantization_bit=4)  # never silently unquantised
 
 
 def test_zero3_or_fsdp_with_a_quantised_base_is_refused_before_loading(tmp_path):

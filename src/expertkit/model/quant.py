@@ -58,8 +58,17 @@ class QuantizationKeys(StageConfig):
         return v
 
     @model_validator(mode="after")
-    def _lora_only(self):
-        kind = getattr(self, "finetuning_type", "lora")
+    def _where_it_applies(self):
+        kind, engine = getattr(self, "finetuning_type", "lora"), getattr(self, "engine", "transformers")
+        if self.quantization_bit and engine != "transformers":
+            raise ValueError(
+                f"quantization_bit loads a local model with transformers; engine={engine} "
+                + (
+                    "quantises in vLLM itself: vllm_config='{quantization: bitsandbytes}' (4-bit)"
+                    if engine == "vllm"
+                    else "runs the model elsewhere: drop quantization_bit"
+                )
+            )
         if self.quantization_bit and kind != "lora":
             raise ValueError(
                 f"quantization_bit {self.quantization_bit} with finetuning_type {kind}: a quantised base trains LoRA "
