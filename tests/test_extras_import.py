@@ -32,6 +32,7 @@ MODULES: dict[str, dict[str, list[str]]] = {
         "transformers": [
             "transformers",
             "transformers.generation.configuration_utils",
+            "transformers.quantizers.base",  # model/quant.py: the modules bitsandbytes leaves unquantised
             "transformers.trainer_callback",
             "transformers.trainer_utils",
             "transformers.training_args",
@@ -47,6 +48,9 @@ MODULES: dict[str, dict[str, list[str]]] = {
         "matplotlib": ["matplotlib", "matplotlib.pyplot"],
         "psutil": ["psutil"],
         "gguf": ["gguf"],
+    },
+    "qlora": {
+        "bitsandbytes": ["bitsandbytes", "bitsandbytes.nn"],
     },
     "serve": {
         "fastapi": [

@@ -73,6 +73,10 @@ def setup_logging(verbose: bool) -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         # transformers 5 deprecation raised inside peft/Trainer on every run: nothing the user can act on
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        # bitsandbytes (peft imports it when installed) looks for an optional CPU kernel on the hub at import and
+        # warns when offline; it falls back to its own kernel: nothing to act on
+        for name in ("bitsandbytes.backends.cpu.ops", "kernels"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def load_train_config(args: list[str]):

@@ -8,9 +8,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from expertkit.model.config import ModelConfig
+from expertkit.model.quant import QuantizationKeys
 
 
-class EngineConfig(ModelConfig):
+class EngineConfig(QuantizationKeys, ModelConfig):
     model_name_or_path: str = ""
     """Base model folder (or hub id), or a merged export. Leave empty with engine=openai."""
 

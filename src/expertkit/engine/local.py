@@ -53,10 +53,15 @@ def load_base_model(config: EngineConfig, model: str | None = None):
     import torch
 
     from expertkit.model.load import load_model
+    from expertkit.model.quant import inference_dtype, quantized_load_kwargs
 
+    path = model or config.model_name_or_path
     dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
+    if config.quantization_bit:  # bitsandbytes places the weights itself, computing in the dtype asked for
+        dtype = inference_dtype(dtype)
+    quant = quantized_load_kwargs(config, path, dtype, config.trust_remote_code)
     device = "cuda" if torch.cuda.is_available() else None
-    return load_model(model or config.model_name_or_path, dtype, config.trust_remote_code, device=device).eval()
+    return load_model(path, dtype, config.trust_remote_code, device=device, quantization=quant).eval()
 
 
 def check_adapter_path(name: str, path: str) -> None:
@@ -141,7 +146,12 @@ class LocalEngine:
                 self.bases[model] = load_base_model(self.config, model)
             base = self.bases[model]
             tokenizer = load_chat_tokenizer(self.config, adapter, model)
-            merged = merge_adapter_copy(base, adapter) if adapter else base
+            if adapter and self.config.quantization_bit:  # never merged into 4/8-bit weights: a base of its own
+                from expertkit.model.quant import apply_adapter
+
+                merged = apply_adapter(load_base_model(self.config, model), adapter)
+            else:
+                merged = merge_adapter_copy(base, adapter) if adapter else base
             served = Served(name, tokenizer, merged, None, eos_ids(merged, tokenizer), model)
             served.manager = start_manager(self.config, served, share)
             self.served = {**self.served, name: served}

@@ -21,6 +21,7 @@ from pydantic import Field, field_validator, model_validator
 
 from expertkit.core.config import StageConfig
 from expertkit.data.config import split_list
+from expertkit.engine.config import QuantizationKeys  # the engines load a base quantised with these keys
 
 TEXT_METRICS = ["rouge-1", "rouge-2", "rouge-l", "bleu-4", "exact", "contains"]
 ALL_METRICS = [*TEXT_METRICS, "eval_loss", "preference", "judge", "pairwise", "hallucination"]
@@ -76,7 +77,7 @@ class Candidate(StageConfig):
         return bool(self.kb_dir)
 
 
-class EvalConfig(StageConfig):
+class EvalConfig(QuantizationKeys):
     candidates: list[Candidate] = Field(default_factory=list)
     """The models to compare (a YAML list; see docs/evaluate.md). The first is the baseline the others are compared
     with."""

@@ -332,6 +332,9 @@ def engine_groups(candidates: list[Candidate], config: EvalConfig) -> list[tuple
             max_new_tokens=config.max_new_tokens,
             max_concurrency=config.max_concurrency,
             dtype=config.dtype,
+            quantization_bit=config.quantization_bit,  # local candidates load their base quantised when asked
+            quantization_type=config.quantization_type,
+            double_quantization=config.double_quantization,
         )
         base = engine_config.base_name()
         out.append((engine_config, {c.name: names.get(c.adapter_name_or_path, base) for c in members}))

@@ -42,7 +42,11 @@ class ExportConfig(ModelConfig):
             "quantises the exported model (GPTQ)",
             "drop the key: export writes the merged weights unquantised",
         ),
-        "quantization_bit": (None, "loads the base quantised before merging", "drop the key: merge into the full base"),
+        "quantization_bit": (
+            None,
+            "loads the base quantised before merging",
+            "drop the key: export merges a QLoRA adapter into the unquantised base (LLaMA-Factory's rule)",
+        ),
     }
 
     finetuning_type: Literal["lora", "full", "freeze"] = "lora"

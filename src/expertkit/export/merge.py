@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from expertkit.core.errors import ExpertkitError, Problem
-from expertkit.core.runs import LEARNING_CHECK, write_json_atomic
+from expertkit.core.runs import LEARNING_CHECK, RESOLVED_CONFIG, write_json_atomic
 from expertkit.export.card import write_model_card
 from expertkit.export.config import ExportConfig
 
@@ -298,6 +298,7 @@ def print_header(config: ExportConfig, expected: Expected, device: str, export_d
     lines = {
         "model": f"{config.model_name_or_path} ({expected.dtype}, on {device})",
         "adapter": config.adapter_name_or_path or f"none ({config.finetuning_type} run)",
+        **qlora_line(config),
         "chat template": "saved one" if expected.chat_template else "none",
         "eos": f"{expected.eos_token!r} (id {expected.eos_token_id})",
         "weights": f"{fmt}, shards of at most {config.export_size:g} GB",
@@ -305,6 +306,26 @@ def print_header(config: ExportConfig, expected: Expected, device: str, export_d
     }
     width = max(len(k) for k in lines)
     logger.info("export\n%s", "\n".join(f"  {k.ljust(width)}  {v}" for k, v in lines.items()))
+
+
+def qlora_line(config: ExportConfig) -> dict[str, str]:
+    """A header line when the adapter was trained on a quantised base (QLoRA): it is merged into the unquantised
+    base as loaded here, never into 4/8-bit weights (LLaMA-Factory's rule; merging into rounded weights would
+    bake the rounding into the export)."""
+    import yaml
+
+    path = Path(config.adapter_name_or_path or "").expanduser() / RESOLVED_CONFIG
+    try:
+        trained = yaml.safe_load(path.read_text(encoding="utf-8")) if config.adapter_name_or_path else None
+    except (OSError, yaml.YAMLError):
+        return {}
+    bit = trained.get("quantization_bit") if isinstance(trained, dict) else None
+    if not bit:
+        return {}
+    return {
+        "merge": f"QLoRA adapter (trained on a {bit}-bit base): merged into the unquantised base weights "
+        f"({config.model_name_or_path}), not into {bit}-bit ones"
+    }
 
 
 def make_temp_dir(export_dir: Path) -> Path:

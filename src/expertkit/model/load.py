@@ -51,10 +51,16 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def load_model(
-    path: str, dtype=None, trust_remote_code: bool = False, device: str | None = None, head: str | None = None
+    path: str,
+    dtype=None,
+    trust_remote_code: bool = False,
+    device: str | None = None,
+    head: str | None = None,
+    quantization: dict | None = None,
 ):
     """A causal LM in the given torch dtype (None: float32 on CPU, the checkpoint's own on GPU); head="score": the
-    same model with a one-output score head instead of the LM head (a reward model, new head weights)."""
+    same model with a one-output score head instead of the LM head (a reward model, new head weights).
+    `quantization`: model/quant.py's `quantized_load_kwargs` (bitsandbytes places the weights itself)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -63,10 +69,12 @@ def load_model(
         dtype = "auto" if torch.cuda.is_available() else torch.float32
     auto, extra = (AutoModelForSequenceClassification, {"num_labels": 1}) if head else (AutoModelForCausalLM, {})
     try:
-        model = auto.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
+        model = auto.from_pretrained(
+            path, dtype=dtype, trust_remote_code=trust_remote_code, **extra, **(quantization or {})
+        )
     except OSError as e:
         raise _hub_error(path, e) from None
-    if device:
+    if device and not quantization:
         model.to(device)
     return model
 

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import ValidationInfo, field_validator, model_validator
 
 from expertkit.data.config import DataConfig, split_list
+from expertkit.model.quant import QuantizationKeys
 from expertkit.train.lf_keys import LF_REFUSED, LF_UNSUPPORTED
 
 # (key, lowest allowed, whether the lowest itself is allowed, what the key means): checked before transformers,
@@ -45,7 +46,7 @@ _RANGES: tuple[tuple[str, float, bool, str], ...] = (
 _RANGE_OF = {key: rest for key, *rest in _RANGES}
 
 
-class TrainConfig(DataConfig):
+class TrainConfig(QuantizationKeys, DataConfig):
     lf_unsupported = LF_UNSUPPORTED
     lf_refused = LF_REFUSED
     lf_differs = {

@@ -18,7 +18,7 @@ LF_UNSUPPORTED = frozenset(
     dataloader_in_order dataloader_multiprocessing_context dataloader_num_workers dataloader_persistent_workers
     dataloader_pin_memory dataloader_prefetch_factor ddp_backend ddp_broadcast_buffers ddp_bucket_cap_mb
     ddp_find_unused_parameters ddp_static_graph ddp_timeout debug default_system disable_shuffling
-    disable_tqdm do_eval do_predict do_sample double_quantization download_mode 
+    disable_tqdm do_eval do_predict do_sample download_mode 
     early_stopping_steps enable_jit_checkpoint enable_thinking enable_torch_profiler
     eval_accumulation_steps eval_dataset eval_delay eval_do_concat_batches eval_num_beams eval_on_each_dataset
     eval_on_start eval_use_gather_object evaluation_strategy export_device export_dir export_hub_model_id
@@ -48,8 +48,8 @@ LF_UNSUPPORTED = frozenset(
     preprocessing_batch_size preprocessing_num_workers preserve_thinking print_param_status profile_modules
     profiler_active_steps profiler_output_dir profiler_profile_memory profiler_record_shapes profiler_repeat
     profiler_wait_steps profiler_warmup_steps profiler_with_stack project pure_bf16 push_to_hub
-    push_to_hub_model_id push_to_hub_organization push_to_hub_token quantization_bit quantization_device_map
-    quantization_method quantization_type ray_init_kwargs ray_num_workers ray_run_name ray_scope
+    push_to_hub_model_id push_to_hub_organization push_to_hub_token quantization_device_map
+    quantization_method ray_init_kwargs ray_num_workers ray_run_name ray_scope
     ray_storage_filesystem ray_storage_path ref_model ref_model_adapters ref_model_quantization_bit
     remove_unused_columns repetition_penalty resize_vocab resources_per_worker
     restore_callback_states_from_checkpoint  reward_model_adapters reward_model_quantization_bit
@@ -69,7 +69,6 @@ LF_UNSUPPORTED = frozenset(
     """.split()
 )
 
-_QLORA = "drop the key to train LoRA on unquantised weights (more memory), or use LLaMA-Factory for QLoRA"
 _OPT = "drop the key to train with `optim` (adamw_torch by default)"
 _NO = "drop the key, or set it to LLaMA-Factory's default"
 
@@ -77,7 +76,6 @@ _NO = "drop the key, or set it to LLaMA-Factory's default"
 # default stops the run with what to do instead; the default itself is accepted with the warning above.
 # key -> (LLaMA-Factory's default, what the key does, what to do instead)
 LF_REFUSED: dict[str, tuple[object, str, str]] = {
-    "quantization_bit": (None, "loads the base model quantised (QLoRA)", _QLORA),
     "use_unsloth": (False, "swaps in Unsloth's kernels", "drop the key: expertkit trains with transformers' own"),
     "use_unsloth_gc": (False, "uses Unsloth's gradient checkpointing", "use gradient_checkpointing=true instead"),
     "use_liger_kernel": (False, "swaps in Liger's fused kernels", "use LLaMA-Factory's enable_liger_kernel=true"),

@@ -71,10 +71,12 @@ def load_stage(name: str) -> Stage:
 def run(config: TrainConfig) -> TrainResult:
     from expertkit.train.launch import crash_for_test, gather_weights, is_main_process
     from expertkit.train.precision import plan_checkpointing
+    from expertkit.train.qlora import check_quantized_run
 
     main = is_main_process()  # in a multi-process run only rank 0 prints and writes the run folder
     stage = load_stage(config.stage)
     check_optim(config.optim)
+    check_quantized_run(config)  # QLoRA: bitsandbytes there, no ZeRO-3 / FSDP, before anything loads
     resume = prepare_output_dir(config, write=main)
     tokenizer = load_chat_tokenizer(config)
     data = stage.prepare_data(config, tokenizer)
@@ -245,12 +247,16 @@ def build_model(config: TrainConfig):
         enable_checkpointing,
         set_attention,
     )
+    from expertkit.train.qlora import load_kwargs
 
     set_seed(config.seed)  # LoRA's A matrices are random: same seed, same initial adapter, same loss curve
     facts = detect_device()
     precision = check_hardware(config, facts)
     head = "score" if config.stage == "rm" else None  # rm: a sequence-classification model, one score per sequence
-    model = load_model(config.model_name_or_path, precision.load_dtype, config.trust_remote_code, head=head)
+    quantization = load_kwargs(config, precision.load_dtype, head)  # quantization_bit: bitsandbytes (QLoRA)
+    model = load_model(
+        config.model_name_or_path, precision.load_dtype, config.trust_remote_code, head=head, quantization=quantization
+    )
     model.config.use_cache = False
     set_attention(model, choose_attention(facts, config.flash_attn, precision), config.flash_attn, precision)
     if config.gradient_checkpointing:
@@ -436,7 +442,8 @@ def print_header(config: TrainConfig, trainer, data: StageData, precision: Preci
     )
     log_header(
         {
-            "model": f"{config.model_name_or_path} ({precision.describe()})",
+            "model": f"{config.model_name_or_path} ({precision.describe()})"
+            + (f", base quantised {config.describe_quantization()}" if config.quantization_bit else ""),
             **precision.notes,
             "stage": config.stage,
             "method": kind,
