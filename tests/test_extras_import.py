@@ -28,7 +28,7 @@ MODULES: dict[str, dict[str, list[str]]] = {
         "typer": ["typer", "click"],  # cli/main.py catches click's usage errors; typer brings click
     },
     "train": {
-        "torch": ["torch", "torch.distributed"],
+        "torch": ["torch", "torch.distributed", "torch.distributed.tensor"],
         "transformers": [
             "transformers",
             "transformers.generation.configuration_utils",
@@ -41,7 +41,7 @@ MODULES: dict[str, dict[str, list[str]]] = {
         "trl": ["trl", "trl.experimental.cpo", "trl.experimental.orpo"],  # pref_loss simpo / orpo
         "datasets": ["datasets"],
         "datasketch": ["datasketch"],
-        "accelerate": ["accelerate"],
+        "accelerate": ["accelerate", "accelerate.state", "accelerate.utils"],
         "tokenizers": ["tokenizers"],
         "safetensors": ["safetensors", "safetensors.torch"],
         "pyarrow": ["pyarrow", "pyarrow.parquet"],
