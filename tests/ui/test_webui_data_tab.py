@@ -141,7 +141,8 @@ def test_synth_job_rows_edited_deleted_then_accepted_for_the_train_tab(tmp_path,
     for path in [*job.folder.rglob("*"), *output_dir.rglob("*")]:  # the key went through the environment only
         if path.is_file() and path.suffix != ".sqlite":
             assert "sk-webui-secret" not in path.read_text(encoding="utf-8", errors="replace"), path
-    assert "**4** rows in" in show_result(kind, job, L)[0]
+    summary = show_result(kind, job, L)[0]
+    assert "**2** of **2** chunks done, 0 failed" in summary and "**4** rows in" in summary
 
     table, message = load_rows_table(kind, job, L)
     assert message == "" and list(table.columns) == ["row", "question", "answer", "delete"] and len(table) == 4

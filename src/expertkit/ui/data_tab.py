@@ -27,7 +27,15 @@ from expertkit.ui.datasets import DATASET_INFO, dataset_names, preview_rows, row
 from expertkit.ui.forms import FieldSpec, field_specs
 from expertkit.ui.jobs import Job
 from expertkit.ui.stage_tabs import build_job_tab, job_values
-from expertkit.ui.synth_rows import COLUMNS, rows_frame, save_edits, store_uploads, synth_entry, synth_summary
+from expertkit.ui.synth_rows import (
+    COLUMNS,
+    rows_frame,
+    save_edits,
+    store_uploads,
+    synth_entry,
+    synth_progress,
+    synth_summary,
+)
 from expertkit.ui.widgets import error_text
 
 EXAMPLES_SHOWN = 3
@@ -205,12 +213,17 @@ def draw_row_editor(kind: DataJobKind, L: dict[str, str], parts: dict[str, Any])
 
 
 def show_result(kind: DataJobKind, job: Job, L: dict[str, str]) -> tuple:
-    """What the timer shows under Result: clean's report and first rows; synth's counts (its rows: Load rows)."""
-    if job.state() != "finished":
-        return ("",) if kind.output_file else ("", None)
+    """What the timer shows under Result: clean's report and first rows; synth's progress and counts."""
+    state = job.state()
+    if kind.output_file:  # synth: its progress while it runs, then what it wrote (its rows: Load rows)
+        if state == "none":
+            return ("",)
+        folder = Path(kind.output_path(job_values(job))).parent
+        done = f"\n\n{synth_summary(folder)}" if state == "finished" else ""
+        return (synth_progress(folder) + done,)
+    if state != "finished":
+        return "", None
     output = kind.output_path(job_values(job))
-    if kind.output_file:
-        return (synth_summary(Path(output).parent),)
     rows, note = preview_rows(".", output)
     headers, cells = rows_table(rows)
     preview = pd.DataFrame(cells, columns=headers) if rows else None

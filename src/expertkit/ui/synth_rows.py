@@ -135,6 +135,22 @@ def synth_summary(output_dir: str | Path) -> str:
     )
 
 
+def synth_progress(output_dir: str | Path) -> str:
+    """The running job's progress, from the last line of output_dir/synth_log.jsonl (one line per chunk finished)."""
+    try:
+        with (Path(output_dir) / "synth_log.jsonl").open("rb") as fh:
+            fh.seek(max(0, fh.seek(0, 2) - 4096))
+            last = json.loads(fh.read().decode("utf-8", "replace").strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        return ""
+    text = (
+        f"**{last.get('chunks_done', 0)}** of **{last.get('chunks_total', 0)}** chunks done, "
+        f"{last.get('chunks_failed', 0)} failed, {last.get('requests', 0)} requests, "
+        f"{last.get('prompt_tokens', 0) + last.get('completion_tokens', 0)} tokens, {last.get('seconds', 0)} s"
+    )
+    return text + (f", ${last['cost']:.4f}" if "cost" in last else "")
+
+
 def _lines(path: Path) -> int:
     try:
         with path.open(encoding="utf-8") as fh:
