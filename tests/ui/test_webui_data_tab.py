@@ -29,7 +29,7 @@ from expertkit.ui.datasets import dataset_names
 from expertkit.ui.forms import field_specs
 from expertkit.ui.labels import labels
 from expertkit.ui.stage_tabs import job_values, stage_job, start_stage_job
-from expertkit.ui.synth_rows import store_uploads
+from expertkit.ui.synth_rows import rows_frame, save_edits, store_uploads
 from expertkit.ui.widgets import FormValues
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "synth"))
@@ -167,3 +167,23 @@ def test_synth_job_rows_edited_deleted_then_accepted_for_the_train_tab(tmp_path,
     assert entry.formatting == "alpaca" and entry.path.endswith("pump_qa/train.json")
     info = json.loads((dataset_dir / "dataset_info.json").read_text(encoding="utf-8"))
     assert info["pump_qa"]["columns"] == {"prompt": "instruction", "query": "input", "response": "output"}
+
+
+def test_sharegpt_rows_edit_their_turns_and_a_row_not_in_the_file_is_refused(tmp_path):
+    path = tmp_path / "train.json"
+    rows = [{"conversations": [{"from": "human", "value": f"q{n}?"}, {"from": "gpt", "value": f"a{n}."}],
+             "source": {"quote": f"a{n}."}} for n in range(3)]  # fmt: skip
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    table = rows_frame(path)
+    assert table.values.tolist() == [[n, f"q{n}?", f"a{n}.", False] for n in range(3)]
+    table.loc[2, "question"] = "q2, asked better?"
+    assert "3 rows (1 edited, 0 deleted)" in save_edits(path, table.iloc[1:])  # row 0 not in the table: kept
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    assert saved[:2] == rows[:2] and saved[2]["conversations"][0] == {"from": "human", "value": "q2, asked better?"}
+    assert saved[2]["conversations"][1] == rows[2]["conversations"][1] and saved[2]["source"] == rows[2]["source"]
+    table.loc[2, "row"] = 7
+    with pytest.raises(ExpertkitError, match="row number 7 is not a row of .* \\(it has 3\\)"):
+        save_edits(path, table)
+    with pytest.raises(ExpertkitError, match="is not valid JSON"):
+        (tmp_path / "bad.json").write_text("[{", encoding="utf-8")
+        rows_frame(tmp_path / "bad.json")

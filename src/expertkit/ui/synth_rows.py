@@ -96,7 +96,7 @@ def _row_number(value: Any, total: int, n: int, path: str | Path) -> int:
         index = -1
     if not 0 <= index < total:  # NaN (a row added in the table) failed int() above
         raise ExpertkitError(
-            f"table row {n}: row number {value!r} is not a row of {path} (it has {total})",
+            f"table row {n}: row number {value} is not a row of {path} (it has {total})",
             hint="load the rows again (new rows cannot be added here)",
         )
     return index
