@@ -24,7 +24,7 @@ ALLOWED = {
 }
 # ARCHITECTURE: "ui -> core, stage configs": the UI builds its forms from these stages' config classes (same keys,
 # defaults and docstrings as the YAML) and validates them before starting a job; their code it runs as CLI processes
-CONFIG_ONLY = {"ui": {"train", "evaluate", "export", "improve", "data"}, "improve": {"train"}}
+CONFIG_ONLY = {"ui": {"train", "evaluate", "export", "improve", "data", "synth"}, "improve": {"train"}}
 
 
 def test_stages_import_only_what_they_may():

@@ -1,9 +1,9 @@
-"""The Data tab: clean a dataset file as a background job, see what was removed and the first kept rows, and accept
-the cleaned file as a dataset in dataset_dir/dataset_info.json, which the Train tab's picker lists.
+"""The Data tab: clean a dataset file, or make one from documents through a teacher model (`data synth`), as a
+background job; see what was removed / the rows written (synth's rows can be edited or deleted); and accept the
+file as a dataset in dataset_dir/dataset_info.json, which the Train tab's picker lists.
 
 A job kind is an entry of DATA_JOBS: its job folder (saves_dir/webui_jobs/<name>/), the command it runs
-(`expertkit data clean JOB.yaml`), the config class its form is built from, and the key naming the file it writes.
-`data synth` is to be one more entry: a form, a log, its rows previewed, and the same accept step.
+(`expertkit data clean JOB.yaml`), the config class its form is built from, and the key naming what it writes.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,20 @@ from expertkit.core.config import StageConfig
 from expertkit.core.errors import ExpertkitError
 from expertkit.core.runs import write_json_atomic
 from expertkit.data.config import CleanConfig
+from expertkit.synth.config import SynthConfig
 from expertkit.ui.datasets import DATASET_INFO, dataset_names, preview_rows, rows_table
 from expertkit.ui.forms import FieldSpec, field_specs
 from expertkit.ui.jobs import Job
 from expertkit.ui.stage_tabs import build_job_tab, job_values
+from expertkit.ui.synth_rows import (
+    COLUMNS,
+    rows_frame,
+    save_edits,
+    store_uploads,
+    synth_entry,
+    synth_progress,
+    synth_summary,
+)
 from expertkit.ui.widgets import error_text
 
 EXAMPLES_SHOWN = 3
@@ -38,14 +48,26 @@ class DataJobKind:
     command: str  # `expertkit COMMAND JOB.yaml`
     cls: type[StageConfig]
     common: tuple[str, ...]  # the keys shown outside "advanced"
-    output_key: str  # the key naming the file the job writes
+    output_key: str  # the key naming the file the job writes (or, with output_file, its folder)
     input_key: str  # the key naming the file it reads ("" for none)
+    output_file: str = ""  # the file accepted, inside the folder output_key names ("": output_key names the file)
+    env_keys: dict[str, str] = field(default_factory=dict)  # keys passed as environment variables, never written
+
+    def output_path(self, values: dict[str, Any]) -> str:
+        out = str(values.get(self.output_key) or "")
+        return str(Path(out) / self.output_file) if out and self.output_file else out
 
 
+SYNTH_COMMON = ("inputs", "output_dir", "teacher_base_url", "teacher_model", "teacher_api_key", "format",
+                "questions_per_chunk", "min_score")  # fmt: skip
 DATA_JOBS = [
     DataJobKind(
         "data_clean", "data clean", CleanConfig,
         ("input", "output", "near_dup_threshold", "languages", "min_chars", "pii"), "output", "input",
+    ),
+    DataJobKind(
+        "data_synth", "data synth", SynthConfig, SYNTH_COMMON, "output_dir", "", output_file="train.json",
+        env_keys={"teacher_api_key": "OPENAI_API_KEY"},  # synth's engine reads it there; the job folder never has it
     ),
 ]  # fmt: skip
 
@@ -70,9 +92,12 @@ def _info(folder: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def register_dataset(dataset_dir: str | os.PathLike, name: str, path: str, source: str = "") -> str:
+def register_dataset(
+    dataset_dir: str | os.PathLike, name: str, path: str, source: str = "", like: dict[str, Any] | None = None
+) -> str:
     """Add `name` -> `path` to dataset_dir/dataset_info.json (keeping the source file's formatting and columns when
-    the source is registered); returns what was done, in words. Refuses a name that names another file."""
+    the source is registered, else those of `like`); returns what was done, in words. Refuses a name that names
+    another file."""
     folder, name = Path(dataset_dir), (name or "").strip()
     if not name:
         raise ExpertkitError("give the new dataset a name", hint="e.g. claims_clean")
@@ -87,7 +112,7 @@ def register_dataset(dataset_dir: str | os.PathLike, name: str, path: str, sourc
             f"'{name}' is already a dataset in {folder / DATASET_INFO} ({(info[name] or {}).get('file_name')})",
             hint="choose another name",
         )
-    entry = {"file_name": file_name}
+    entry = {"file_name": file_name, **{k: v for k, v in (like or {}).items() if k in COPIED_KEYS}}
     for other in info.values():
         if isinstance(other, dict) and source and _same_file(folder / str(other.get("file_name", "")), source):
             entry.update({k: other[k] for k in COPIED_KEYS if k in other})
@@ -130,8 +155,12 @@ def build_data_tab(config, L: dict[str, str]) -> dict[str, Any]:
 def build_kind(kind: DataJobKind, config, L: dict[str, str]):
     specs = field_specs(kind.cls)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    initial = {kind.output_key: str(Path(config.dataset_dir) / f"{kind.name}-{stamp}.jsonl")}
+    suffix = "" if kind.output_file else ".jsonl"  # synth writes a folder
+    initial = {kind.output_key: str(Path(config.dataset_dir) / f"{kind.name}-{stamp}{suffix}")}
     parts: dict[str, Any] = {}
+    upload = None
+    if "inputs" in kind.cls.model_fields:  # documents: uploaded here, or paths on the server typed into inputs
+        upload = gr.File(label=L["synth_upload"], file_count="multiple", type="filepath", elem_id=f"{kind.name}-upload")
 
     def input_picker(spec: FieldSpec, value: Any) -> gr.components.Component:
         return gr.Dropdown(
@@ -141,38 +170,97 @@ def build_kind(kind: DataJobKind, config, L: dict[str, str]):
 
     def draw() -> list:
         parts["summary"] = gr.Markdown(elem_id=f"{kind.name}-summary")
-        parts["preview"] = gr.Dataframe(interactive=False, wrap=True, elem_id=f"{kind.name}-preview")
-        gr.Markdown(f"### {L['accept_title']}")
+        if kind.output_file:
+            draw_row_editor(kind, L, parts)
+        else:
+            parts["preview"] = gr.Dataframe(interactive=False, wrap=True, elem_id=f"{kind.name}-preview")
+        gr.Markdown(f"### {L.get(f'{kind.name}_accept_title', L['accept_title'])}")
         with gr.Row():
             parts["name"] = gr.Textbox(label=L["accept_name"], elem_id=f"{kind.name}-accept-name", scale=2)
             parts["dir"] = gr.Textbox(label="dataset_dir", value=config.dataset_dir, scale=2)
             parts["accept"] = gr.Button(L["accept"], variant="primary", elem_id=f"{kind.name}-accept", scale=1)
         parts["message"] = gr.Markdown(elem_id=f"{kind.name}-accept-message")
-        return [parts["summary"], parts["preview"]]
-
-    def show(job: Job) -> tuple:
-        if job.state() != "finished":
-            return "", None
-        output = str(job_values(job).get(kind.output_key) or "")
-        rows, note = preview_rows(".", output)
-        headers, cells = rows_table(rows)
-        preview = pd.DataFrame(cells, columns=headers) if rows else None
-        return f"{clean_summary(output, L)}\n\n{note}", preview
+        # the edit table is not refreshed by the timer (it would undo the edits): Load rows fills it
+        return [parts["summary"]] if kind.output_file else [parts["summary"], parts["preview"]]
 
     custom = {kind.input_key: input_picker} if kind.input_key else {}
-    tab = build_job_tab(kind.name, kind.cls, specs, list(kind.common), initial, config, L, draw, show, custom,
-                        command=kind.command)  # fmt: skip
+    tab = build_job_tab(kind.name, kind.cls, specs, list(kind.common), initial, config, L, draw,
+                        lambda job: show_result(kind, job, L), custom, command=kind.command,
+                        env_keys=kind.env_keys)  # fmt: skip
+    job: Job = tab["job"]
+    if upload is not None:
+        upload.upload(lambda files, inputs: store_uploads(files, job.folder / "documents", inputs),
+                      [upload, tab["fields"]["inputs"]], [tab["fields"]["inputs"]])  # fmt: skip
+    if kind.output_file:
+        parts["load"].click(lambda: load_rows_table(kind, job, L), None, [parts["rows"], parts["edit_message"]])
+        parts["save"].click(lambda table: save_rows_table(kind, job, table, L), [parts["rows"]],
+                            [parts["rows"], parts["edit_message"]])  # fmt: skip
+    accept = lambda name, dataset_dir: accept_output(kind, job, name, dataset_dir, L)  # noqa: E731
+    return parts["accept"].click(accept, [parts["name"], parts["dir"]], [parts["message"]])
 
-    def on_accept(name: str, dataset_dir: str) -> str:
-        job: Job = tab["job"]
-        if job.state() != "finished":
-            return L["accept_not_finished"]
-        values = job_values(job)
-        try:
-            done = register_dataset(dataset_dir or ".", name, str(values.get(kind.output_key) or ""),
-                                    str(values.get(kind.input_key) or ""))  # fmt: skip
-        except ExpertkitError as e:
-            return error_text(e)
-        return L["accepted"].format(what=done)
 
-    return parts["accept"].click(on_accept, [parts["name"], parts["dir"]], [parts["message"]])
+def draw_row_editor(kind: DataJobKind, L: dict[str, str], parts: dict[str, Any]) -> None:
+    """The rows of the file the job wrote, as an editable table (row, question, answer, delete), with load / save."""
+    gr.Markdown(L["synth_rows_help"])
+    with gr.Row():
+        parts["load"] = gr.Button(L["synth_load"], elem_id=f"{kind.name}-load-rows")
+        parts["save"] = gr.Button(L["synth_save"], elem_id=f"{kind.name}-save-rows")
+    parts["edit_message"] = gr.Markdown(elem_id=f"{kind.name}-edit-message")
+    parts["rows"] = gr.Dataframe(
+        headers=COLUMNS, datatype=["number", "str", "str", "bool"], interactive=True, wrap=True,
+        column_count=len(COLUMNS), elem_id=f"{kind.name}-rows",
+    )  # fmt: skip
+
+
+def show_result(kind: DataJobKind, job: Job, L: dict[str, str]) -> tuple:
+    """What the timer shows under Result: clean's report and first rows; synth's progress and counts."""
+    state = job.state()
+    if kind.output_file:  # synth: its progress while it runs, then what it wrote (its rows: Load rows)
+        if state == "none":
+            return ("",)
+        folder = Path(kind.output_path(job_values(job))).parent
+        done = f"\n\n{synth_summary(folder)}" if state == "finished" else ""
+        return (synth_progress(folder) + done,)
+    if state != "finished":
+        return "", None
+    output = kind.output_path(job_values(job))
+    rows, note = preview_rows(".", output)
+    headers, cells = rows_table(rows)
+    preview = pd.DataFrame(cells, columns=headers) if rows else None
+    return f"{clean_summary(output, L)}\n\n{note}", preview
+
+
+def load_rows_table(kind: DataJobKind, job: Job, L: dict[str, str]) -> tuple:
+    """(the edit table, a message) for the finished job's file."""
+    if job.state() != "finished":
+        return None, L["accept_not_finished"]
+    try:
+        return rows_frame(kind.output_path(job_values(job))), ""
+    except ExpertkitError as e:
+        return None, error_text(e)
+
+
+def save_rows_table(kind: DataJobKind, job: Job, table: pd.DataFrame | None, L: dict[str, str]) -> tuple:
+    """Write the edits to the job's file (atomically), then show the file as it now is."""
+    if job.state() != "finished" or table is None:
+        return gr.update(), L["accept_not_finished"]
+    path = kind.output_path(job_values(job))
+    try:
+        done = save_edits(path, table)
+        return rows_frame(path), done
+    except ExpertkitError as e:
+        return gr.update(), error_text(e)
+
+
+def accept_output(kind: DataJobKind, job: Job, name: str, dataset_dir: str, L: dict[str, str]) -> str:
+    """Register the finished job's file (as edited) as dataset `name` in dataset_dir/dataset_info.json."""
+    if job.state() != "finished":
+        return L["accept_not_finished"]
+    values = job_values(job)
+    like = synth_entry(values.get(kind.output_key) or "") if kind.output_file else None
+    try:
+        done = register_dataset(dataset_dir or ".", name, kind.output_path(values),
+                                str(values.get(kind.input_key) or ""), like)  # fmt: skip
+    except ExpertkitError as e:
+        return error_text(e)
+    return L["accepted"].format(what=done)

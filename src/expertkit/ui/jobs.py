@@ -103,10 +103,13 @@ def shown_command(args: list[str]) -> str:
     return shlex.join(["expertkit", *args])
 
 
-def start_job(job: Job, args: list[str], config_yaml: str, private: bool = False) -> None:
+def start_job(
+    job: Job, args: list[str], config_yaml: str, private: bool = False, env: dict[str, str] | None = None
+) -> None:
     """Write the job's config and start `expertkit ARGS` detached: its own session, stdin closed, output logged.
 
-    private: the config holds an API key, so its file is readable by its owner only (0600)."""
+    private: the config holds an API key, so its file is readable by its owner only (0600).
+    env: variables added to the job's environment (an API key the command reads from there, never written down)."""
     if job.state() == "running":
         raise ExpertkitError(
             f"a {job.name} job is already running in {job.folder}", hint="stop it first, or choose another folder"
@@ -120,7 +123,7 @@ def start_job(job: Job, args: list[str], config_yaml: str, private: bool = False
     else:
         write_text_atomic(job.config_path, config_yaml)
     command = expertkit_command(args)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the log shows progress as it happens
+    env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}  # the log shows progress as it happens
     with open(job.log_path, "wb") as log:
         log.write(f"$ {shown_command(args)}\n".encode())
         log.flush()

@@ -138,6 +138,13 @@ EN = {
     "accept": "Accept",
     "accept_not_finished": "the job has not finished: nothing to accept yet",
     "accepted": "registered {what}",
+    "data_synth": "Synthesize",
+    "synth_upload": "documents to upload (md, txt, html, pdf, docx): added to inputs",
+    "synth_rows_help": "**Load rows** shows train.json: edit a question or an answer, or tick `delete`, then "
+    "**Save edits** (train.json is rewritten whole, atomically). Accept registers the file as saved.",
+    "synth_load": "Load rows",
+    "synth_save": "Save edits",
+    "data_synth_accept_title": "Accept the generated rows as a dataset",
 }
 
 ZH = {
@@ -258,6 +265,13 @@ ZH = {
     "accept": "登记",
     "accept_not_finished": "任务尚未完成，暂无可登记的文件",
     "accepted": "已登记 {what}",
+    "data_synth": "合成",
+    "synth_upload": "上传文档（md、txt、html、pdf、docx）：加入 inputs",
+    "synth_rows_help": "**载入数据行** 显示 train.json：修改问题或回答，或勾选 `delete`，然后 **保存修改**"
+    "（整个 train.json 原子地重写）。登记的是保存后的文件。",
+    "synth_load": "载入数据行",
+    "synth_save": "保存修改",
+    "data_synth_accept_title": "将生成的数据行登记为数据集",
 }
 
 LABELS = {"en": EN, "zh": ZH}

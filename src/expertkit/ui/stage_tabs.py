@@ -70,11 +70,17 @@ def job_values(job: Job) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def start_stage_job(command: str, job: Job, values: dict[str, Any]) -> None:
+def start_stage_job(command: str, job: Job, values: dict[str, Any], env_keys: dict[str, str] | None = None) -> None:
     """Write the job's YAML (API keys in clear: the job reads them; the file is then 0600) and start
-    `expertkit COMMAND YAML` (a command of one or more words: "eval", "data clean")."""
+    `expertkit COMMAND YAML` (a command of one or more words: "eval", "data clean").
+
+    env_keys: keys passed to the job as environment variables instead ({"teacher_api_key": "OPENAI_API_KEY"}), so the
+    job folder never holds them; an empty one is left out (the job then inherits the UI's own variable, if set)."""
+    env_keys = env_keys or {}
+    env = {var: str(values[key]) for key, var in env_keys.items() if values.get(key)}
+    values = {k: v for k, v in values.items() if k not in env_keys}
     args = [*command.split(), str(job.config_path)]
-    start_job(job, args, yaml_text(command, job, values, reveal=True), private=has_secrets(values))
+    start_job(job, args, yaml_text(command, job, values, reveal=True), private=has_secrets(values), env=env)
 
 
 def candidates_box(spec: FieldSpec, value: Any) -> gr.components.Component:
@@ -118,8 +124,10 @@ def build_job_tab(
     show_result: Callable[[Job], tuple],
     custom: dict[str, Callable[[FieldSpec, Any], gr.components.Component]] | None = None,
     command: str | None = None,
+    env_keys: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The tab of job `name` (its folder, element ids), running `expertkit COMMAND YAML` (COMMAND: name if unset)."""
+    """The tab of job `name` (its folder, element ids), running `expertkit COMMAND YAML` (COMMAND: name if unset);
+    env_keys: keys given to the job through its environment (start_stage_job)."""
     command = command or name
     job = stage_job(config.saves_dir, name)
     custom = {"adapter_name_or_path": adapter_picker(config, f"{name}-adapter_name_or_path"), **(custom or {})}
@@ -160,7 +168,7 @@ def build_job_tab(
         if failed:
             return failed
         try:
-            start_stage_job(command, job, ok[1])
+            start_stage_job(command, job, ok[1], env_keys)
         except ExpertkitError as e:
             return error_text(e), gr.update()
         started = L["started"].format(command=shown_command([*command.split(), str(job.config_path)]))
