@@ -385,7 +385,6 @@ def test_eval_engine_vllm_gives_the_greedy_answers_of_engine_transformers(vllm_m
     )
     keys = [f"eval_file={eval_file}", f"model_name_or_path={vllm_model}", f"adapter_name_or_path={vllm_adapter}",
             "probe=false", "max_new_tokens=48", "dtype=float32"]  # fmt: skip
-    # exact and contains need no [eval] extra (this environment has [train,serve]); eval_loss shows it is skipped
     env = {**os.environ, "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
            "VLLM_CPU_KVCACHE_SPACE": "1"}  # fmt: skip
     cmd = [sys.executable, "-m", "expertkit", "eval", *keys, "engine=vllm", f"max_model_len={MAX_MODEL_LEN}",

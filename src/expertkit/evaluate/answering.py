@@ -15,7 +15,7 @@ from pathlib import Path
 
 from expertkit.core.errors import ExpertkitError
 from expertkit.core.runs import append_jsonl, drop_torn_tail
-from expertkit.evaluate.config import Candidate, EvalConfig
+from expertkit.evaluate.config import DEFAULT_CONCURRENCY, Candidate, EvalConfig
 from expertkit.evaluate.evalset import EvalItem, PairItem
 
 PREDICTIONS = "predictions"
@@ -240,7 +240,7 @@ def in_flight(config: EvalConfig, c: Candidate, todo: int) -> int:
     what fits) and 16 elsewhere."""
     if config.concurrency:
         return config.concurrency
-    return max(1, todo) if config.engine_of(c) == "vllm" else 16
+    return max(1, todo) if config.engine_of(c) == "vllm" else DEFAULT_CONCURRENCY
 
 
 async def generate(c: Candidate, engine, messages: list[dict], params, model: str | None):

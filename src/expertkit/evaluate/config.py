@@ -27,6 +27,7 @@ from expertkit.core.config import StageConfig
 from expertkit.data.config import split_list
 
 EngineName = Literal["transformers", "vllm", "openai"]
+DEFAULT_CONCURRENCY = 16  # questions in flight per candidate (and judge requests) when `concurrency` is unset
 
 TEXT_METRICS = ["rouge-1", "rouge-2", "rouge-l", "bleu-4", "exact", "contains"]
 ALL_METRICS = [*TEXT_METRICS, "eval_loss", "preference", "judge", "pairwise", "hallucination"]
@@ -183,7 +184,8 @@ class EvalConfig(StageConfig):
 
     concurrency: int | None = Field(None, ge=1)
     """Questions in flight at once per candidate (the local engine batches them; an endpoint gets that many requests
-    at once). Unset: 16; engine=vllm: the whole eval set (vLLM schedules it)."""
+    at once; also the judge's requests in flight). Unset: 16; engine=vllm: the whole eval set (vLLM schedules it).
+    """
 
     max_concurrency: int | None = Field(None, ge=1)
     """Local models: requests decoded together in one batch. Unset: 16; engine=vllm: 256 (vLLM's max_num_seqs)."""
