@@ -6,8 +6,8 @@ The model is the tests' tiny random Qwen2 with 32-wide attention heads (vLLM's C
 LoRA adapter taught the identity answers, served as `tuned` beside the base. Checked: the adapter's greedy answers
 are the trained ones and the same as plain transformers + peft gives (LoRA applied by vLLM, prompts rendered by us);
 different trained questions at once, to the adapter and the base in one batch, each get their own answer; stop strings,
-max_tokens, seeds, logprobs, JSON mode, raw completions, the context check, a disconnect that frees its slot, and
-SIGTERM during a stream.
+max_tokens, seeds, logprobs, JSON mode, raw completions, the context check, a disconnect that frees its slot,
+SIGTERM during a stream; and `expertkit eval engine=vllm` giving engine=transformers' greedy answers (issue #14).
 """
 
 from __future__ import annotations
@@ -370,3 +370,37 @@ def test_sigterm_drains_the_stream_in_flight_and_exits_0(server, long_question, 
     assert events[-1] == "data: [DONE]"
     finishes = [json.loads(e[6:])["choices"][0]["finish_reason"] for e in events[:-1]]
     assert finishes[-1] == "length"  # the whole answer, 200 tokens, came before the exit
+
+
+def test_eval_engine_vllm_gives_the_greedy_answers_of_engine_transformers(vllm_model, vllm_adapter, tmp_path):
+    """`expertkit eval engine=vllm` (issue #14): base and tuned answer the eval set on vLLM, each candidate's whole set
+    in flight at once, with the same greedy answers as the default engine; eval_loss is skipped with a note."""
+    from expertkit.core.config import load_config
+    from expertkit.evaluate.config import EvalConfig
+    from expertkit.evaluate.run import run
+
+    eval_file = tmp_path / "held_out.jsonl"
+    eval_file.write_text(
+        "".join(json.dumps({"question": q, "reference": a}, ensure_ascii=False) + "\n" for q, a in QUESTIONS.items())
+    )
+    keys = [f"eval_file={eval_file}", f"model_name_or_path={vllm_model}", f"adapter_name_or_path={vllm_adapter}",
+            "probe=false", "max_new_tokens=48", "dtype=float32"]  # fmt: skip
+    env = {**os.environ, "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+           "VLLM_CPU_KVCACHE_SPACE": "1"}  # fmt: skip
+    cmd = [sys.executable, "-m", "expertkit", "eval", *keys, "engine=vllm", f"max_model_len={MAX_MODEL_LEN}",
+           "metrics=exact,contains,eval_loss", f"output_dir={tmp_path / 'vllm'}"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-6000:]
+    on_vllm = json.loads((tmp_path / "vllm" / "metrics.json").read_text())
+    overrides = dict(k.split("=", 1) for k in keys) | {"output_dir": str(tmp_path / "hf"), "metrics": "exact,contains"}
+    on_hf = run(load_config(EvalConfig, None, overrides)).summary
+
+    def answers(summary, name):
+        return {row["question"]: row["answer"] for row in summary["predictions"][name]}
+
+    assert answers(on_vllm, "tuned") == answers(on_hf, "tuned") == QUESTIONS
+    assert answers(on_vllm, "base") == answers(on_hf, "base")
+    assert on_vllm["candidates"]["tuned"]["spec"]["engine"] == "vllm"
+    assert on_vllm["candidates"]["tuned"]["metrics"] == {"exact": 100, "contains": 100}
+    assert on_vllm["candidates"]["tuned"]["notes"] == ["eval_loss skipped: engine=vllm scores no given answers here "
+                                                       "(run it with engine=transformers)"]  # fmt: skip

@@ -67,7 +67,7 @@ def test_an_endpoint_is_skipped_with_a_note(identity_dir, tmp_path):
 
 
 def test_a_line_that_is_not_an_object_is_located_not_a_traceback(tmp_path):
-    from expertkit.evaluate.run import read_qa_jsonl
+    from expertkit.evaluate.evalset import read_qa_jsonl
 
     path = tmp_path / "held_out.jsonl"
     path.write_text('{"question": "Hi?", "reference": "Hello."}\n["a list"]\n')

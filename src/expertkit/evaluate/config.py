@@ -9,19 +9,26 @@
     output_dir: saves/demo/eval
 
 Without `candidates`, `model_name_or_path` (+ `adapter_name_or_path`) on the command line make them: the base, and
-the base + adapter ("tuned") when an adapter is given.
+the base + adapter ("tuned") when an adapter is given; with engine=openai, `base_url` and `model` do (one candidate
+per served model named).
+
+`engine` picks what generates the answers, as for chat and serve: transformers here, vLLM here (engine=vllm), or a
+running OpenAI-compatible server (engine=openai).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from expertkit.core.config import StageConfig
 from expertkit.data.config import split_list
 from expertkit.engine.config import QuantizationKeys  # the engines load a base quantised with these keys
+
+EngineName = Literal["transformers", "vllm", "openai"]
+DEFAULT_CONCURRENCY = 16  # questions in flight per candidate (and judge requests) when `concurrency` is unset
 
 TEXT_METRICS = ["rouge-1", "rouge-2", "rouge-l", "bleu-4", "exact", "contains"]
 ALL_METRICS = [*TEXT_METRICS, "eval_loss", "preference", "judge", "pairwise", "hallucination"]
@@ -64,10 +71,23 @@ class Candidate(StageConfig):
     top_k: int = Field(5, ge=1, le=100)
     """Chunks retrieved per question with kb_dir."""
 
+    engine: EngineName | None = None
+    """What generates this candidate's answers (unset: the eval's `engine`): transformers or vllm run
+    model_name_or_path here; openai asks api_base (or the eval's base_url) for `model`."""
+
     @model_validator(mode="after")
     def _one_model(self) -> Candidate:
-        if bool(self.model_name_or_path) == bool(self.api_base):
+        if self.model_name_or_path and self.api_base:
             raise ValueError(f"candidate '{self.name}': give model_name_or_path (local) or api_base (an endpoint)")
+        if self.engine == "openai" and self.model_name_or_path:
+            raise ValueError(
+                f"candidate '{self.name}': engine=openai asks a server, it runs no model_name_or_path: give api_base "
+                "(or the eval's base_url) and model"
+            )
+        if self.api_base and self.engine in ("transformers", "vllm"):
+            raise ValueError(
+                f"candidate '{self.name}': engine={self.engine} runs model_name_or_path here, not api_base"
+            )
         if self.web and not self.kb_dir:
             raise ValueError(f"candidate '{self.name}': web=true needs a kb_dir to index the pages into")
         return self
@@ -75,6 +95,11 @@ class Candidate(StageConfig):
     @property
     def retrieval(self) -> bool:
         return bool(self.kb_dir)
+
+    @property
+    def local(self) -> bool:
+        """Runs here (transformers or vllm) rather than behind an endpoint."""
+        return bool(self.model_name_or_path)
 
 
 class EvalConfig(QuantizationKeys):
@@ -90,6 +115,23 @@ class EvalConfig(QuantizationKeys):
 
     template: str | None = None
     """Without candidates: the chat template of both."""
+
+    engine: EngineName = "transformers"
+    """What generates the answers (a candidate's own `engine` or api_base wins). transformers: here, batched;
+    vllm: here on vLLM (`pip install vllm` on a GPU machine), each candidate's whole eval set in flight at once,
+    adapters as LoRA modules; openai: a running OpenAI-compatible server at base_url (expertkit serve, vllm serve,
+    Ollama ...), `concurrency` requests in flight. eval_loss and preference need engine=transformers."""
+
+    base_url: str | None = None
+    """engine=openai: the server's /v1 URL (e.g. http://127.0.0.1:8000/v1); also the endpoint of candidates that give
+    `model` without api_base."""
+
+    api_key: str | None = Field(None, repr=False)
+    """engine=openai: the server's key (or OPENAI_API_KEY); candidates without their own api_key use it."""
+
+    model: list[str] = Field(default_factory=list)
+    """engine=openai without candidates: the served model names to evaluate (comma list; one candidate each, named
+    after it; unset: the server's first model, as candidate `openai`)."""
 
     eval_file: str | None = None
     """Question/reference JSONL (`{"question": ..., "reference": ...}` per line; `id` optional), or any file
@@ -141,16 +183,31 @@ class EvalConfig(QuantizationKeys):
     seed: int = 42
     """Sampling seed and the seed of the max_samples sample."""
 
-    concurrency: int = Field(16, ge=1, le=256)
-    """Questions in flight at once per candidate (the local engine batches them)."""
+    concurrency: int | None = Field(None, ge=1)
+    """Questions in flight at once per candidate (the local engine batches them; an endpoint gets that many requests
+    at once; also the judge's requests in flight). Unset: 16; engine=vllm: the whole eval set (vLLM schedules it).
+    """
 
-    max_concurrency: int = Field(16, ge=1)
-    """Local models: requests decoded together in one batch."""
+    max_concurrency: int | None = Field(None, ge=1)
+    """Local models: requests decoded together in one batch. Unset: 16; engine=vllm: 256 (vLLM's max_num_seqs)."""
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Local models' weights dtype."""
+    """Local models' weights dtype (engine=vllm: auto is vLLM's own, 16-bit)."""
 
-    @field_validator("metrics", "eval_dataset", mode="before")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    """engine=vllm: the share of each GPU's memory vLLM may take for weights, activations and its KV cache."""
+
+    tensor_parallel_size: int = Field(1, ge=1)
+    """engine=vllm: GPUs to split the model over (tensor parallel), on this machine."""
+
+    max_model_len: int | None = Field(None, ge=1)
+    """engine=vllm: the longest prompt + answer, in tokens; unset: the model's own context."""
+
+    vllm_config: dict[str, Any] = Field(default_factory=dict)
+    """engine=vllm: more of vLLM's engine arguments (`AsyncEngineArgs`), applied last, e.g.
+    `vllm_config='{enforce_eager: true}'`."""
+
+    @field_validator("metrics", "eval_dataset", "model", mode="before")
     @classmethod
     def _comma_list(cls, v):
         return split_list(v)
@@ -165,10 +222,14 @@ class EvalConfig(QuantizationKeys):
 
     @model_validator(mode="after")
     def _complete(self) -> EvalConfig:
-        if not self.candidates and not self.model_name_or_path:
-            raise ValueError("no candidates: give a candidates list, or model_name_or_path (and adapter_name_or_path)")
-        if self.candidates and (self.model_name_or_path or self.adapter_name_or_path):
-            raise ValueError("give either candidates or model_name_or_path/adapter_name_or_path, not both")
+        self._check_engine()
+        if not self.candidates and not self.model_name_or_path and self.engine != "openai":
+            raise ValueError(
+                "no candidates: give a candidates list, or model_name_or_path (and adapter_name_or_path), or "
+                "engine=openai base_url=http://.../v1 (and model=...)"
+            )
+        if self.candidates and (self.model_name_or_path or self.adapter_name_or_path or self.model):
+            raise ValueError("give either candidates or model_name_or_path/adapter_name_or_path/model, not both")
         names = [c.name for c in self.resolved_candidates()]
         if len(set(names)) < len(names):
             raise ValueError(f"two candidates share a name: {', '.join(names)}")
@@ -179,6 +240,34 @@ class EvalConfig(QuantizationKeys):
             raise ValueError(f"metrics {', '.join(judged)} need a judge: set judge_base_url=http://.../v1")
         return self
 
+    def _check_engine(self) -> None:
+        if self.engine == "openai" and not self.candidates:
+            if not self.base_url:
+                raise ValueError("engine=openai needs base_url, e.g. base_url=http://127.0.0.1:8000/v1")
+            if self.model_name_or_path or self.adapter_name_or_path:
+                raise ValueError(
+                    "engine=openai asks a running server and loads no model here: give base_url and model=NAME "
+                    "(the names the server serves) instead of model_name_or_path / adapter_name_or_path"
+                )
+        if self.model and self.engine != "openai":
+            raise ValueError("model names models a server serves: give engine=openai base_url=http://.../v1 with it")
+        unplaced = [c.name for c in self.candidates if not (c.model_name_or_path or c.api_base)]
+        if unplaced and not self.base_url:
+            raise ValueError(
+                f"candidate(s) {', '.join(unplaced)} give no model_name_or_path or api_base: give one, or the eval's "
+                "base_url (engine=openai) for their `model`"
+            )
+        local = [c.name for c in self.candidates if c.model_name_or_path and not c.engine]
+        if self.engine == "openai" and local:
+            raise ValueError(
+                f"engine=openai, but candidate(s) {', '.join(local)} give model_name_or_path: give them engine: "
+                "transformers (or vllm) to run them here, or model (and api_base) to ask a server"
+            )
+
+    def engine_of(self, c: Candidate) -> EngineName:
+        """What generates a resolved candidate's answers."""
+        return "openai" if not c.model_name_or_path else (c.engine or self.engine)
+
     def resolved_output_dir(self) -> Path:
         if self.output_dir:
             return Path(self.output_dir)
@@ -186,11 +275,16 @@ class EvalConfig(QuantizationKeys):
         return Path(run) / "eval" if run else Path("saves/eval")
 
     def resolved_candidates(self) -> list[Candidate]:
+        """The candidates, each local one with its engine set and each endpoint with its api_base (and key)."""
         if self.candidates:
-            return list(self.candidates)
+            return [self.placed(c) for c in self.candidates]
+        if self.engine == "openai":
+            return [Candidate(name=m, api_base=self.base_url, api_key=self.api_key, model=m) for m in self.model] or [
+                Candidate(name="openai", api_base=self.base_url, api_key=self.api_key)
+            ]
         base = Candidate(name="base", model_name_or_path=self.model_name_or_path, template=self.template)
         if not self.adapter_name_or_path:
-            return [base]
+            return [self.placed(base)]
         name = Path(self.adapter_name_or_path.rstrip("/")).name
         tuned = Candidate(
             name="tuned" if name != "base" else "tuned-adapter",
@@ -198,4 +292,9 @@ class EvalConfig(QuantizationKeys):
             adapter_name_or_path=self.adapter_name_or_path,
             template=self.template,
         )
-        return [base, tuned]
+        return [self.placed(base), self.placed(tuned)]
+
+    def placed(self, c: Candidate) -> Candidate:
+        if c.model_name_or_path:
+            return c.model_copy(update={"engine": c.engine or self.engine})
+        return c.model_copy(update={"api_base": c.api_base or self.base_url, "api_key": c.api_key or self.api_key})

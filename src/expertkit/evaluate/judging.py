@@ -14,6 +14,7 @@ from pathlib import Path
 
 from expertkit.core.errors import ExpertkitError
 from expertkit.core.runs import append_jsonl, drop_torn_tail
+from expertkit.evaluate.config import DEFAULT_CONCURRENCY
 
 JUDGE_DIR = "judge"
 
@@ -62,7 +63,7 @@ async def judge_all(config, candidates, items, answers, summary: dict, output: P
     folder = output / JUDGE_DIR
     folder.mkdir(parents=True, exist_ok=True)
     judge = Judge.from_url(config.judge_base_url, config.judge_model, config.judge_api_key)
-    gate = asyncio.Semaphore(config.concurrency)
+    gate = asyncio.Semaphore(config.concurrency or DEFAULT_CONCURRENCY)
     errors = 0
     try:
         for c in candidates:
