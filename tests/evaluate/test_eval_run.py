@@ -137,3 +137,20 @@ def test_the_report_goes_into_the_run_folder_by_default(tmp_path):
     assert config.resolved_output_dir() == tmp_path / "run" / "eval"
     assert load_config(EvalConfig, None, {"eval_file": "x.jsonl", "model_name_or_path": "m"}).resolved_output_dir() \
         == __import__("pathlib").Path("saves/eval")
+
+
+def test_an_eval_rows_context_is_the_judges_evidence(tmp_path):
+    """data synth's eval.jsonl keeps each row's source chunk as `context`: the hallucination check reads it."""
+    from expertkit.evaluate.evalset import read_qa_jsonl
+    from expertkit.evaluate.judging import evidence
+
+    path = tmp_path / "eval.jsonl"
+    path.write_text(
+        '{"question": "q?", "reference": "r", "context": "the passage"}\n{"question": "q2?", "reference": "r2"}\n'
+    )
+    items = read_qa_jsonl(path)
+    assert [i.source for i in items] == ["the passage", None]
+    assert evidence({"reference": "r", "source_context": "the passage"}) == "the passage"
+    both = {"reference": "r", "source_context": "the passage", "context": "[1] hit"}
+    assert evidence(both) == "the passage\n\n[1] hit"
+    assert evidence({"reference": "r"}) == "r"

@@ -214,6 +214,8 @@ async def answer_set(config, c: Candidate, engine, model, items, path: Path, out
             seed = config.seed if config.temperature > 0 else None  # greedy needs none (and stays batched)
             params = SamplingParams(temperature=config.temperature, max_tokens=config.max_new_tokens, seed=seed)
             row = {"id": item.id, "spec": spec, "question": item.question, "reference": item.reference}
+            if item.source:
+                row["source_context"] = item.source  # the eval row's passage (data synth's eval.jsonl `context`)
             try:
                 delta = await generate(c, engine, messages, params, model)
                 row.update(answer=delta.text, reasoning=delta.reasoning or None, finish_reason=delta.finish_reason)

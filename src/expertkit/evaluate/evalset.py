@@ -20,6 +20,7 @@ class EvalItem:
     id: str
     messages: list[dict]  # the conversation up to and including the question
     reference: str
+    source: str | None = None  # the passage the answer comes from (`context` in eval_file): the judge's evidence
 
     @property
     def question(self) -> str:
@@ -202,7 +203,8 @@ def read_qa_jsonl(path: Path) -> list[EvalItem]:
         if bad:
             return Problem("missing or not text", where, ", ".join(bad),
                            'write {"question": "...", "reference": "..."}')  # fmt: skip
-        return EvalItem(str(row.get("id", n)), prompt_messages(row, question), reference)
+        source = row.get("context") if isinstance(row.get("context"), str) and row.get("context") else None
+        return EvalItem(str(row.get("id", n)), prompt_messages(row, question), reference, source)
 
     return read_jsonl_items(path, make)
 

@@ -123,8 +123,10 @@ def answer(row: dict) -> str:
 
 
 def evidence(row: dict) -> str:
-    """What an answer may state: the retrieved context when the candidate had one, else the reference."""
-    return row.get("context") or row["reference"]
+    """What an answer may state: the eval row's source passage and the retrieved context when there are any (the
+    reference answer is a summary of the passage), else the reference."""
+    found = [text for text in (row.get("source_context"), row.get("context")) if text]
+    return "\n\n".join(found) or row["reference"]
 
 
 def rubric_job(judge, r: dict):
