@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from expertkit.core.errors import ExpertkitError
@@ -31,42 +30,17 @@ from expertkit.engine.answer import BatchedJob, OwnLoopJob, answer_deltas
 from expertkit.engine.base import Delta, SamplingParams, pick_served
 from expertkit.engine.config import EngineConfig
 from expertkit.engine.decode import needs_own_loop
+from expertkit.engine.loading import (
+    RawPrompt,
+    check_adapter_path,
+    eos_ids,
+    load_base_model,
+    load_chat_tokenizer,
+    prompt_ids,
+    text_ids,
+)
 
 logger = logging.getLogger(__name__)
-
-
-def load_chat_tokenizer(config: EngineConfig, adapter: str | None = None, model: str | None = None):
-    """The adapter's tokenizer when it saved one (it carries the training chat template), else the model's (`model`,
-    default: the config's model_name_or_path)."""
-    from expertkit.model.load import load_tokenizer
-    from expertkit.model.templates import apply_template
-
-    source = model or config.model_name_or_path
-    if adapter and (Path(adapter) / "tokenizer_config.json").is_file():
-        source = adapter
-    tokenizer = load_tokenizer(source, config.trust_remote_code)
-    apply_template(tokenizer, config.template)
-    return tokenizer
-
-
-def load_base_model(config: EngineConfig, model: str | None = None):
-    import torch
-
-    from expertkit.model.load import load_model
-
-    dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
-    device = "cuda" if torch.cuda.is_available() else None
-    return load_model(model or config.model_name_or_path, dtype, config.trust_remote_code, device=device).eval()
-
-
-def check_adapter_path(name: str, path: str) -> None:
-    """A local adapter must be a folder with adapter_config.json (else it is tried as a hub id)."""
-    p = Path(path).expanduser()
-    if (p / "adapter_config.json").is_file() or not (p.exists() or path.startswith((".", "/", "~"))):
-        return
-    found = sorted(str(c.parent) for c in p.glob("*/adapter_config.json"))[-3:] if p.is_dir() else []
-    hint = f"adapter folders inside it: {', '.join(found)}" if found else "give the output_dir of a LoRA training run"
-    raise ExpertkitError(f"adapter '{name}': '{path}' is not a LoRA adapter folder (no adapter_config.json)", hint=hint)
 
 
 def merge_adapter_copy(base, adapter: str):
@@ -142,7 +116,8 @@ class LocalEngine:
             base = self.bases[model]
             tokenizer = load_chat_tokenizer(self.config, adapter, model)
             merged = merge_adapter_copy(base, adapter) if adapter else base
-            served = Served(name, tokenizer, merged, None, eos_ids(merged, tokenizer), model)
+            stop = eos_ids(merged.generation_config.eos_token_id, tokenizer)
+            served = Served(name, tokenizer, merged, None, stop, model)
             served.manager = start_manager(self.config, served, share)
             self.served = {**self.served, name: served}
         return served
@@ -183,11 +158,7 @@ class LocalEngine:
         return pick_served(self.served, model)
 
     def prompt_ids(self, messages: list[dict], model: str | None = None, tools: list[dict] | None = None) -> list[int]:
-        if isinstance(messages, RawPrompt):
-            return self.text_ids(messages, model)
-        template = self.pick(model).tokenizer.apply_chat_template
-        out = template(messages, tools=tools or None, add_generation_prompt=True, tokenize=True)
-        return list(out["input_ids"] if hasattr(out, "keys") else out)
+        return prompt_ids(self.pick(model).tokenizer, messages, tools)
 
     def count_prompt_tokens(
         self, messages: list[dict], model: str | None = None, tools: list[dict] | None = None
@@ -219,7 +190,7 @@ class LocalEngine:
 
     def text_ids(self, prompt: str, model: str | None = None) -> list[int]:
         """A raw prompt's ids (with BOS where the tokenizer adds one)."""
-        return list(self.pick(model).tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        return text_ids(self.pick(model).tokenizer, prompt)
 
     def count_text_tokens(self, prompt: str, model: str | None = None) -> int:
         return len(self.text_ids(prompt, model))
@@ -228,17 +199,6 @@ class LocalEngine:
         self.pool.shutdown(wait=False, cancel_futures=True)
         for served in self.served.values():
             served.manager.stop(block=True)
-
-
-class RawPrompt(str):
-    """A prompt `stream` uses as it is, without the chat template (what `stream_text` hands it)."""
-
-
-def eos_ids(model, tokenizer) -> list[int]:
-    """Every token that ends an answer: the generation config's (a list for chat models) and the tokenizer's."""
-    ids = model.generation_config.eos_token_id
-    found = ids if isinstance(ids, list) else ([ids] if ids is not None else [])
-    return sorted({*found, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])})
 
 
 def sampling_kwargs(params: SamplingParams, vocab_size: int) -> dict:
