@@ -7,6 +7,10 @@ manager: an adapter is merged into a copy of the base at load time, so serving c
 The copies share every weight the adapter did not change (embeddings, norms, layers LoRA did not target); the
 LoRA-targeted layers and the KV cache are paid once per name.
 
+A request alone on its model does not pay for batching: it starts on the direct path (engine/decode.py's KV-cached
+loop, as `model.generate`), and the next request to arrive hands it over to the manager, which continues it from
+its prompt and the tokens so far (engine/answer.py's SoloJob; greedy answers are the same tokens either way).
+
 Requests that continuous batching cannot honour (a `seed` when sampling, `repetition_penalty`, `logprobs`, a JSON
 `response_format`) are decoded one by one in worker threads instead (engine/decode.py), at most `max_concurrency`
 at once; engine/answer.py turns either kind of generation into deltas the same way.
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from expertkit.core.errors import ExpertkitError
-from expertkit.engine.answer import BatchedJob, OwnLoopJob, answer_deltas
+from expertkit.engine.answer import BatchedJob, OwnLoopJob, SoloJob, answer_deltas
 from expertkit.engine.base import Delta, SamplingParams, pick_served
 from expertkit.engine.config import EngineConfig
 from expertkit.engine.decode import needs_own_loop
@@ -71,6 +75,8 @@ class Served:
     manager: Any
     eos_ids: list[int]
     base: str = ""  # the model folder (or hub id) it was built on
+    running: int = 0  # requests on continuous batching or the direct path now (not those of the own loop)
+    solo: SoloJob | None = None  # the request decoding alone on the direct path, until another arrives
 
 
 Source = tuple[str, str | None]  # (model folder or hub id, LoRA adapter folder or None)
@@ -80,6 +86,8 @@ class LocalEngine:
     """`served`: name -> (model, adapter) to load instead of the config's model and adapters (a models file's
     entries, serve/models.py); entries on the same model share its weights. `add` / `remove` change the names while
     serving (a hot swap): each is one reference swap of `self.served`, so a request sees the old dict or the new."""
+
+    solo_first = True  # a request alone on its model starts on the direct path (answer.SoloJob); False: always batched
 
     def __init__(self, config: EngineConfig, served: dict[str, Source] | None = None):
         self.config = config
@@ -93,6 +101,7 @@ class LocalEngine:
         self.served: dict[str, Served] = {}
         self.bases: dict[str, Any] = {}  # model -> its loaded weights, shared by every name built on it
         self.lock = threading.Lock()  # one add / remove at a time
+        self.counting = threading.Lock()  # each Served's running / solo
         try:
             for i, (name, (model, adapter)) in enumerate(served.items()):
                 self.add(name, adapter, model, share=(i, len(served)))
@@ -175,14 +184,37 @@ class LocalEngine:
         served = self.pick(model)
         params.validate()
         prompt = self.prompt_ids(messages, served.name, tools)
-        if needs_own_loop(params):
+        own = needs_own_loop(params)
+        if own:
             job = OwnLoopJob(self.pool, served.model, served.tokenizer, prompt, params, served.eos_ids)
         else:
-            sampling = sampling_kwargs(params, len(served.tokenizer))
-            job = BatchedJob(served.manager, prompt, params, served.eos_ids, sampling)
-        async with aclosing(answer_deltas(job, served.tokenizer, prompt, params, served.eos_ids)) as deltas:
-            async for delta in deltas:
-                yield delta
+            job = self.batched_job(served, prompt, params)
+        try:
+            async with aclosing(answer_deltas(job, served.tokenizer, prompt, params, served.eos_ids)) as deltas:
+                async for delta in deltas:
+                    yield delta
+        finally:
+            if not own:
+                with self.counting:
+                    served.running -= 1
+                    if served.solo is job:
+                        served.solo = None
+
+    def batched_job(self, served: Served, prompt: list[int], params: SamplingParams) -> BatchedJob | SoloJob:
+        """A request for continuous batching: alone on its model, it starts on the direct path (SoloJob); the next
+        one to arrive hands it over to the manager and joins it there."""
+        sampling = sampling_kwargs(params, len(served.tokenizer))
+        with self.counting:
+            served.running += 1
+            if served.running == 1 and self.solo_first:
+                served.solo = SoloJob(
+                    self.pool, served.manager, served.model, served.tokenizer, prompt, params, served.eos_ids, sampling
+                )
+                return served.solo
+            if served.solo is not None:
+                served.solo.hand_over()
+                served.solo = None
+        return BatchedJob(served.manager, prompt, params, served.eos_ids, sampling)
 
     def stream_text(self, prompt: str, params: SamplingParams, model: str | None = None) -> AsyncIterator[Delta]:
         """Continue `prompt` as raw text, no chat template (/v1/completions, Ollama's raw generate)."""
