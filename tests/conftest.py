@@ -66,7 +66,7 @@ def live_server(tiny_model, identity_adapter):
     adapter as 'sail' (and the base); shared by every test that needs a live server."""
     from live_server import serve_app
 
-    from expertkit.engine.base import load_engine
+    from expertkit.engine.factory import load_engine
     from expertkit.serve.app import build_app
     from expertkit.serve.config import ServeConfig
 

@@ -61,3 +61,19 @@ def test_core_and_data_import_no_torch():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+CONCRETE_ENGINES = {"expertkit.engine.local", "expertkit.engine.remote", "expertkit.engine.vllm_engine"}
+
+
+def test_only_the_factory_imports_the_concrete_engines():
+    """engine/base.py describes engines and imports none; what they load alike is engine/loading.py's, so no engine
+    borrows another's module; engine/factory.py alone picks one."""
+    bad = []
+    for path in (SRC / "engine").glob("*.py"):
+        if path.name == "factory.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module in CONCRETE_ENGINES - {f"expertkit.engine.{path.stem}"}:
+                bad.append(f"engine/{path.name} imports {node.module}")
+    assert not bad, bad

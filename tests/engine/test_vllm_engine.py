@@ -16,22 +16,22 @@ import pytest
 from pydantic import ValidationError
 
 from expertkit.core.errors import ExpertkitError
-from expertkit.engine.base import SamplingParams, load_engine
+from expertkit.engine.base import SamplingParams
 from expertkit.engine.config import EngineConfig
-from expertkit.engine.vllm_engine import (
+from expertkit.engine.factory import load_engine
+from expertkit.engine.vllm_args import (
     LoraSpec,
     base_lora_source,
     compact_json,
     engine_args,
     engine_args_kwargs,
-    import_vllm,
-    load_served,
     lora_specs,
     max_lora_rank,
     token_logprobs,
     vllm_sampling_kwargs,
     zero_lora,
 )
+from expertkit.engine.vllm_engine import import_vllm, load_served
 
 EOS = [2, 7]
 
@@ -221,7 +221,7 @@ TOOLS = [
 
 def test_prompts_are_the_local_engines_token_for_token(engine, identity_adapter, tiny_model):
     """The same served names, chat templates (the adapter's own tokenizer), tools, raw prompts and end tokens."""
-    from expertkit.engine.local import RawPrompt
+    from expertkit.engine.loading import RawPrompt
 
     _, result = identity_adapter
     config = EngineConfig(

@@ -126,7 +126,7 @@ def test_the_live_tiny_model_records_what_the_sdk_sent_and_the_thumbs_it_gets(ti
     from live_server import free_port, serve_app
     from openai import OpenAI
 
-    from expertkit.engine.base import load_engine
+    from expertkit.engine.factory import load_engine
     from expertkit.serve.app import build_app
     from expertkit.serve.config import ServeConfig
 

@@ -30,7 +30,7 @@ def remote():
 @pytest.fixture(scope="module")
 def proxy(remote):
     """Our server, engine=openai, in front of the fake remote: its /v1 URL."""
-    from expertkit.engine.base import load_engine
+    from expertkit.engine.factory import load_engine
     from expertkit.serve.app import build_app
     from expertkit.serve.config import ServeConfig
 

@@ -155,7 +155,7 @@ async def test_auto_or_absent_leaves_the_choice_to_the_model(client, hermes, too
 def test_engine_openai_forwards_tool_choice_to_the_remote():
     from openai import OpenAI
 
-    from expertkit.engine.base import load_engine
+    from expertkit.engine.factory import load_engine
     from expertkit.serve.app import build_app
     from expertkit.serve.config import ServeConfig
 
@@ -182,7 +182,7 @@ def hermes_live(tiny_model, tmp_path_factory):
     model's own template ignores `tools`, so `live` refuses forcing)."""
     from openai import OpenAI
 
-    from expertkit.engine.base import load_engine
+    from expertkit.engine.factory import load_engine
     from expertkit.serve.app import build_app
     from expertkit.serve.config import ServeConfig
 

@@ -213,7 +213,8 @@ def chat(args: list[str] = typer.Argument(None, help=ARGS_HELP, show_default=Fal
     config = load_config(EngineConfig, path, overrides)
     from expertkit.cli.chat import run_chat
     from expertkit.core.config import parse_override
-    from expertkit.engine.base import InvalidParamError, SamplingParams, load_engine
+    from expertkit.engine.base import InvalidParamError, SamplingParams
+    from expertkit.engine.factory import load_engine
 
     values = {k: parse_override(v) for k, v in sampling.items()}
     if isinstance(values.get("response_format"), str):  # response_format=json_object

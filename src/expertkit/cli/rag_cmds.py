@@ -173,7 +173,8 @@ async def run_ask(question: str, config, stream: bool = True, out=None) -> dict:
     """Retrieve (after a web search with web=true), then stream the grounded answer and list its sources."""
     from pathlib import Path
 
-    from expertkit.engine.base import SamplingParams, load_engine
+    from expertkit.engine.base import SamplingParams
+    from expertkit.engine.factory import load_engine
     from expertkit.rag.answer import cited, grounded_messages
     from expertkit.rag.kb import MANIFEST, KnowledgeBase
     from expertkit.rag.webread import search_web

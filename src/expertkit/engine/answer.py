@@ -9,10 +9,12 @@ probabilities, the finish reason and usage, and cancelling the job when its read
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Protocol
 
 from expertkit.engine.base import Delta, SamplingParams, TokenLogprob, Usage
@@ -152,6 +154,81 @@ class OwnLoopJob:
     def close(self) -> None:
         self.cancelled.set()
         self.future.cancel()  # still waiting for a worker: never starts
+
+
+@dataclass
+class Handover:
+    """The direct path stopped for another request: `tokens` were generated so far; continuous batching goes on."""
+
+    tokens: list[int]
+
+
+class SoloJob(OwnLoopJob):
+    """A request alone on its model, decoded on the direct path until another request for the model arrives.
+
+    Alone, a request gains nothing from continuous batching and pays for it (the paged cache's bookkeeping, the
+    per-request logits processors and sampling, the hand-offs between threads), so it runs engine/decode.py's
+    KV-cached loop, as `model.generate` would. `hand_over` (another request arrived) stops that loop after its
+    current token; the rest of the answer then joins continuous batching: the manager gets the prompt and the tokens
+    so far (it prefills them again) and generates the remaining `max_tokens`. Greedy answers are the same tokens
+    either way; the reader sees one answer.
+    """
+
+    def __init__(
+        self,
+        pool: Executor,
+        manager,
+        model,
+        tokenizer,
+        prompt: list[int],
+        params: SamplingParams,
+        eos_ids,
+        sampling: dict,
+    ):
+        self.manager, self.prompt, self.params, self.eos_ids, self.sampling = manager, prompt, params, eos_ids, sampling
+        self.handing_over = self.gone = self.ended = False
+        self.tokens: list[int] = []
+        self.batched: BatchedJob | None = None
+        super().__init__(pool, model, tokenizer, prompt, params, eos_ids)
+
+    def run(self, model, tokenizer, prompt, params, eos_ids) -> None:
+        super().run(model, tokenizer, prompt, params, eos_ids)
+        if self.handing_over and not self.gone and not self.ended:
+            super().emit(Handover(list(self.tokens)))
+
+    def emit(self, step: Step) -> None:
+        self.tokens, self.ended = step.tokens, step.finished
+        super().emit(step)
+
+    def hand_over(self) -> None:
+        """Continue in continuous batching (another request arrived): the loop stops after its current token."""
+        self.handing_over = True
+        self.cancelled.set()
+
+    async def steps(self) -> AsyncIterator[Step]:
+        while True:
+            step = await self.queue.get()
+            if isinstance(step, Handover):
+                break
+            yield step
+            if step.finished:
+                return
+        done = step.tokens
+        rest = dataclasses.replace(self.params, max_tokens=self.params.max_tokens - len(done))
+        self.batched = BatchedJob(self.manager, self.prompt + done, rest, self.eos_ids, self.sampling)
+        async for step in self.batched.steps():
+            yield dataclasses.replace(step, tokens=done + step.tokens)
+
+    def cancel(self) -> None:
+        self.gone = True
+        self.cancelled.set()
+        if self.batched is not None:
+            self.batched.cancel()
+
+    def close(self) -> None:
+        super().close()
+        if self.batched is not None:
+            self.batched.close()
 
 
 def forget(manager, request_id: str) -> None:

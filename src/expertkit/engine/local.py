@@ -7,6 +7,10 @@ manager: an adapter is merged into a copy of the base at load time, so serving c
 The copies share every weight the adapter did not change (embeddings, norms, layers LoRA did not target); the
 LoRA-targeted layers and the KV cache are paid once per name.
 
+A request alone on its model does not pay for batching: it starts on the direct path (engine/decode.py's KV-cached
+loop, as `model.generate`), and the next request to arrive hands it over to the manager, which continues it from
+its prompt and the tokens so far (engine/answer.py's SoloJob; greedy answers are the same tokens either way).
+
 Requests that continuous batching cannot honour (a `seed` when sampling, `repetition_penalty`, `logprobs`, a JSON
 `response_format`) are decoded one by one in worker threads instead (engine/decode.py), at most `max_concurrency`
 at once; engine/answer.py turns either kind of generation into deltas the same way.
@@ -23,55 +27,24 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from expertkit.core.errors import ExpertkitError
-from expertkit.engine.answer import BatchedJob, OwnLoopJob, answer_deltas
+from expertkit.engine.answer import BatchedJob, OwnLoopJob, SoloJob, answer_deltas
 from expertkit.engine.base import Delta, SamplingParams, pick_served
 from expertkit.engine.config import EngineConfig
 from expertkit.engine.decode import needs_own_loop
+from expertkit.engine.loading import (
+    RawPrompt,
+    check_adapter_path,
+    eos_ids,
+    load_base_model,
+    load_chat_tokenizer,
+    prompt_ids,
+    text_ids,
+)
 
 logger = logging.getLogger(__name__)
-
-
-def load_chat_tokenizer(config: EngineConfig, adapter: str | None = None, model: str | None = None):
-    """The adapter's tokenizer when it saved one (it carries the training chat template), else the model's (`model`,
-    default: the config's model_name_or_path)."""
-    from expertkit.model.load import load_tokenizer
-    from expertkit.model.templates import apply_template
-
-    source = model or config.model_name_or_path
-    if adapter and (Path(adapter) / "tokenizer_config.json").is_file():
-        source = adapter
-    tokenizer = load_tokenizer(source, config.trust_remote_code)
-    apply_template(tokenizer, config.template)
-    return tokenizer
-
-
-def load_base_model(config: EngineConfig, model: str | None = None):
-    import torch
-
-    from expertkit.model.load import load_model
-    from expertkit.model.quant import inference_dtype, quantized_load_kwargs
-
-    path = model or config.model_name_or_path
-    dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
-    if config.quantization_bit:  # bitsandbytes places the weights itself, computing in the dtype asked for
-        dtype = inference_dtype(dtype)
-    quant = quantized_load_kwargs(config, path, dtype, config.trust_remote_code)
-    device = "cuda" if torch.cuda.is_available() else None
-    return load_model(path, dtype, config.trust_remote_code, device=device, quantization=quant).eval()
-
-
-def check_adapter_path(name: str, path: str) -> None:
-    """A local adapter must be a folder with adapter_config.json (else it is tried as a hub id)."""
-    p = Path(path).expanduser()
-    if (p / "adapter_config.json").is_file() or not (p.exists() or path.startswith((".", "/", "~"))):
-        return
-    found = sorted(str(c.parent) for c in p.glob("*/adapter_config.json"))[-3:] if p.is_dir() else []
-    hint = f"adapter folders inside it: {', '.join(found)}" if found else "give the output_dir of a LoRA training run"
-    raise ExpertkitError(f"adapter '{name}': '{path}' is not a LoRA adapter folder (no adapter_config.json)", hint=hint)
 
 
 def merge_adapter_copy(base, adapter: str):
@@ -102,6 +75,8 @@ class Served:
     manager: Any
     eos_ids: list[int]
     base: str = ""  # the model folder (or hub id) it was built on
+    running: int = 0  # requests on continuous batching or the direct path now (not those of the own loop)
+    solo: SoloJob | None = None  # the request decoding alone on the direct path, until another arrives
 
 
 Source = tuple[str, str | None]  # (model folder or hub id, LoRA adapter folder or None)
@@ -111,6 +86,8 @@ class LocalEngine:
     """`served`: name -> (model, adapter) to load instead of the config's model and adapters (a models file's
     entries, serve/models.py); entries on the same model share its weights. `add` / `remove` change the names while
     serving (a hot swap): each is one reference swap of `self.served`, so a request sees the old dict or the new."""
+
+    solo_first = True  # a request alone on its model starts on the direct path (answer.SoloJob); False: always batched
 
     def __init__(self, config: EngineConfig, served: dict[str, Source] | None = None):
         self.config = config
@@ -124,6 +101,7 @@ class LocalEngine:
         self.served: dict[str, Served] = {}
         self.bases: dict[str, Any] = {}  # model -> its loaded weights, shared by every name built on it
         self.lock = threading.Lock()  # one add / remove at a time
+        self.counting = threading.Lock()  # each Served's running / solo
         try:
             for i, (name, (model, adapter)) in enumerate(served.items()):
                 self.add(name, adapter, model, share=(i, len(served)))
@@ -152,7 +130,8 @@ class LocalEngine:
                 merged = apply_adapter(load_base_model(self.config, model), adapter)
             else:
                 merged = merge_adapter_copy(base, adapter) if adapter else base
-            served = Served(name, tokenizer, merged, None, eos_ids(merged, tokenizer), model)
+            stop = eos_ids(merged.generation_config.eos_token_id, tokenizer)
+            served = Served(name, tokenizer, merged, None, stop, model)
             served.manager = start_manager(self.config, served, share)
             self.served = {**self.served, name: served}
         return served
@@ -193,11 +172,7 @@ class LocalEngine:
         return pick_served(self.served, model)
 
     def prompt_ids(self, messages: list[dict], model: str | None = None, tools: list[dict] | None = None) -> list[int]:
-        if isinstance(messages, RawPrompt):
-            return self.text_ids(messages, model)
-        template = self.pick(model).tokenizer.apply_chat_template
-        out = template(messages, tools=tools or None, add_generation_prompt=True, tokenize=True)
-        return list(out["input_ids"] if hasattr(out, "keys") else out)
+        return prompt_ids(self.pick(model).tokenizer, messages, tools)
 
     def count_prompt_tokens(
         self, messages: list[dict], model: str | None = None, tools: list[dict] | None = None
@@ -214,14 +189,37 @@ class LocalEngine:
         served = self.pick(model)
         params.validate()
         prompt = self.prompt_ids(messages, served.name, tools)
-        if needs_own_loop(params):
+        own = needs_own_loop(params)
+        if own:
             job = OwnLoopJob(self.pool, served.model, served.tokenizer, prompt, params, served.eos_ids)
         else:
-            sampling = sampling_kwargs(params, len(served.tokenizer))
-            job = BatchedJob(served.manager, prompt, params, served.eos_ids, sampling)
-        async with aclosing(answer_deltas(job, served.tokenizer, prompt, params, served.eos_ids)) as deltas:
-            async for delta in deltas:
-                yield delta
+            job = self.batched_job(served, prompt, params)
+        try:
+            async with aclosing(answer_deltas(job, served.tokenizer, prompt, params, served.eos_ids)) as deltas:
+                async for delta in deltas:
+                    yield delta
+        finally:
+            if not own:
+                with self.counting:
+                    served.running -= 1
+                    if served.solo is job:
+                        served.solo = None
+
+    def batched_job(self, served: Served, prompt: list[int], params: SamplingParams) -> BatchedJob | SoloJob:
+        """A request for continuous batching: alone on its model, it starts on the direct path (SoloJob); the next
+        one to arrive hands it over to the manager and joins it there."""
+        sampling = sampling_kwargs(params, len(served.tokenizer))
+        with self.counting:
+            served.running += 1
+            if served.running == 1 and self.solo_first:
+                served.solo = SoloJob(
+                    self.pool, served.manager, served.model, served.tokenizer, prompt, params, served.eos_ids, sampling
+                )
+                return served.solo
+            if served.solo is not None:
+                served.solo.hand_over()
+                served.solo = None
+        return BatchedJob(served.manager, prompt, params, served.eos_ids, sampling)
 
     def stream_text(self, prompt: str, params: SamplingParams, model: str | None = None) -> AsyncIterator[Delta]:
         """Continue `prompt` as raw text, no chat template (/v1/completions, Ollama's raw generate)."""
@@ -229,7 +227,7 @@ class LocalEngine:
 
     def text_ids(self, prompt: str, model: str | None = None) -> list[int]:
         """A raw prompt's ids (with BOS where the tokenizer adds one)."""
-        return list(self.pick(model).tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        return text_ids(self.pick(model).tokenizer, prompt)
 
     def count_text_tokens(self, prompt: str, model: str | None = None) -> int:
         return len(self.text_ids(prompt, model))
@@ -238,17 +236,6 @@ class LocalEngine:
         self.pool.shutdown(wait=False, cancel_futures=True)
         for served in self.served.values():
             served.manager.stop(block=True)
-
-
-class RawPrompt(str):
-    """A prompt `stream` uses as it is, without the chat template (what `stream_text` hands it)."""
-
-
-def eos_ids(model, tokenizer) -> list[int]:
-    """Every token that ends an answer: the generation config's (a list for chat models) and the tokenizer's."""
-    ids = model.generation_config.eos_token_id
-    found = ids if isinstance(ids, list) else ([ids] if ids is not None else [])
-    return sorted({*found, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])})
 
 
 def sampling_kwargs(params: SamplingParams, vocab_size: int) -> dict:

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 def run(config: ServeConfig) -> None:
     """Serve until stopped; raise an ExpertkitError if the model could not be loaded."""
     uvicorn = import_optional("uvicorn", "uvicorn", "serve")
-    from expertkit.engine.base import load_engine
+    from expertkit.engine.factory import load_engine
     from expertkit.serve.app import build_app
     from expertkit.serve.models import watch_sighup
 
