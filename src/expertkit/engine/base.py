@@ -186,13 +186,3 @@ async def complete(engine: Engine, messages: list[dict], params: SamplingParams,
     async for d in engine.stream(messages, params, model):
         out.extend(d)
     return out
-
-
-def __getattr__(name: str):
-    """`load_engine` lives in engine/factory.py (this module describes engines and imports none of them); the old
-    path still works for code written against it."""
-    if name == "load_engine":
-        from expertkit.engine.factory import load_engine
-
-        return load_engine
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

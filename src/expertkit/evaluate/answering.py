@@ -87,7 +87,7 @@ def no_likelihoods(config: EvalConfig, c: Candidate) -> str | None:
 
 async def answer_all(config, candidates, items, probe, output: Path, out, pairs: list[PairItem] | None = None):
     """Every candidate's answers (and probe answers, reference losses, pair scores), one engine at a time."""
-    from expertkit.engine.base import load_engine
+    from expertkit.engine.factory import load_engine
 
     answers: dict[str, dict[str, dict]] = {}
     probes: dict[str, dict[str, dict]] = {}

@@ -144,8 +144,8 @@ class Judge:
     @classmethod
     def from_url(cls, base_url: str, model: str | None = None, api_key: str | None = None) -> Judge:
         """A judge on an OpenAI-compatible /v1 URL; no `model`: the server's first model."""
-        from expertkit.engine.base import load_engine
         from expertkit.engine.config import EngineConfig
+        from expertkit.engine.factory import load_engine
 
         if not base_url:
             raise ExpertkitError(

@@ -58,8 +58,8 @@ class Tally:
 
 def load_teacher(config: SynthConfig) -> Engine:
     """The engine behind the teacher: a remote OpenAI-compatible server, or a local model through our engine."""
-    from expertkit.engine.base import load_engine
     from expertkit.engine.config import EngineConfig
+    from expertkit.engine.factory import load_engine
 
     require_teacher(config)
     if config.teacher_model_name_or_path:
