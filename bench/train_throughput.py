@@ -54,6 +54,13 @@ VARIANTS = {
         "fp32, padding-free, gradient checkpointing on (compare with LLaMA-Factory's default)",
     ),
 }
+for _name, _off in (("plain", "logits,rows"), ("nologits", "logits"), ("norows", "rows")):
+    # expertkit's own speed-ups switched off (train/speed.py), to measure what each buys
+    VARIANTS[f"bf16-{_name}"] = ({"bf16": "true", "padding_free": "true"}, f"bf16 with EXPERTKIT_SPEED_OFF={_off}")
+VARIANTS["fp32-plain"] = ({"bf16": "false", "padding_free": "true"}, "fp32 with EXPERTKIT_SPEED_OFF=logits,rows")
+VARIANT_ENV = {
+    v: {"EXPERTKIT_SPEED_OFF": VARIANTS[v][1].rsplit("=", 1)[1]} for v in VARIANTS if "SPEED_OFF" in VARIANTS[v][1]
+}
 HYPER = dict(
     lora_rank=8,
     lora_alpha=16,
@@ -264,7 +271,8 @@ def plan_systems(args: argparse.Namespace) -> list[tuple[str, dict]]:
     for v in args.variants:
         overrides = dict(VARIANTS[v][0])
         overrides.update(o.split("=", 1) for o in args.overrides)
-        systems.append((f"expertkit {v}", {"system": "expertkit", "variant": v, "overrides": overrides}))
+        spec = {"system": "expertkit", "variant": v, "overrides": overrides, "env": VARIANT_ENV.get(v, {})}
+        systems.append((f"expertkit {v}", spec))
     return systems
 
 
@@ -359,6 +367,7 @@ def run_system(
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        **spec.get("env", {}),
     }
     result = RunResult(name, str(run_dir))
     wait_for_idle(args.idle_wait)
