@@ -54,13 +54,15 @@ VARIANTS = {
         "fp32, padding-free, gradient checkpointing on (compare with LLaMA-Factory's default)",
     ),
 }
-for _name, _off in (("plain", "logits,rows"), ("nologits", "logits"), ("norows", "rows")):
-    # expertkit's own speed-ups switched off (train/speed.py), to measure what each buys
-    VARIANTS[f"bf16-{_name}"] = ({"bf16": "true", "padding_free": "true"}, f"bf16 with EXPERTKIT_SPEED_OFF={_off}")
-VARIANTS["fp32-plain"] = ({"bf16": "false", "padding_free": "true"}, "fp32 with EXPERTKIT_SPEED_OFF=logits,rows")
-VARIANT_ENV = {
-    v: {"EXPERTKIT_SPEED_OFF": VARIANTS[v][1].rsplit("=", 1)[1]} for v in VARIANTS if "SPEED_OFF" in VARIANTS[v][1]
+VARIANT_ENV = {  # expertkit's own speed-ups switched (train/speed.py), to measure what each buys
+    "bf16-plain": {"EXPERTKIT_SPEED_OFF": "logits"},
+    "bf16-rows": {"EXPERTKIT_SPEED_ON": "rows"},
+    "fp32-plain": {"EXPERTKIT_SPEED_OFF": "logits"},
 }
+for _v, _env in VARIANT_ENV.items():
+    _bf16 = "true" if _v.startswith("bf16") else "false"
+    _what = ", ".join(f"{k}={v}" for k, v in _env.items())
+    VARIANTS[_v] = ({"bf16": _bf16, "padding_free": "true"}, f"{_v.split('-')[0]} with {_what}")
 HYPER = dict(
     lora_rank=8,
     lora_alpha=16,

@@ -5,11 +5,13 @@ Measured on the anchor work (bench/train_throughput.py, bench/README.md "where t
 - LM head and loss only where a label is (`loss_logits_only`): in SFT the prompt tokens carry no loss, yet a model
   computes their logits (hidden x vocab each, and the same again backwards) and the loss upcasts them to fp32.
   Skipping them changes no loss value (the same logits at the positions that count).
-- rows of a few lengths (`row_multiple`): on CPU each padding-free row is padded to a multiple of 64 tokens with a
-  segment of its own, so oneDNN meets a few matmul shapes again and again instead of a new one per batch (each new
-  shape builds kernels and adds to its primitive cache: bf16's peak RSS grew ~1 GiB that way).
+- rows of a few lengths (`row_multiple`, OFF unless `EXPERTKIT_SPEED_ON=rows`): on CPU each padding-free row is
+  padded to a multiple of 64 tokens with a segment of its own, so oneDNN meets a few matmul shapes again and again
+  instead of a new one per batch (each new shape builds kernels and grows its primitive cache). Same loss, 0-63
+  more tokens per row; measured only on a loaded machine (peak RSS -8%, speed not shown), so not the default yet.
 
-`EXPERTKIT_SPEED_OFF=logits,rows` turns these off, to measure what each buys (bench/train_throughput.py --env).
+`EXPERTKIT_SPEED_OFF=logits` / `EXPERTKIT_SPEED_ON=rows` switch them, to measure what each buys
+(bench/train_throughput.py --variants bf16,bf16-plain,bf16-rows).
 """
 
 from __future__ import annotations
@@ -39,16 +41,20 @@ def loss_logits_only(config: TrainConfig, model) -> bool:
 
 
 def row_multiple(config: TrainConfig) -> int:
-    """Pad padding-free rows to a multiple of this many tokens: 64 on CPU, 0 (off) on a GPU."""
+    """Pad padding-free rows to a multiple of this many tokens: 64 on CPU when switched on, else 0 (off)."""
     import torch
 
-    if not config.padding_free or "rows" in switched_off() or torch.cuda.is_available():
+    if not config.padding_free or "rows" not in switched("ON") or torch.cuda.is_available():
         return 0
     return ROW_MULTIPLE
 
 
 def switched_off() -> set[str]:
-    return {s.strip() for s in os.environ.get("EXPERTKIT_SPEED_OFF", "").split(",") if s.strip()}
+    return switched("OFF")
+
+
+def switched(which: str) -> set[str]:
+    return {s.strip() for s in os.environ.get(f"EXPERTKIT_SPEED_{which}", "").split(",") if s.strip()}
 
 
 def speed_line(config: TrainConfig, trainer) -> dict[str, str]:
