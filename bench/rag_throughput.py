@@ -27,7 +27,8 @@ Figures per system and size: embed+index chunks/s (all chunks / (embedding time 
 chunks/s, query latency p50 / p95 over --queries questions (embedding the question + the top-5 search, after 5
 warm-up queries), top-1 = exact (share of queries whose first hit is the exact nearest neighbour by numpy),
 time to reopen the store and answer one query, and the folder's size on disk. Then, at the smallest size, the
-same stores fed one document per upsert (what `expertkit kb add` does per file), against the baseline's rate.
+same stores fed one document per upsert (what a caller upserting file by file pays; `expertkit kb add` groups
+~2,000 chunks of many files per upsert), against the baseline's rate.
 """
 
 from __future__ import annotations
@@ -495,7 +496,7 @@ def print_ratios(results: list[Result]) -> dict:
 def print_per_doc(per_doc: list[PerDocResult]) -> None:
     if not per_doc:
         return
-    print("\none document per upsert (the call `kb add` makes per file):")
+    print("\none document per upsert (a caller upserting file by file; `kb add` groups ~2,000 chunks):")
     print("| system | chunks | index chunks/s |")
     print("|---|---|---|")
     for r in per_doc:

@@ -54,6 +54,15 @@ VARIANTS = {
         "fp32, padding-free, gradient checkpointing on (compare with LLaMA-Factory's default)",
     ),
 }
+VARIANT_ENV = {  # expertkit's own speed-ups switched (train/speed.py), to measure what each buys
+    "bf16-plain": {"EXPERTKIT_SPEED_OFF": "logits"},
+    "bf16-rows": {"EXPERTKIT_SPEED_ON": "rows"},
+    "fp32-plain": {"EXPERTKIT_SPEED_OFF": "logits"},
+}
+for _v, _env in VARIANT_ENV.items():
+    _bf16 = "true" if _v.startswith("bf16") else "false"
+    _what = ", ".join(f"{k}={v}" for k, v in _env.items())
+    VARIANTS[_v] = ({"bf16": _bf16, "padding_free": "true"}, f"{_v.split('-')[0]} with {_what}")
 HYPER = dict(
     lora_rank=8,
     lora_alpha=16,
@@ -264,7 +273,8 @@ def plan_systems(args: argparse.Namespace) -> list[tuple[str, dict]]:
     for v in args.variants:
         overrides = dict(VARIANTS[v][0])
         overrides.update(o.split("=", 1) for o in args.overrides)
-        systems.append((f"expertkit {v}", {"system": "expertkit", "variant": v, "overrides": overrides}))
+        spec = {"system": "expertkit", "variant": v, "overrides": overrides, "env": VARIANT_ENV.get(v, {})}
+        systems.append((f"expertkit {v}", spec))
     return systems
 
 
@@ -359,6 +369,7 @@ def run_system(
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        **spec.get("env", {}),
     }
     result = RunResult(name, str(run_dir))
     wait_for_idle(args.idle_wait)

@@ -67,6 +67,7 @@ MODULES: dict[str, dict[str, list[str]]] = {
         "numpy": ["numpy"],
         "httpx": ["httpx", "idna"],  # netguard.py uses httpx's idna for IDNA 2008 host names
         "wordllama": ["wordllama"],
+        "scipy": ["scipy.sparse"],
         "chromadb": ["chromadb", "chromadb.config"],
         "lancedb": ["lancedb"],
         "pyarrow": ["pyarrow"],

@@ -101,6 +101,27 @@ def test_wordllama_loads_once_and_is_deterministic():
     np.testing.assert_array_equal(a.embed(texts)[1], a.embed([texts[1]])[0])  # a text's vector ignores its batch
 
 
+@pytest.mark.parametrize("spec", ["wordllama", "wordllama:64"])
+def test_wordllama_by_word_pieces_gives_wordllamas_own_vectors(spec):
+    """rag/wordpool.py tokenizes by cached word pieces and pools with a sparse product: WordLlama's numbers."""
+    e = load_embedder(spec)
+    assert e.tokenizer.raw is not None  # the piece path is on for the bundled tokenizer
+    texts = [
+        "LoRA trains small adapter matrices.",
+        "上传文档以建立知识库。客户需要在事故发生后三十天内提交理赔申请。",
+        "",
+        " ",
+        "  two  spaces,\ttabs\nand lines  ",
+        "a <s> special </s> token <unk> inside",
+        "émoji 😀 and ▁ the boundary sign",
+        "LoRA trains small adapter matrices.",  # a second time: its pieces come from the cache
+    ]
+    ours = e.embed(texts)
+    theirs = embed.normalize_rows(e.model.embed(list(texts), norm=False, batch_size=16))
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
+    assert_unit_rows(ours, len(texts), e.dim)
+
+
 def test_wordllama_ranks_a_paraphrase_above_an_unrelated_text():
     e = load_embedder()
     query, near, far = e.embed(

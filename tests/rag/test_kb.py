@@ -197,3 +197,36 @@ def test_searches_from_many_threads_at_once(tmp_path, docs):
         with ThreadPoolExecutor(8) as pool:
             results = list(pool.map(lambda _: kb.search("Zephyr-9 decommissioned", k=1)[0].source, range(16)))
     assert len(set(results)) == 1 and results[0].endswith("relay.md")
+
+
+@pytest.mark.parametrize("backend", ["sqlite-vec", "lancedb", "chroma"])
+def test_adding_many_documents_embeds_and_upserts_them_together(tmp_path, backend, monkeypatch):
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(30):
+        (root / f"note{i:02d}.txt").write_text(f"Note {i}: relay {i} feeds substation {i % 7}.\n", encoding="utf-8")
+    (root / "empty.txt").write_text("   \n", encoding="utf-8")
+    with open_kb(tmp_path, vector_store=backend) as kb:
+        calls = []
+        upsert, embed_texts = kb.store.upsert, kb.embedder.embed
+        monkeypatch.setattr(
+            kb.store, "upsert", lambda ids, *rest: calls.append(("upsert", len(ids))) or upsert(ids, *rest)
+        )
+        monkeypatch.setattr(
+            kb.embedder, "embed", lambda texts: calls.append(("embed", len(texts))) or embed_texts(texts)
+        )
+        seen = []
+        results = kb.add([str(root)], on_result=seen.append)
+        assert seen == results and [r.source.rsplit("/", 1)[-1] for r in results] == sorted(
+            [f"note{i:02d}.txt" for i in range(30)] + ["empty.txt"]
+        )
+        assert sorted(r.status for r in results) == ["added"] * 30 + ["failed"]
+        assert calls == [("embed", 30), ("upsert", 30)]  # one of each for 30 documents, not 30
+        assert kb.store.count() == 30 and len(kb.manifest.sources) == 30
+        assert kb.search("relay 17", k=1, mode="bm25")[0].source.endswith("note17.txt")
+        (root / "note03.txt").write_text("Note 3 now says the relay was retired.\n", encoding="utf-8")
+        calls.clear()
+        again = {r.source.rsplit("/", 1)[-1]: r.status for r in kb.add([str(root)])}
+        assert again["note03.txt"] == "updated" and list(again.values()).count("unchanged") == 29
+        assert calls == [("embed", 1), ("upsert", 1)] and kb.store.count() == 30
+        assert "retired" in kb.search("retired relay", k=1, mode="vector")[0].text

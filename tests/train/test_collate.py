@@ -39,3 +39,49 @@ def test_packing_keeps_every_token_and_respects_cutoff():
     batch = PaddingFreeCollator()(packed)
     assert batch["input_ids"].shape[1] == 72
     assert (batch["position_ids"][0] == 0).sum() == 3  # three examples, each starting at position 0
+
+
+def test_logits_only_where_labels_are_gives_the_same_loss_and_gradients(tiny_model):
+    """loss_logits_only: the LM head runs on the labelled positions alone; loss and LoRA-free gradients agree."""
+    from transformers import AutoModelForCausalLM
+
+    from expertkit.train.speed import loss_logits_only
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model.config.use_cache = False
+    full, only = PaddingFreeCollator()(features()), PaddingFreeCollator(loss_logits_only=True)(features())
+    assert only["shift_labels"].shape[1] == (only["labels"] != -100).sum() == 57  # 30 + 17 + 25 tokens, 5 prompt each
+    assert only["logits_to_keep"].numel() == only["shift_labels"].shape[1]
+    losses, grads = [], []
+    for batch in (full, only):
+        model.zero_grad()
+        out = model(**batch, num_items_in_batch=int((batch["labels"][0, 1:] != -100).sum()))
+        out.loss.backward()
+        losses.append(out.loss.item())
+        grads.append(model.model.layers[0].mlp.down_proj.weight.grad.clone())
+    assert abs(losses[0] - losses[1]) < 1e-5
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    assert only["logits_to_keep"].numel() < full["input_ids"].shape[1]  # fewer logits computed
+    assert out.logits.shape[1] == only["logits_to_keep"].numel()
+
+    class Config:
+        padding_free = True
+
+    assert loss_logits_only(Config(), model)
+    Config.padding_free = False
+    assert not loss_logits_only(Config(), model)
+
+
+def test_rows_padded_to_a_multiple_give_the_same_loss(tiny_model):
+    """row_multiple: a padding segment of its own (positions restart) rounds the row up; the loss does not move."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model.config.use_cache = False
+    plain = PaddingFreeCollator(loss_logits_only=True)(features())
+    rounded = PaddingFreeCollator(loss_logits_only=True, pad_to_multiple_of=64, pad_token_id=0)(features())
+    assert rounded["input_ids"].shape[1] == 128 and rounded["logits_to_keep"].numel() == 64
+    assert (rounded["shift_labels"] != -100).sum() == (plain["shift_labels"] != -100).sum() == 57
+    with torch.no_grad():
+        a, b = (model(**batch, num_items_in_batch=57).loss.item() for batch in (plain, rounded))
+    assert abs(a - b) < 1e-5

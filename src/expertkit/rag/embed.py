@@ -106,7 +106,7 @@ def empty_matrix(dim: int) -> np.ndarray:
 
 
 class WordLlamaEmbedder:
-    """WordLlama's token-embedding average: ~7k 400-character chunks/s on 2 CPU cores (bench/README.md), no download."""
+    """WordLlama's token-embedding average, no download; computed by `rag/wordpool.py` (the same vectors, faster)."""
 
     def __init__(self, dim: int = 256):
         if dim not in WORDLLAMA_DIMS:
@@ -114,12 +114,16 @@ class WordLlamaEmbedder:
         self.dim = dim
         self.name = f"wordllama:{WORDLLAMA_CONFIG}:{dim}"
         self.model = load_wordllama(dim)
+        from expertkit.rag.wordpool import PieceTokenizer
+
+        self.tokenizer = PieceTokenizer(self.model.tokenizer)
 
     def embed(self, texts: list[str]) -> np.ndarray:
+        from expertkit.rag.wordpool import embed_texts
+
         if not texts:
             return empty_matrix(self.dim)
-        # small batches: WordLlama pads each batch to its longest text; 16 measured fastest (8 to 1024 tried)
-        return normalize_rows(self.model.embed(list(texts), norm=False, batch_size=16))
+        return normalize_rows(embed_texts(self.tokenizer, self.model.embedding, list(texts)))
 
 
 @functools.cache

@@ -32,6 +32,7 @@ MANIFEST = "kb.json"
 BM25_DIR = "bm25"
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
 MARKDOWN_KINDS = {"md", "html", "docx"}
+GROUP_CHUNKS = 2000  # chunks of several documents embedded and upserted together by `add`
 
 
 def now() -> str:
@@ -64,6 +65,18 @@ class AddResult:
     chunks: int = 0
     title: str = ""
     reason: str = ""
+
+
+@dataclass
+class Pending:
+    """A document waiting in `add_documents`' group: its chunks to write, or its result when nothing is written."""
+
+    doc: Document | None = None
+    fetched_at: str | None = None
+    digest: str = ""
+    chunks: list[Chunk] = field(default_factory=list)
+    known: bool = False  # the manifest lists its source already
+    result: AddResult | None = None
 
 
 @dataclass
@@ -153,49 +166,81 @@ class KnowledgeBase:
         inputs = list(inputs)
         urls = [i for i in inputs if i.lower().startswith(("http://", "https://"))]
         paths = [i for i in inputs if i not in urls]
-        results: list[AddResult] = []
 
-        def report(result: AddResult) -> None:
-            results.append(result)
-            if on_result:
-                on_result(result)
+        def documents():  # (Document, fetched_at) or the AddResult of a source that could not be read
+            for path in find_files(paths) if paths else []:
+                try:
+                    yield extract_file(path), None
+                except (MissingExtraError, BrokenExtraError) as e:  # the install, not the file: the fix goes with it
+                    yield AddResult(str(path), "failed", reason=f"{e.message} (fix: {e.hint})")
+                except ExpertkitError as e:
+                    yield AddResult(str(path), "failed", reason=e.message)
+            if urls:
+                import asyncio
 
-        for path in find_files(paths) if paths else []:
-            try:
-                doc = extract_file(path)
-            except (MissingExtraError, BrokenExtraError) as e:  # the install, not the file: the fix goes with it
-                report(AddResult(str(path), "failed", reason=f"{e.message} (fix: {e.hint})"))
-                continue
-            except ExpertkitError as e:
-                report(AddResult(str(path), "failed", reason=e.message))
-                continue
-            report(self.add_document(doc))
-        if urls:
-            import asyncio
+                from expertkit.rag.webread import read_pages
 
-            from expertkit.rag.webread import read_pages
+                pages, failures = asyncio.run(read_pages(urls, fetch))
+                yield from (AddResult(url, "failed", reason=reason) for url, reason in failures)
+                yield from pages
 
-            pages, failures = asyncio.run(read_pages(urls, fetch))
-            for url, reason in failures:
-                report(AddResult(url, "failed", reason=reason))
-            for doc, fetched_at in pages:
-                report(self.add_document(doc, fetched_at=fetched_at))
-        return results
+        return self.add_documents(documents(), on_result)
 
     def add_document(self, doc: Document, fetched_at: str | None = None) -> AddResult:
         """Chunk, embed and store one document, replacing what an earlier version of it left."""
+        return self.add_documents([(doc, fetched_at)])[0]
+
+    def add_documents(self, items: Iterable, on_result: Callable[[AddResult], None] | None = None) -> list[AddResult]:
+        """Add (Document, fetched_at) pairs (an AddResult in `items` is passed through), in groups of about
+        GROUP_CHUNKS chunks: one embedding call, one store upsert and one manifest write per group, not per
+        document (LanceDB writes a table version and Chroma a batch per upsert). Results come in input order."""
+        results: list[AddResult] = []
+        group: list[Pending] = []
+
+        def flush() -> None:
+            for result in self.write_group(group):
+                results.append(result)
+                if on_result:
+                    on_result(result)
+            group.clear()
+
+        for item in items:
+            if isinstance(item, AddResult):
+                group.append(Pending(result=item))
+                continue
+            doc, fetched_at = item
+            if any(p.doc is not None and p.doc.source == doc.source for p in group):
+                flush()  # the same source twice: the second replaces what the first wrote
+            group.append(self.prepare(doc, fetched_at))
+            if sum(len(p.chunks) for p in group) >= GROUP_CHUNKS:
+                flush()
+        flush()
+        return results
+
+    def prepare(self, doc: Document, fetched_at: str | None) -> Pending:
+        """What adding doc takes: nothing (unchanged, or no text: the result is decided), or its chunks."""
         digest = self.digest(doc)
         known = self.manifest.sources.get(doc.source)
         if known and known.get("content_hash") == digest and not known.get("partial"):
-            return AddResult(doc.source, "unchanged", known.get("chunks", 0), doc.title)
+            return Pending(result=AddResult(doc.source, "unchanged", known.get("chunks", 0), doc.title))
         chunks = self.split(doc)
         if not chunks:
-            return AddResult(doc.source, "failed", title=doc.title, reason="no text found in it")
-        self.store.delete_source(doc.source)
-        self.put_chunks(doc, chunks, digest, fetched_at)
-        self.manifest.sources[doc.source] = self.source_entry(doc, len(chunks), digest, fetched_at)
-        self.changed()
-        return AddResult(doc.source, "updated" if known else "added", len(chunks), doc.title)
+            return Pending(result=AddResult(doc.source, "failed", title=doc.title, reason="no text found in it"))
+        return Pending(doc, fetched_at, digest, chunks, known=bool(known))
+
+    def write_group(self, group: list[Pending]) -> list[AddResult]:
+        writes = [p for p in group if p.result is None]
+        if writes:
+            for p in writes:
+                if p.known:  # a new source has nothing stored to replace (a store lookup per document saved)
+                    self.store.delete_source(p.doc.source)
+            self.put_many([(p.doc, p.chunks, p.fetched_at) for p in writes])
+            for p in writes:
+                self.manifest.sources[p.doc.source] = self.source_entry(p.doc, len(p.chunks), p.digest, p.fetched_at)
+                status = "updated" if p.known else "added"
+                p.result = AddResult(p.doc.source, status, len(p.chunks), p.doc.title)
+            self.changed()
+        return [p.result for p in group]
 
     def add_chunks(self, doc: Document, chunks: list[Chunk], fetched_at: str | None = None) -> AddResult:
         """Store some chunks of a document (the relevant part of a web page); other chunks it had stay, unless
@@ -228,21 +273,28 @@ class KnowledgeBase:
         )
 
     def put_chunks(self, doc: Document, chunks: list[Chunk], digest: str, fetched_at: str | None) -> None:
-        vectors = self.embedder.embed([c.text for c in chunks])
+        self.put_many([(doc, chunks, fetched_at)])
+
+    def put_many(self, parts: list[tuple[Document, list[Chunk], str | None]]) -> None:
+        """Embed the chunks of several documents in one call and store them in one upsert."""
         added = now()
-        meta = [
-            {
-                "source": doc.source,
-                "title": doc.title,
-                "kind": doc.kind,
-                "position": c.position,
-                "added_at": added,
-                "fetched_at": fetched_at or "",
-                "content_hash": content_hash(c.text),
-            }
-            for c in chunks
-        ]
-        self.store.upsert([chunk_id(doc.source, c.position) for c in chunks], vectors, [c.text for c in chunks], meta)
+        ids, texts, meta = [], [], []
+        for doc, chunks, fetched_at in parts:
+            for c in chunks:
+                ids.append(chunk_id(doc.source, c.position))
+                texts.append(c.text)
+                meta.append(
+                    {
+                        "source": doc.source,
+                        "title": doc.title,
+                        "kind": doc.kind,
+                        "position": c.position,
+                        "added_at": added,
+                        "fetched_at": fetched_at or "",
+                        "content_hash": content_hash(c.text),
+                    }
+                )
+        self.store.upsert(ids, self.embedder.embed(texts), texts, meta)
 
     @staticmethod
     def source_entry(doc: Document, chunks: int, digest: str, fetched_at: str | None) -> dict:

@@ -3,6 +3,10 @@
 Padding-free rows carry `position_ids` that restart at 0 for each example and no attention mask;
 transformers then builds a block-diagonal causal mask (or uses flash-attention's varlen path), so each
 example attends only to itself and no compute is spent on padding.
+
+`loss_logits_only`: the row also says which positions have a label after them (`logits_to_keep`) and those
+labels (`shift_labels`), so the model runs its LM head and the loss on those positions alone, not on the prompt
+tokens, whose logits the loss never reads: the same loss, less work (bench/README.md "where the time goes").
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ def _segments(feature: dict[str, Any]) -> list[tuple[list[int], list[int]]]:
 class PaddingFreeCollator:
     """Concatenate a batch into one row; position ids restart per example."""
 
+    def __init__(self, loss_logits_only: bool = False, pad_to_multiple_of: int = 0, pad_token_id: int = 0):
+        self.loss_logits_only = loss_logits_only
+        self.multiple, self.pad_token_id = pad_to_multiple_of, pad_token_id
+
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
@@ -35,11 +43,37 @@ class PaddingFreeCollator:
                 # the first token of an example must not be predicted from the previous example
                 labels += [IGNORE_INDEX] + seg_labels[1:]
                 positions += range(len(seg_ids))
-        return {
+        if self.multiple and len(ids) % self.multiple:
+            # a segment of padding of its own (positions restart: nothing attends across it): rows of a few
+            # lengths only, so that oneDNN reuses its kernels instead of making (and caching) new ones per length
+            extra = self.multiple - len(ids) % self.multiple
+            ids += [self.pad_token_id] * extra
+            labels += [IGNORE_INDEX] * extra
+            positions += range(extra)
+        batch = {
             "input_ids": torch.tensor([ids], dtype=torch.long),
             "labels": torch.tensor([labels], dtype=torch.long),
             "position_ids": torch.tensor([positions], dtype=torch.long),
         }
+        if self.loss_logits_only:
+            add_loss_positions(batch, self.multiple)
+        return batch
+
+
+def add_loss_positions(batch: dict[str, Any], multiple: int = 0) -> None:
+    """Logits only where a label follows: `logits_to_keep` (positions) and `shift_labels` (their targets), which
+    transformers' causal-LM loss takes instead of shifting `labels` itself; the Trainer counts tokens from them.
+    With `multiple`, the count is rounded up with the last position, whose target is ignored."""
+    import torch
+
+    targets = batch["labels"][0, 1:]
+    keep = (targets != IGNORE_INDEX).nonzero().squeeze(1)
+    if multiple and len(keep) % multiple:
+        last = batch["labels"].shape[1] - 1  # its target would be past the row: IGNORE_INDEX below
+        keep = torch.cat([keep, torch.full((multiple - len(keep) % multiple,), last, dtype=keep.dtype)])
+        targets = torch.cat([targets, torch.tensor([IGNORE_INDEX], dtype=targets.dtype)])
+    batch["logits_to_keep"] = keep
+    batch["shift_labels"] = targets[keep].unsqueeze(0)
 
 
 class PaddedCollator:

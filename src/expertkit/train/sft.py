@@ -37,8 +37,12 @@ def build_trainer(config: TrainConfig, model, tokenizer, data: StageData, precis
 
     from expertkit.train.collate import PaddedCollator, PaddingFreeCollator
     from expertkit.train.run import quiet_printer, run_callbacks, training_arguments
+    from expertkit.train.speed import loss_logits_only, row_multiple
 
-    collator = PaddingFreeCollator() if config.padding_free else PaddedCollator(tokenizer.pad_token_id)
+    if config.padding_free:
+        collator = PaddingFreeCollator(loss_logits_only(config, model), row_multiple(config), tokenizer.pad_token_id)
+    else:
+        collator = PaddedCollator(tokenizer.pad_token_id)
     trainer = Trainer(
         model=model,
         args=training_arguments(config, precision),
@@ -52,7 +56,9 @@ def build_trainer(config: TrainConfig, model, tokenizer, data: StageData, precis
 
 
 def header_lines(config: TrainConfig, trainer) -> dict[str, str]:
-    return {}
+    from expertkit.train.speed import speed_line
+
+    return speed_line(config, trainer)
 
 
 def load_conversations(config: TrainConfig) -> tuple[list[Conversation], list[Conversation]]:

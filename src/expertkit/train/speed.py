@@ -1,0 +1,74 @@
+"""The speed-ups a run turns on by itself where they give the same loss, and the header line that names them.
+
+Measured on the anchor work (bench/train_throughput.py, bench/README.md "where the time goes"):
+- padding-free batches (`padding_free`, the default; train/collate.py): no compute on padding;
+- LM head and loss only where a label is (`loss_logits_only`): in SFT the prompt tokens carry no loss, yet a model
+  computes their logits (hidden x vocab each, and the same again backwards) and the loss upcasts them to fp32.
+  Skipping them changes no loss value (the same logits at the positions that count).
+- rows of a few lengths (`row_multiple`, OFF unless `EXPERTKIT_SPEED_ON=rows`): on CPU each padding-free row is
+  padded to a multiple of 64 tokens with a segment of its own, so oneDNN meets a few matmul shapes again and again
+  instead of a new one per batch (each new shape builds kernels and grows its primitive cache). Same loss, 0-63
+  more tokens per row; measured only on a loaded machine (peak RSS -8%, speed not shown), so not the default yet.
+
+`EXPERTKIT_SPEED_OFF=logits` / `EXPERTKIT_SPEED_ON=rows` switch them, to measure what each buys
+(bench/train_throughput.py --variants bf16,bf16-plain,bf16-rows).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+from expertkit.train.config import TrainConfig
+
+ROW_MULTIPLE = 64
+
+
+def loss_logits_only(config: TrainConfig, model) -> bool:
+    """On for padding-free batches when the model can slice its logits by positions and uses the standard
+    causal-LM loss (which takes `shift_labels`); a model with its own loss keeps computing every logit."""
+    if not config.padding_free or "logits" in switched_off():
+        return False
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        takes_positions = "logits_to_keep" in inspect.signature(base.forward).parameters
+        standard_loss = base.loss_function is ForCausalLMLoss
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return takes_positions and standard_loss
+
+
+def row_multiple(config: TrainConfig) -> int:
+    """Pad padding-free rows to a multiple of this many tokens: 64 on CPU when switched on, else 0 (off)."""
+    import torch
+
+    if not config.padding_free or "rows" not in switched("ON") or torch.cuda.is_available():
+        return 0
+    return ROW_MULTIPLE
+
+
+def switched_off() -> set[str]:
+    return switched("OFF")
+
+
+def switched(which: str) -> set[str]:
+    return {s.strip() for s in os.environ.get(f"EXPERTKIT_SPEED_{which}", "").split(",") if s.strip()}
+
+
+def speed_line(config: TrainConfig, trainer) -> dict[str, str]:
+    """The header's 'speed' row: what is on, so that a run's figures can be read."""
+    on = []
+    if config.padding_free:
+        on.append("padding-free batches")
+    collator = getattr(trainer, "data_collator", None)
+    if getattr(collator, "loss_logits_only", False):
+        on.append("LM head + loss on labelled positions only")
+    if getattr(collator, "multiple", 0):
+        on.append(f"rows padded to a multiple of {collator.multiple} tokens (oneDNN reuses its kernels)")
+    if config.packing:
+        on.append("packing")
+    if config.gradient_checkpointing:
+        on.append("gradient checkpointing (slower, less memory)")
+    return {"speed": ", ".join(on) or "plain padded batches"}
