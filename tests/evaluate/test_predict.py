@@ -94,9 +94,8 @@ def test_alpaca_and_sharegpt_rows_without_answers(tiny_model, identity_adapter, 
     (data / "chat.json").write_text(json.dumps(chat), encoding="utf-8")
     info = {"ask": {"file_name": "ask.json"}, "chat": {"file_name": "chat.json", "formatting": "sharegpt"}}
     (data / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
-    keys = predict_keys(tiny_model, identity_adapter, "", tmp_path / "p", eval_dataset="ask,chat", dataset_dir=data)
-    del keys["eval_file"]
-    keys["dataset_dir"] = str(data)
+    keys = predict_keys(tiny_model, identity_adapter, "", tmp_path / "p", eval_dataset="ask,chat")
+    keys.update(eval_file=None, dataset_dir=str(data))
     config = load_config(EvalConfig, None, keys)
     rows = read_lines(run_predict(config, out=io.StringIO()).paths["tuned"])
     assert [(r["prompt"], r["label"]) for r in rows] == [("Who are you?", ""), ("What is your name?", "")]

@@ -120,7 +120,7 @@ class EvalConfig(QuantizationKeys):
     }
     lf_differs = {
         "temperature": "LLaMA-Factory's is 0.95 (sampled); 0 here: greedy, repeatable answers.",
-        "max_samples": "With do_predict the first max_samples rows, as LLaMA-Factory; an eval takes a seeded sample.",
+        "max_samples": "LLaMA-Factory takes the first rows, as do_predict here; an eval takes a seeded sample.",
     }
 
     candidates: list[Candidate] = Field(default_factory=list)
@@ -167,7 +167,7 @@ class EvalConfig(QuantizationKeys):
     """Folder holding dataset_info.json (with eval_dataset)."""
 
     max_samples: int | None = Field(None, ge=1)
-    """Evaluate on at most this many questions (a fixed, seeded sample; with do_predict: the first ones)."""
+    """Evaluate on at most this many questions (a fixed, seeded sample; with do_predict the first ones)."""
 
     do_predict: bool = False
     """Batch prediction (LLaMA-Factory's `do_predict`): answer the eval set, whose rows need no reference, into
