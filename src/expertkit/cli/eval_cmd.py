@@ -18,6 +18,9 @@ def evaluate(
     """Evaluate candidates on held-out questions: ROUGE/BLEU, eval loss, judge, forgetting probe, HTML report.
 
     Example: expertkit eval eval_file=held_out.jsonl model_name_or_path=saves/m adapter_name_or_path=saves/run
+
+    Batch prediction (LLaMA-Factory's do_predict; questions need no reference): expertkit eval predict.yaml, or
+    expertkit eval do_predict=true eval_file=questions.jsonl model_name_or_path=saves/m output_dir=saves/predict
     """
     args = list(args or [])
     if compare:
@@ -35,6 +38,13 @@ def evaluate(
 
     path, overrides = split_cli_args(args)
     config = load_config(EvalConfig, path, overrides)
+    if config.do_predict:
+        from expertkit.evaluate.predict import run_predict
+
+        predicted = run_predict(config)
+        for path in predicted.paths.values():
+            typer.echo(f"predictions: {path}")
+        return
     from expertkit.evaluate.run import run
 
     result = run(config)

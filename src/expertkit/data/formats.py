@@ -135,6 +135,31 @@ def convert_record(record: Record, spec: FormatSpec) -> tuple[Conversation | Non
     return conversation, []
 
 
+def convert_prompt(record: Record, spec: FormatSpec) -> tuple[Conversation | None, list[Problem]]:
+    """Convert one row whose answer may be missing or empty (batch prediction's questions, which LLaMA-Factory
+    predicts on too): the prompt, then the assistant's answer only when the row has one."""
+    if record.error is not None:
+        return None, [record.error]
+    check = RowCheck(record.where)
+    row = record.data
+    if not isinstance(row, dict):
+        check.add(f"the row is {kind_of(row)}, but an object belongs here", "", "write each row as {...}")
+        return None, check.problems
+    if spec.formatting == "alpaca":
+        messages = alpaca_prompt(row, spec.columns, check)
+        answer = row.get(spec.columns.response)
+        if messages is not None and isinstance(answer, str) and answer.strip():
+            messages = [*messages, Message("assistant", answer)]
+    else:
+        messages = row_messages(row, spec, check)
+        if messages is not None:
+            answered = 1 if messages and messages[-1].role == "assistant" else 0
+            check_order(messages[: len(messages) - answered], spec.columns.messages, check, answers_in="the label")
+    if check.problems or messages is None:
+        return None, check.problems
+    return Conversation(messages, tools=row_tools(row, spec.columns.tools, check), source=record.where), []
+
+
 @dataclass
 class RowCheck:
     """Problems found in one row."""

@@ -23,7 +23,7 @@ from expertkit.core.errors import DataError, Problem
 from expertkit.core.schema import Conversation, PreferencePair, UnpairedExample
 from expertkit.data.config import DataConfig
 from expertkit.data.files import Record
-from expertkit.data.formats import FORMATS, convert_record, detect_format
+from expertkit.data.formats import FORMATS, convert_prompt, convert_record, detect_format
 from expertkit.data.preference import (
     PREFERENCE_FORMATS,
     PreferenceKind,
@@ -65,13 +65,13 @@ class LoadedDataset(Generic[T]):
         return self.total_rows - len(self.items)
 
 
-def load_datasets(config: DataConfig) -> list[LoadedDataset[Conversation]]:
-    """Read and check every dataset in `config.dataset`, in order.
+def load_datasets(config: DataConfig, prompts: bool = False) -> list[LoadedDataset[Conversation]]:
+    """Read and check every dataset in `config.dataset`, in order (`prompts`: rows may lack the answer).
 
     Invalid rows are kept as problems (see `require_usable`); a `DataError` is raised only when a dataset
     cannot be read at all, naming every such dataset at once.
     """
-    return _load_each(config, lambda name: load_dataset(name, config))
+    return _load_each(config, lambda name: load_dataset(name, config, prompts))
 
 
 @overload
@@ -103,8 +103,9 @@ def _load_each(config: DataConfig, load_one: Callable[[str], LoadedDataset[T]]) 
     return loaded
 
 
-def load_dataset(name: str, config: DataConfig) -> LoadedDataset[Conversation]:
-    """Read one dataset: resolve the name, read rows, sample, detect the format, convert each row."""
+def load_dataset(name: str, config: DataConfig, prompts: bool = False) -> LoadedDataset[Conversation]:
+    """Read one dataset: resolve the name, read rows, sample, detect the format, convert each row (`prompts`: a
+    row without an answer is a prompt, as batch prediction reads it)."""
     entry = resolve_dataset(name, config.dataset_dir)
     _refuse_multimodal(entry)
     if entry.ranking or entry.preference_columns:
@@ -122,7 +123,7 @@ def load_dataset(name: str, config: DataConfig) -> LoadedDataset[Conversation]:
     conversations: list[Conversation] = []
     problems: list[Problem] = []
     for record in records:
-        conversation, found = convert_record(record, spec)
+        conversation, found = (convert_prompt if prompts else convert_record)(record, spec)
         if conversation is not None:
             conversations.append(conversation)
         problems += found

@@ -165,6 +165,7 @@ def spec_hash(config: EvalConfig, c: Candidate, items: list[EvalItem]) -> str:
         "max_new_tokens": config.max_new_tokens,
         "temperature": config.temperature,
         "seed": config.seed,
+        **({"top_p": config.top_p} if config.top_p < 1.0 else {}),  # unset: the hash answers had before top_p
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -212,7 +213,9 @@ async def answer_set(config, c: Candidate, engine, model, items, path: Path, out
             if kb is not None:
                 messages, sources = await ground(c, kb, item)
             seed = config.seed if config.temperature > 0 else None  # greedy needs none (and stays batched)
-            params = SamplingParams(temperature=config.temperature, max_tokens=config.max_new_tokens, seed=seed)
+            params = SamplingParams(
+                temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_new_tokens, seed=seed
+            )
             row = {"id": item.id, "spec": spec, "question": item.question, "reference": item.reference}
             if item.source:
                 row["source_context"] = item.source  # the eval row's passage (data synth's eval.jsonl `context`)

@@ -14,6 +14,9 @@ per served model named).
 
 `engine` picks what generates the answers, as for chat and serve: transformers here, vLLM here (engine=vllm), or a
 running OpenAI-compatible server (engine=openai).
+
+`do_predict: true` is LLaMA-Factory's batch prediction (its `*_predict.yaml` runs as it is): the model (+ adapter)
+answers the eval set, whose rows need no reference, into output_dir/generated_predictions.jsonl; no metrics.
 """
 
 from __future__ import annotations
@@ -33,6 +36,14 @@ DEFAULT_CONCURRENCY = 16  # questions in flight per candidate (and judge request
 TEXT_METRICS = ["rouge-1", "rouge-2", "rouge-l", "bleu-4", "exact", "contains"]
 ALL_METRICS = [*TEXT_METRICS, "eval_loss", "preference", "judge", "pairwise", "hallucination"]
 DEFAULT_METRICS = [*TEXT_METRICS, "eval_loss"]
+
+# Keys of LLaMA-Factory's predict YAMLs (examples/train_lora/*_predict.yaml) that eval accepts and ignores: they
+# tune LLaMA-Factory's trainer, not what is predicted. Warned once, not refused.
+EVAL_LF_UNSUPPORTED = frozenset(
+    """bf16 cutoff_len dataloader_num_workers ddp_timeout do_sample finetuning_type flash_attn fp16 infer_backend
+    infer_dtype logging_steps overwrite_cache overwrite_output_dir per_device_eval_batch_size plot_loss
+    preprocessing_num_workers report_to stage trust_remote_code""".split()
+)
 
 
 class Candidate(StageConfig):
@@ -103,6 +114,15 @@ class Candidate(StageConfig):
 
 
 class EvalConfig(QuantizationKeys):
+    lf_unsupported = EVAL_LF_UNSUPPORTED
+    lf_refused = {
+        "stage": ("sft", "predicts with another training stage's setup", "drop the key, or set stage: sft"),
+    }
+    lf_differs = {
+        "temperature": "LLaMA-Factory's is 0.95 (sampled); 0 here: greedy, repeatable answers.",
+        "max_samples": "LLaMA-Factory takes the first rows, as do_predict here; an eval takes a seeded sample.",
+    }
+
     candidates: list[Candidate] = Field(default_factory=list)
     """The models to compare (a YAML list; see docs/evaluate.md). The first is the baseline the others are compared
     with."""
@@ -147,7 +167,15 @@ class EvalConfig(QuantizationKeys):
     """Folder holding dataset_info.json (with eval_dataset)."""
 
     max_samples: int | None = Field(None, ge=1)
-    """Evaluate on at most this many questions (a fixed, seeded sample)."""
+    """Evaluate on at most this many questions (a fixed, seeded sample; with do_predict the first ones)."""
+
+    do_predict: bool = False
+    """Batch prediction (LLaMA-Factory's `do_predict`): answer the eval set, whose rows need no reference, into
+    output_dir/generated_predictions.jsonl (`prompt`, `predict`, `label` per line); no metrics, no probe, no report.
+    Without candidates only the adapter's model answers (the base when there is no adapter)."""
+
+    predict_with_generate: bool = True
+    """With do_predict: generate the answers (LLaMA-Factory's key; expertkit always generates, false is refused)."""
 
     metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     """Comma list of: rouge-1, rouge-2, rouge-l, bleu-4, exact, contains, eval_loss (local models: loss and perplexity
@@ -179,6 +207,9 @@ class EvalConfig(QuantizationKeys):
 
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     """0 (the default) is greedy: the same model gives the same answers."""
+
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling (with temperature > 0): sample from the smallest set of tokens holding this probability."""
 
     seed: int = 42
     """Sampling seed and the seed of the max_samples sample."""
@@ -223,6 +254,8 @@ class EvalConfig(QuantizationKeys):
     @model_validator(mode="after")
     def _complete(self) -> EvalConfig:
         self._check_engine()
+        if self.do_predict and not self.predict_with_generate:
+            raise ValueError("do_predict generates the answers: drop predict_with_generate=false")
         if not self.candidates and not self.model_name_or_path and self.engine != "openai":
             raise ValueError(
                 "no candidates: give a candidates list, or model_name_or_path (and adapter_name_or_path), or "
@@ -236,7 +269,7 @@ class EvalConfig(QuantizationKeys):
         if bool(self.eval_file) == bool(self.eval_dataset):
             raise ValueError("give the eval set as eval_file=FILE or eval_dataset=NAME (with dataset_dir), one of them")
         judged = [m for m in self.metrics if m in ("judge", "pairwise", "hallucination")]
-        if judged and not self.judge_base_url:
+        if judged and not self.judge_base_url and not self.do_predict:
             raise ValueError(f"metrics {', '.join(judged)} need a judge: set judge_base_url=http://.../v1")
         return self
 
@@ -272,7 +305,8 @@ class EvalConfig(QuantizationKeys):
         if self.output_dir:
             return Path(self.output_dir)
         run = next((c.adapter_name_or_path for c in self.resolved_candidates() if c.adapter_name_or_path), None)
-        return Path(run) / "eval" if run else Path("saves/eval")
+        folder = "predict" if self.do_predict else "eval"
+        return Path(run) / folder if run else Path("saves") / folder
 
     def resolved_candidates(self) -> list[Candidate]:
         """The candidates, each local one with its engine set and each endpoint with its api_base (and key)."""
@@ -285,6 +319,9 @@ class EvalConfig(QuantizationKeys):
         base = Candidate(name="base", model_name_or_path=self.model_name_or_path, template=self.template)
         if not self.adapter_name_or_path:
             return [self.placed(base)]
+        if self.do_predict:  # LLaMA-Factory predicts with the adapter only
+            tuned = base.model_copy(update={"name": "tuned", "adapter_name_or_path": self.adapter_name_or_path})
+            return [self.placed(tuned)]
         name = Path(self.adapter_name_or_path.rstrip("/")).name
         tuned = Candidate(
             name="tuned" if name != "base" else "tuned-adapter",

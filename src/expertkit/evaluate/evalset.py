@@ -42,12 +42,15 @@ class PairItem:
 
 
 def load_eval_set(config: EvalConfig) -> list[EvalItem]:
-    """Question/reference pairs from eval_file (JSONL with question/reference) or any training-data format."""
+    """Question/reference pairs from eval_file (JSONL with question/reference) or any training-data format; with
+    do_predict the reference may be missing (it is then '')."""
     if config.eval_file and is_qa_jsonl(Path(config.eval_file)):
-        items = read_qa_jsonl(Path(config.eval_file))
+        items = read_qa_jsonl(Path(config.eval_file), need_reference=not config.do_predict)
     else:
         items = from_training_data(config)
-    if config.max_samples and len(items) > config.max_samples:
+    if config.max_samples and len(items) > config.max_samples and config.do_predict:
+        items = items[: config.max_samples]  # LLaMA-Factory predicts on the first max_samples rows
+    elif config.max_samples and len(items) > config.max_samples:
         import random
 
         keep = sorted(random.Random(config.seed).sample(range(len(items)), config.max_samples))
@@ -196,15 +199,19 @@ def is_qa_jsonl(path: Path) -> bool:
     return False
 
 
-def read_qa_jsonl(path: Path) -> list[EvalItem]:
+def read_qa_jsonl(path: Path, need_reference: bool = True) -> list[EvalItem]:
+    """`{"question", "reference"}` lines (`answer` for reference; `system`, `id`, `context` optional); without
+    need_reference (batch prediction) a line may give the question alone."""
+
     def make(row: dict, where: str, n: int) -> EvalItem | Problem:
         question, reference = row.get("question"), row.get("reference", row.get("answer"))
-        bad = [k for k, v in (("question", question), ("reference", reference)) if not isinstance(v, str) or not v]
+        checked = [("question", question)] + ([("reference", reference)] if need_reference or reference else [])
+        bad = [k for k, v in checked if not isinstance(v, str) or not v]
         if bad:
             return Problem("missing or not text", where, ", ".join(bad),
                            'write {"question": "...", "reference": "..."}')  # fmt: skip
         source = row.get("context") if isinstance(row.get("context"), str) and row.get("context") else None
-        return EvalItem(str(row.get("id", n)), prompt_messages(row, question), reference, source)
+        return EvalItem(str(row.get("id", n)), prompt_messages(row, question), reference or "", source)
 
     return read_jsonl_items(path, make)
 
@@ -218,10 +225,13 @@ def from_training_data(config: EvalConfig) -> list[EvalItem]:
     data = DataConfig.model_construct(
         dataset=names, dataset_dir=config.dataset_dir, max_samples=None, seed=config.seed, max_invalid_ratio=0.1
     )
-    conversations = require_usable(load_datasets(data), 0.1)
+    conversations = require_usable(load_datasets(data, prompts=config.do_predict), 0.1)
     items = []
     for i, c in enumerate(conversations):
         messages = c.to_dicts()
+        if messages[-1]["role"] != "assistant":  # a question without its answer (do_predict reads those)
+            items.append(EvalItem(str(i), messages, ""))
+            continue
         last = max(j for j, m in enumerate(messages) if m["role"] == "assistant")
         items.append(EvalItem(str(i), messages[:last], messages[last]["content"]))
     return items

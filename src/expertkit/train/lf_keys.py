@@ -123,6 +123,11 @@ LF_REFUSED: dict[str, tuple[object, str, str]] = {
     "streaming": (False, "streams the dataset", _NO),
     "tokenized_path": (None, "trains on a saved tokenized dataset", "point dataset at the source data"),
     "eval_dataset": (None, "evaluates on a separate dataset", "use val_size to hold rows out"),
+    "do_predict": (
+        False,
+        "predicts on eval_dataset (LLaMA-Factory's batch prediction) instead of training",
+        "run the same YAML with `expertkit eval predict.yaml`: it writes output_dir/generated_predictions.jsonl",
+    ),
     "label_smoothing_factor": (0.0, "smooths the labels", _NO),
     "lr_scheduler_kwargs": (None, "passes extra arguments to the schedule", _NO),
     "optim_args": (None, "passes extra arguments to the optimiser", _NO),
