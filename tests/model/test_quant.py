@@ -62,8 +62,8 @@ def test_the_cli_refuses_quantization_bit_3_without_a_traceback(tmp_path, capsys
 
 
 def test_chat_serve_and_eval_take_the_same_keys():
-    from expertkit.evaluate.config import Candidate
     from expertkit.evaluate.answering import engine_groups
+    from expertkit.evaluate.config import Candidate
 
     assert EngineConfig(model_name_or_path="m", quantization_bit=8).describe_quantization() == "8-bit LLM.int8"
     config = EvalConfig(model_name_or_path="m", eval_file="q.jsonl", quantization_bit=4, double_quantization=False)

@@ -173,6 +173,7 @@ class PPOTrainer:
     (`train`, `state`, `args`, `model`, `save_state`, `_load_from_checkpoint`)."""
 
     is_deepspeed_enabled = False  # multi-process PPO is refused (train/config.py): never under DeepSpeed
+    is_fsdp_enabled = False  # nor under FSDP
 
     def __init__(self, config, model, value_head, tokenizer, prompts, reward: RewardScorer, args, callbacks):
         from transformers import DefaultFlowCallback, Trainer, TrainerControl, TrainerState, get_scheduler
