@@ -119,16 +119,13 @@ def detect_format(records: list[Record]) -> Format | None:
 
 def convert_record(record: Record, spec: FormatSpec) -> tuple[Conversation | None, list[Problem]]:
     """Convert one row; return the conversation, or None and every problem found in the row."""
-    if record.error is not None:
-        return None, [record.error]
-    check = RowCheck(record.where)
-    if not isinstance(record.data, dict):
-        check.add(f"the row is {kind_of(record.data)}, but an object belongs here", "", "write each row as {...}")
+    row, check = object_row(record)
+    if row is None:
         return None, check.problems
     if spec.formatting == "alpaca":
-        conversation = alpaca_to_conversation(record.data, spec.columns, check)
+        conversation = alpaca_to_conversation(row, spec.columns, check)
     else:
-        conversation = messages_to_conversation(record.data, spec, check)
+        conversation = messages_to_conversation(row, spec, check)
     if check.problems or conversation is None:
         return None, check.problems
     conversation.source = record.where
@@ -138,12 +135,8 @@ def convert_record(record: Record, spec: FormatSpec) -> tuple[Conversation | Non
 def convert_prompt(record: Record, spec: FormatSpec) -> tuple[Conversation | None, list[Problem]]:
     """Convert one row whose answer may be missing or empty (batch prediction's questions, which LLaMA-Factory
     predicts on too): the prompt, then the assistant's answer only when the row has one."""
-    if record.error is not None:
-        return None, [record.error]
-    check = RowCheck(record.where)
-    row = record.data
-    if not isinstance(row, dict):
-        check.add(f"the row is {kind_of(row)}, but an object belongs here", "", "write each row as {...}")
+    row, check = object_row(record)
+    if row is None:
         return None, check.problems
     if spec.formatting == "alpaca":
         messages = alpaca_prompt(row, spec.columns, check)
@@ -169,6 +162,18 @@ class RowCheck:
 
     def add(self, message: str, field_path: str, hint: str) -> None:
         self.problems.append(Problem(message, self.where, field_path, hint))
+
+
+def object_row(record: Record) -> tuple[dict[str, Any] | None, RowCheck]:
+    """The row as an object and its check; None when it could not be read or is not an object (the check says)."""
+    check = RowCheck(record.where)
+    if record.error is not None:
+        check.problems.append(record.error)
+        return None, check
+    if not isinstance(record.data, dict):
+        check.add(f"the row is {kind_of(record.data)}, but an object belongs here", "", "write each row as {...}")
+        return None, check
+    return record.data, check
 
 
 def alpaca_to_conversation(row: dict[str, Any], columns: Columns, check: RowCheck) -> Conversation | None:

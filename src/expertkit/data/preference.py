@@ -48,6 +48,7 @@ from expertkit.data.formats import (
     check_order,
     convert_turn,
     kind_of,
+    object_row,
     row_messages,
     row_tags,
     row_tools,
@@ -104,12 +105,8 @@ def convert_preference(
     record: Record, formatting: PreferenceFormat, spec: FormatSpec, kind: PreferenceKind
 ) -> tuple[PreferencePair | UnpairedExample | None, list[Problem]]:
     """Convert one row into a pair or a labelled answer; or None and every problem found in the row."""
-    if record.error is not None:
-        return None, [record.error]
-    check = RowCheck(record.where)
-    row = record.data
-    if not isinstance(row, dict):
-        check.add(f"the row is {kind_of(row)}, but an object belongs here", "", "write each row as {...}")
+    row, check = object_row(record)
+    if row is None:
         return None, check.problems
     if kind == "pairs":
         item: PreferencePair | UnpairedExample | None = (
