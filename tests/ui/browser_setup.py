@@ -21,3 +21,17 @@ BROWSER_MARKS = [
 # without the background-networking flags chromium tries hosts this machine cannot reach, many at a time
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+def keep_local(page, outside: list[str]) -> None:
+    """Let `page` load from 127.0.0.1 only (and data: / blob: URLs): any other request is refused and recorded in
+    `outside`, which the test asserts is empty."""
+
+    def only_local(route):
+        if route.request.url.startswith(("http://127.0.0.1", "data:", "blob:")):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_local)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from browser_setup import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, sync_playwright
+from browser_setup import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, keep_local, sync_playwright
 
 pytestmark = BROWSER_MARKS
 WAIT_MS = 90_000
@@ -88,18 +88,11 @@ def page(webui):
     url, _ = webui
     outside: list[str] = []
 
-    def only_local(route):
-        if route.request.url.startswith(("http://127.0.0.1", "data:", "blob:")):
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
-
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(WAIT_MS)
-        page.route("**/*", only_local)
+        keep_local(page, outside)
         page.goto(url)
         page.wait_for_selector("#chat-input textarea")
         yield page

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from browser_setup import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, sync_playwright
+from browser_setup import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, keep_local, sync_playwright
 
 from expertkit.ui.accounts import add_user
 
@@ -71,17 +71,10 @@ def browser():
 def open_page(browser, url: str):
     """A fresh page (its own cookies) that may load nothing but 127.0.0.1."""
 
-    def only_local(route):
-        if route.request.url.startswith(("http://127.0.0.1", "data:", "blob:")):
-            route.continue_()
-        else:
-            browser.outside.append(route.request.url)
-            route.abort()
-
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
-    page.route("**/*", only_local)
+    keep_local(page, browser.outside)
     page.goto(url)
     return page
 
