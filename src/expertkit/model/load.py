@@ -76,6 +76,10 @@ def load_model(
         raise _hub_error(path, e) from None
     if device and not quantization:
         model.to(device)
+    if quantization:
+        from expertkit.model.quant import release_checkpoint_map
+
+        release_checkpoint_map(model)  # else the whole checkpoint stays mapped beside its quantised copy
     return model
 
 

@@ -221,3 +221,24 @@ def apply_adapter(base, adapter: str):
     from peft import PeftModel
 
     return PeftModel.from_pretrained(base, adapter).eval()
+
+
+def release_checkpoint_map(model) -> int:
+    """Copy the weights a quantised CPU model keeps in full precision (embeddings, norms, layers left unquantised)
+    out of the checkpoint's memory map; the number copied.
+
+    transformers maps the safetensors file and its unquantised tensors stay views into that map, so every page of the
+    file that quantisation read stays resident and counted in the process's memory: on CPU a 4-bit base then held the
+    whole bf16 checkpoint besides its 4-bit copy (bench/qlora_memory.py). Once nothing points into the map it is
+    released. A base loaded without quantisation keeps its zero-copy map: that is its weights.
+    """
+    import bitsandbytes as bnb
+
+    seen: set[int] = set()  # tied weights (embeddings = output head) are one tensor: copy it once
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if id(tensor) in seen or isinstance(tensor, (bnb.nn.Params4bit, bnb.nn.Int8Params)):
+            continue
+        seen.add(id(tensor))
+        if tensor.device.type == "cpu":
+            tensor.data = tensor.data.clone()
+    return len(seen)

@@ -62,3 +62,25 @@ def _older(version: str, floor: str) -> bool:
         return tuple(int(p) for p in v.split(".")[:3] if p.isdigit())
 
     return bool(version) and parts(version) < parts(floor)
+
+
+def keep_adapter_float32(model) -> int:
+    """Cast a quantised model's trainable weights back to float32; the number cast.
+
+    TRL's DPO, KTO, reward (and SFT) trainers cast them to bf16 when the base is quantised (the QLoRA paper's choice;
+    trl's comment points to peft#2889). expertkit trains the adapter in float32 like LLaMA-Factory and its own SFT
+    (plain Trainer): bf16 optimiser updates of small LoRA weights round away, and a reward model's new score head
+    left in bf16 fails on float32 hidden states (`expected m1 and m2 to have the same dtype`).
+    """
+    import torch
+
+    from expertkit.model.quant import is_quantized
+
+    if not is_quantized(model):  # a peft model answers for its base
+        return 0
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            cast += 1
+    return cast

@@ -71,7 +71,7 @@ def load_stage(name: str) -> Stage:
 def run(config: TrainConfig) -> TrainResult:
     from expertkit.train.launch import crash_for_test, gather_weights, is_main_process
     from expertkit.train.precision import plan_checkpointing
-    from expertkit.train.qlora import check_quantized_run
+    from expertkit.train.qlora import check_quantized_run, keep_adapter_float32
 
     main = is_main_process()  # in a multi-process run only rank 0 prints and writes the run folder
     stage = load_stage(config.stage)
@@ -83,6 +83,7 @@ def run(config: TrainConfig) -> TrainResult:
     at_end = resume_is_at_end(config, resume, len(data.train_set))
     model, precision = build_model(config)
     trainer = stage.build_trainer(config, model, tokenizer, data, precision)
+    keep_adapter_float32(trainer.model)  # QLoRA: TRL's trainers cast the adapter to bf16
     plan_checkpointing(config, trainer, data, precision)  # unset: on when the estimate says it will not fit
     if main:
         print_header(config, trainer, data, precision, stage.header_lines(config, trainer))
