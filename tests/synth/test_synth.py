@@ -93,7 +93,7 @@ def test_dataset_passes_check_and_every_quote_is_in_its_chunk(tmp_path, tiny_mod
         assert source["file"].startswith(str(docs.resolve()))
     for row in held:
         assert row["context"] == texts[row["source"]["chunk_id"]] and row["reference"]
-    from expertkit.evaluate.run import read_qa_jsonl  # `expertkit eval eval_file=eval.jsonl` reads it
+    from expertkit.evaluate.evalset import read_qa_jsonl  # `expertkit eval eval_file=eval.jsonl` reads it
 
     assert [item.reference for item in read_qa_jsonl(out / "eval.jsonl")] == [row["reference"] for row in held]
     pump = [r for r in train + held if r["source"]["file"].endswith("pump.md")]
