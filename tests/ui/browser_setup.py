@@ -1,8 +1,12 @@
 """What the browser tests share: Debian's chromium driven by playwright, the flags it needs on this closed network,
-and the marks that skip a test cleanly where either is missing (.ci/run installs both)."""
+and the marks that skip a test cleanly where either is missing (.ci/run installs both).
+
+They are a slow real-component suite (a browser and a live web UI per file, a few minutes together), so the main suite
+skips them unless EXPERTKIT_BROWSER=1; `bash .ci/browser-tests` runs them (and .ci/run calls it)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -15,6 +19,7 @@ except ImportError:  # pragma: no cover - the dev extra installs it
 
 BROWSER_MARKS = [
     pytest.mark.browser,
+    pytest.mark.skipif(os.environ.get("EXPERTKIT_BROWSER") != "1", reason="set EXPERTKIT_BROWSER=1 (.ci/browser-tests)"),
     pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run does)"),
     pytest.mark.skipif(sync_playwright is None, reason="needs playwright (pip install -e '.[dev]')"),
 ]
