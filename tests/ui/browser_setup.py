@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover - the dev extra installs it
 
 BROWSER_MARKS = [
     pytest.mark.browser,
-    pytest.mark.skipif(os.environ.get("EXPERTKIT_BROWSER") != "1", reason="set EXPERTKIT_BROWSER=1 (.ci/browser-tests)"),
+    pytest.mark.skipif(os.environ.get("EXPERTKIT_BROWSER") != "1", reason="EXPERTKIT_BROWSER=1 (.ci/browser-tests)"),
     pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run does)"),
     pytest.mark.skipif(sync_playwright is None, reason="needs playwright (pip install -e '.[dev]')"),
 ]
