@@ -50,19 +50,25 @@ logger = logging.getLogger(__name__)
 def merge_adapter_copy(base, adapter: str):
     """base + adapter merged, in a copy that shares every tensor the adapter leaves alone; `base` is unchanged.
 
-    The copy gets new Parameter objects over the same storage, and `safe_merge` gives each merged layer a new
-    tensor instead of adding to the shared one in place.
+    The copy gets new Parameter objects over the same storage; each layer the adapter changes gets its own copy of the
+    weight before the merge, so no peft version's merge (in place or not: peft 0.22's merge wrote into the shared
+    tensor, and the base answered as the adapter) can reach the base's tensors.
     """
     import copy
 
     import torch
     from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     memo = {}
     for p in base.parameters():
         memo.setdefault(id(p), torch.nn.Parameter(p.data, requires_grad=False))
-    model = copy.deepcopy(base, memo)
-    return PeftModel.from_pretrained(model, adapter).merge_and_unload(safe_merge=True).eval()
+    model = PeftModel.from_pretrained(copy.deepcopy(base, memo), adapter)
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            layer = module.get_base_layer()
+            layer.weight = torch.nn.Parameter(layer.weight.data.clone(), requires_grad=False)
+    return model.merge_and_unload(safe_merge=True).eval()
 
 
 @dataclass
