@@ -38,7 +38,7 @@ MODULES: dict[str, dict[str, list[str]]] = {
             "transformers.trainer_utils",
             "transformers.training_args",
         ],
-        "peft": ["peft"],
+        "peft": ["peft", "peft.tuners.tuners_utils"],
         "trl": ["trl", "trl.experimental.cpo", "trl.experimental.orpo"],  # pref_loss simpo / orpo
         "datasets": ["datasets"],
         "datasketch": ["datasketch"],
