@@ -390,34 +390,21 @@ def run_trl_worker(spec: dict) -> int:
             for r in rows
         ]
     )
+    from train_throughput import trl_args  # the TRL config keys every baseline shares (bench/ is on sys.path)
+
     half = spec["precision"]
     h = HYPER
     args = SFTConfig(
-        output_dir=spec["out"],
-        max_steps=spec["steps"],
-        per_device_train_batch_size=h["per_device_train_batch_size"],
-        gradient_accumulation_steps=h["gradient_accumulation_steps"],
-        learning_rate=h["learning_rate"],
-        lr_scheduler_type=h["lr_scheduler_type"],
-        warmup_steps=h["warmup_steps"],
-        weight_decay=h["weight_decay"],
-        max_grad_norm=h["max_grad_norm"],
-        optim=h["optim"],
-        seed=h["seed"],
-        max_length=h["cutoff_len"],
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        bf16=half == "bf16",
-        fp16=half == "fp16",
-        packing=False,
-        completion_only_loss=True,
-        gradient_checkpointing=False,
-        disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding",
-        use_cpu=not torch.cuda.is_available(),  # --tiny: bf16 autocast on the CPU
-        dataloader_num_workers=0,
-        model_init_kwargs={"dtype": torch.bfloat16 if half == "bf16" else torch.float16},
+        **{
+            **trl_args(spec, h),
+            "bf16": half == "bf16",
+            "fp16": half == "fp16",
+            "packing": False,
+            "completion_only_loss": True,
+            "gradient_checkpointing": False,
+            "use_cpu": not torch.cuda.is_available(),  # --tiny: bf16 autocast on the CPU
+            "model_init_kwargs": {"dtype": torch.bfloat16 if half == "bf16" else torch.float16},
+        }
     )
     lora = LoraConfig(
         r=h["lora_rank"],
