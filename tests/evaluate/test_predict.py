@@ -57,7 +57,7 @@ def test_a_llamafactory_predict_yaml_writes_generated_predictions(tiny_model, id
         "overwrite_cache: true\npreprocessing_num_workers: 16\ndataloader_num_workers: 4\n"
         f"output_dir: {out}\noverwrite_output_dir: true\nreport_to: none\n"
         "per_device_eval_batch_size: 1\npredict_with_generate: true\nddp_timeout: 180000000\n"
-        "max_new_tokens: 24\ntemperature: 0\ntop_p: 0.7\n",
+        "max_new_tokens: 24\ntemperature: 0\ntop_p: 0.7\ninfer_backend: huggingface\n",
         encoding="utf-8",
     )
     assert main(["eval", str(yaml)]) == 0
