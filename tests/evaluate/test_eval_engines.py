@@ -96,13 +96,14 @@ def test_a_wrong_key_is_refused_before_any_answer(live_server, eval_file, tmp_pa
     assert f"{url}/v1 refused the key (401)" in err and "api_key" in err
 
 
-def test_engine_vllm_without_vllm_says_how_to_get_it(tiny_model, eval_file, tmp_path, capsys):
+@pytest.mark.parametrize("key", ["engine=vllm", "infer_backend=vllm"])  # LLaMA-Factory's name for it
+def test_engine_vllm_without_vllm_says_how_to_get_it(tiny_model, eval_file, tmp_path, capsys, key):
     from expertkit.engine.vllm_engine import vllm_installed
 
     if vllm_installed():
         pytest.skip("vLLM is installed here: tests/engine/test_vllm_live.py runs engine=vllm for real")
     code = main([
-        "eval", f"eval_file={eval_file}", f"model_name_or_path={tiny_model}", "engine=vllm",
+        "eval", f"eval_file={eval_file}", f"model_name_or_path={tiny_model}", key,
         f"output_dir={tmp_path / 'o'}", "probe=false",
     ])  # fmt: skip
     assert code == 1

@@ -1,6 +1,7 @@
 """Batch prediction (`expertkit eval` with LLaMA-Factory's `do_predict: true`) on the tiny model + identity adapter:
 generated_predictions.jsonl with LLaMA-Factory's keys, questions without references, the same predictions through
-engine=openai against the live server, a resumed run that regenerates nothing, and train pointing to eval."""
+engine=openai against the live server, a resumed run that regenerates nothing, and train pointing to eval. The
+stage's `run` routes do_predict here as the CLI does."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from expertkit.cli.main import main
 from expertkit.core.config import load_config
 from expertkit.core.errors import ConfigError
 from expertkit.evaluate.config import EvalConfig
-from expertkit.evaluate.predict import GENERATED, run_predict
+from expertkit.evaluate.predict import GENERATED, PredictResult, run_predict
+from expertkit.evaluate.run import run
 from expertkit.train.config import TrainConfig
 
 LIVE_KEY = "sk-test-local"  # the key of conftest.py's live server
@@ -57,7 +59,7 @@ def test_a_llamafactory_predict_yaml_writes_generated_predictions(tiny_model, id
         "overwrite_cache: true\npreprocessing_num_workers: 16\ndataloader_num_workers: 4\n"
         f"output_dir: {out}\noverwrite_output_dir: true\nreport_to: none\n"
         "per_device_eval_batch_size: 1\npredict_with_generate: true\nddp_timeout: 180000000\n"
-        "max_new_tokens: 24\ntemperature: 0\ntop_p: 0.7\n",
+        "max_new_tokens: 24\ntemperature: 0\ntop_p: 0.7\ninfer_backend: huggingface\n",
         encoding="utf-8",
     )
     assert main(["eval", str(yaml)]) == 0
@@ -71,7 +73,8 @@ def test_a_llamafactory_predict_yaml_writes_generated_predictions(tiny_model, id
 
 def test_questions_without_references_are_predicted_and_resume(tiny_model, identity_adapter, questions, tmp_path):
     config = load_config(EvalConfig, None, predict_keys(tiny_model, identity_adapter, questions, tmp_path / "p"))
-    first = run_predict(config, out=io.StringIO())
+    first = run(config, out=io.StringIO())  # the stage's API routes do_predict, as `expertkit eval` does
+    assert isinstance(first, PredictResult) and not (first.output_dir / "metrics.json").exists()
     rows = read_lines(first.paths["tuned"])
     assert [r["label"] for r in rows] == ["", "", "", QA[3][1]]  # '' without a reference, as LLaMA-Factory
     assert rows[0]["predict"] == QA[0][1] and first.errors == 0

@@ -40,7 +40,7 @@ class Teacher:
     max_prompt_chars: int | None = None  # longer prompts get the context-length 400
     api_key: str | None = None
     faults: list[tuple[int, dict]] = field(default_factory=list)  # (status, headers) for the next requests, in order
-    calls: list[dict] = field(default_factory=list)  # {"task", "chunk", "status", "prompt", "system"} per request
+    calls: list[dict] = field(default_factory=list)  # {"task", "chunk", "status", "prompt", "system", "model"} each
     lock: threading.Lock = field(default_factory=threading.Lock)
     in_flight: int = 0  # requests being answered now, and the most at once (bench/synth_throughput.py)
     max_in_flight: int = 0
@@ -116,6 +116,7 @@ def build_app(teacher: Teacher):
             "status": 200,
             "prompt": prompt,
             "system": system,
+            "model": body.get("model"),
         }
         with teacher.lock:
             teacher.calls.append(call)

@@ -132,6 +132,22 @@ def test_rerun_asks_nothing_and_a_changed_file_only_its_chunks(tmp_path):
     assert any("8 bar" in r["output"] for r in train) and not any("6 bar" in r["output"] for r in train)
 
 
+def test_another_teacher_asks_again_and_switching_back_asks_nothing(tmp_path):
+    docs = write_docs(tmp_path / "docs", {"pump.md": PUMP})
+    out = tmp_path / "out"
+    with teacher_server() as (teacher, url):
+        assert synth([docs], url, out, teacher_model="teacher").asked == 1
+        assert synth([docs], url, out, teacher_model="teacher").asked == 0
+        made = len(teacher.calls)
+        other = synth([docs], url, out, teacher_model="teacher-2")  # same server, another model: its own answers
+        assert other.asked == 1 and other.cached == 0
+        assert len(teacher.calls) == made + 5 and {c["model"] for c in teacher.calls[made:]} == {"teacher-2"}
+        assert synth([docs], url, out, teacher_model="teacher").asked == 0  # the first teacher's rows are kept
+        assert synth([docs], url, out).asked == 1  # teacher_model unset: known by its URL, a teacher of its own
+    with sqlite3.connect(out / "synth_state.sqlite") as db:
+        assert db.execute("SELECT count(*) FROM chunks WHERE status = 'done'").fetchone() == (3,)
+
+
 def test_a_killed_run_resumes_without_duplicates(tmp_path):
     docs = write_docs(tmp_path / "docs", distinct_docs(8))
     out = tmp_path / "out"

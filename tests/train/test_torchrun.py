@@ -296,28 +296,38 @@ def test_zero3_lora_matches_ddp(tiny_model, identity_dir, tmp_path):
 @multiproc
 @pytest.mark.skipif(not has_deepspeed, reason="DeepSpeed is not installed (pip install deepspeed)")
 def test_zero3_full_saves_a_whole_model_and_resumes(tiny_model, identity_dir, tmp_path):
-    import shutil
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
     out = tmp_path / "run"
     zero3 = ("finetuning_type=full", f"deepspeed={EXAMPLES / 'ds_z3_config.json'}")
     done = train(tiny_model, identity_dir, out, 4, 2, *zero3)
     assert done.returncode == 0, done.stderr[-3000:]
-    full = logged_losses(out)
-    # the consolidated model: every weight gathered from the shards, loadable on its own, and trained
+    assert_whole_trained_model(out, tiny_model)
+    assert_resume_repeats_steps_3_and_4(tiny_model, identity_dir, out, *zero3)
+
+
+def assert_whole_trained_model(out: Path, tiny_model: Path) -> None:
+    """The consolidated model in `out`: every weight gathered from the shards, loadable by plain transformers, and
+    trained."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(out)
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in base.parameters())
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), base.parameters(), strict=True))
-    # killed after checkpoint-2: the resumed run repeats steps 3 and 4 exactly
+
+
+def assert_resume_repeats_steps_3_and_4(tiny_model, identity_dir, out: Path, *extra: str) -> None:
+    """The finished 4-step, 2-process run in `out`, killed after checkpoint-2 (its last checkpoint and finish mark
+    removed): resumed with the same `extra` keys, it logs the same losses for steps 3 and 4."""
+    import shutil
+
+    losses = logged_losses(out)
     shutil.rmtree(out / "checkpoint-4")
     (out / "expertkit_finished").unlink()
-    resumed = train(tiny_model, identity_dir, out, 4, 2, *zero3, "resume_from_checkpoint=true")
+    resumed = train(tiny_model, identity_dir, out, 4, 2, *extra, "resume_from_checkpoint=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     again = logged_losses(out)
-    assert [again[s] for s in (3, 4)] == pytest.approx([full[s] for s in (3, 4)], abs=1e-5)
+    assert [again[s] for s in (3, 4)] == pytest.approx([losses[s] for s in (3, 4)], abs=1e-5)
 
 
 # --- FSDP2 on CPU: torch's fully_shard over gloo (accelerate's state set to FSDP, see train/fsdp.py) ---------------
@@ -327,11 +337,6 @@ ACCELERATE_FSDP = Path(__file__).resolve().parents[2] / "examples" / "accelerate
 
 @multiproc
 def test_fsdp_full_matches_one_process_saves_a_whole_model_and_resumes(tiny_model, identity_dir, tmp_path):
-    import shutil
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
     out, single = tmp_path / "fsdp", tmp_path / "single"
     full = ("finetuning_type=full", "fsdp=full_shard auto_wrap")
     done = train(tiny_model, identity_dir, out, 4, 2, *full)
@@ -341,20 +346,9 @@ def test_fsdp_full_matches_one_process_saves_a_whole_model_and_resumes(tiny_mode
     assert "FSDP2: 26 of 26 weight tensors sharded; this process holds 174,368 of 348,736 values" in done.stderr
     one = train(tiny_model, identity_dir, single, 4, 1, "finetuning_type=full", "per_device_train_batch_size=2")
     assert one.returncode == 0, one.stderr[-3000:]
-    losses = logged_losses(out)
-    assert list(losses.values()) == pytest.approx(list(logged_losses(single).values()), abs=5e-3)
-    # the consolidated model: every weight gathered from the shards, loadable by plain transformers, and trained
-    model = AutoModelForCausalLM.from_pretrained(out)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model)
-    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in base.parameters())
-    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), base.parameters(), strict=True))
-    # killed after checkpoint-2: the resumed run repeats steps 3 and 4
-    shutil.rmtree(out / "checkpoint-4")
-    (out / "expertkit_finished").unlink()
-    resumed = train(tiny_model, identity_dir, out, 4, 2, *full, "resume_from_checkpoint=true")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    again = logged_losses(out)
-    assert [again[s] for s in (3, 4)] == pytest.approx([losses[s] for s in (3, 4)], abs=1e-5)
+    assert list(logged_losses(out).values()) == pytest.approx(list(logged_losses(single).values()), abs=5e-3)
+    assert_whole_trained_model(out, tiny_model)
+    assert_resume_repeats_steps_3_and_4(tiny_model, identity_dir, out, *full)
 
 
 @multiproc

@@ -12,74 +12,28 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
-from browser_setup import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, keep_local, sync_playwright
+from browser_setup import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, keep_local, running_webui, sync_playwright, wait_until
 
 pytestmark = BROWSER_MARKS
 WAIT_MS = 90_000
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def webui(tiny_model, identity_dir, tmp_path_factory):
     """(url, work folder) of `expertkit webui` serving the tiny model; stopped with SIGTERM (and its chat server)."""
     work = tmp_path_factory.mktemp("webui")
-    port = free_port()
-    env = {
-        **os.environ,
-        "HOME": str(work / "home"),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "GRADIO_ANALYTICS_ENABLED": "False",
-    }
     args = [
         f"model_name_or_path={tiny_model}",
         f"dataset_dir={identity_dir}",
-        f"port={port}",
         "saves_dir=saves",
         "feedback_db=feedback.sqlite",
         "kb_dir=kb",  # built by a test with `expertkit kb add`: the server opens it on the first grounded question
     ]
-    log = open(work / "webui.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "expertkit", "webui", *args], cwd=work, env=env, stdout=log, stderr=log
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    else:
-        log.close()
-        pytest.fail(f"the web UI did not start:\n{(work / 'webui.log').read_text(errors='replace')[-3000:]}")
-    yield url, work
-    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True).stdout
-    proc.terminate()
-    try:
-        proc.wait(30)
-    finally:
-        log.close()
-    assert proc.returncode == 0, (work / "webui.log").read_text(errors="replace")[-3000:]
-    for pid in children.split():  # its chat server stopped with it
-        _wait(lambda pid=pid: not Path(f"/proc/{pid}").exists(), timeout=30)
+    with running_webui(work, args) as url:
+        yield url, work
 
 
 @pytest.fixture(scope="module")
@@ -132,13 +86,13 @@ def test_chat_streams_a_reply_and_feedback_lands_in_the_store(page, webui):
     page.locator("#chat-bot button[aria-label=Like]").last.click()
     db = sqlite3.connect(work / "feedback.sqlite")
     rating = "SELECT m.role, f.rating FROM feedback f JOIN messages m ON m.id = f.message_id ORDER BY f.id DESC"
-    _wait(lambda: db.execute(rating).fetchone() == ("assistant", 1))
+    wait_until(lambda: db.execute(rating).fetchone() == ("assistant", 1))
 
     page.locator("#chat-bot button[aria-label=Edit]").last.click()
     page.locator("#chat-bot textarea").fill("I am Sail, the Yunfan Tech assistant.")
     page.locator("#chat-bot button[aria-label=Submit]").click()
     edited = "SELECT rating, edited_content FROM feedback ORDER BY id DESC"
-    _wait(lambda: db.execute(edited).fetchone() == (1, "I am Sail, the Yunfan Tech assistant."))
+    wait_until(lambda: db.execute(edited).fetchone() == (1, "I am Sail, the Yunfan Tech assistant."))
 
 
 def test_chat_with_the_knowledge_base_lists_the_sources_under_the_answer(page, webui):
@@ -160,13 +114,6 @@ def test_chat_with_the_knowledge_base_lists_the_sources_under_the_answer(page, w
     assert sources.locator("a").get_attribute("href") == (work / "docs" / "relay.md").resolve().as_uri()
     page.wait_for_function("window.changed && Date.now() - window.changed > 1500")  # the answer is complete
     screenshot(page, "webui-chat.png", work)
-
-
-def _wait(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def test_training_from_the_form_draws_its_loss_and_finishes(page, webui):

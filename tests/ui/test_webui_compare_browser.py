@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from browser_setup import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, keep_local, sync_playwright
+from browser_setup import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, keep_local, running_webui, sync_playwright, wait_until
 
 from expertkit.ui.accounts import add_user
 
@@ -29,32 +26,14 @@ LIVE_KEY = "sk-test-local"  # the key of conftest.py's live server
 def webui(live_server, tmp_path_factory):
     """(url, work folder) of `expertkit webui users=users.yaml` chatting with the live server: alice is a trainer,
     bob a rater."""
-    from live_server import free_port
-
     _, server_url = live_server
     work = tmp_path_factory.mktemp("webui-accounts")
     add_user(work / "users.yaml", "alice", "alice-pw", "trainer")
     add_user(work / "users.yaml", "bob", "bob-pw", "rater")
-    port = free_port()
-    env = {**os.environ, "HOME": str(work / "home"), "GRADIO_ANALYTICS_ENABLED": "False"}
-    args = [f"server_url={server_url}/v1", f"api_key={LIVE_KEY}", f"port={port}", "users=users.yaml",
-            "saves_dir=saves", "feedback_db=feedback.sqlite"]  # fmt: skip
-    with open(work / "webui.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "expertkit", "webui", *args], cwd=work, env=env, stdout=log,
-                                stderr=log)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            httpx.get(url, timeout=1)
-            break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    else:
-        pytest.fail(f"the web UI did not start:\n{(work / 'webui.log').read_text(errors='replace')[-3000:]}")
-    yield url, work
-    proc.terminate()
-    assert proc.wait(30) == 0, (work / "webui.log").read_text(errors="replace")[-3000:]
+    args = [f"server_url={server_url}/v1", f"api_key={LIVE_KEY}", "users=users.yaml", "saves_dir=saves",
+            "feedback_db=feedback.sqlite"]  # fmt: skip
+    with running_webui(work, args) as url:
+        yield url, work
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +90,7 @@ def test_a_rater_logs_in_sees_chat_and_compare_only_and_votes_in_the_arena(brows
     page.locator("#chat-bot button[aria-label=Like]").last.click()
     db = sqlite3.connect(work / "feedback.sqlite")
     rated = "SELECT rating, rater FROM feedback ORDER BY id DESC"
-    _wait(lambda: db.execute(rated).fetchone() == (1, "bob"))  # a thumbs up records who gave it
+    wait_until(lambda: db.execute(rated).fetchone() == (1, "bob"))  # a thumbs up records who gave it
 
     tab(page, "Compare").click()
     page.wait_for_function("document.querySelector('#compare-b-model input').value !== ''")  # the served names
@@ -143,13 +122,6 @@ def test_a_trainer_sees_every_tab_and_the_ab_statistics(browser, webui):
     page.wait_for_selector("#ab-verdicts:has-text('feedback')")
     page.wait_for_selector("#promote-status:has-text('not started')")
     page.context.close()
-
-
-def _wait(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def _shots(fallback: Path) -> Path:

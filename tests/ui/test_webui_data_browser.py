@@ -6,15 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
-from browser_setup import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, keep_local, sync_playwright
+from browser_setup import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, keep_local, running_webui, sync_playwright
 
 pytestmark = BROWSER_MARKS
 WAIT_MS = 90_000
@@ -32,31 +27,9 @@ def webui(tmp_path_factory):
     data.mkdir()
     (data / "claims.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
     (data / "dataset_info.json").write_text(json.dumps({"claims": {"file_name": "claims.jsonl"}}), encoding="utf-8")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "HOME": str(work / "home"), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    log = open(work / "webui.log", "wb")  # noqa: SIM115 - closed below
-    args = [f"dataset_dir={data}", f"port={port}", "saves_dir=saves", "feedback_db=feedback.sqlite"]
-    proc = subprocess.Popen([sys.executable, "-m", "expertkit", "webui", *args], cwd=work, env=env, stdout=log,
-                            stderr=log)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    else:
-        log.close()
-        pytest.fail(f"the web UI did not start:\n{(work / 'webui.log').read_text(errors='replace')[-3000:]}")
-    yield url, work
-    proc.terminate()
-    try:
-        proc.wait(30)
-    finally:
-        log.close()
+    args = [f"dataset_dir={data}", "saves_dir=saves", "feedback_db=feedback.sqlite"]
+    with running_webui(work, args) as url:
+        yield url, work
 
 
 def test_clean_a_dataset_and_accept_it_for_training(webui):

@@ -37,16 +37,12 @@ def evaluate(
     from expertkit.evaluate.config import EvalConfig
 
     path, overrides = split_cli_args(args)
-    config = load_config(EvalConfig, path, overrides)
-    if config.do_predict:
-        from expertkit.evaluate.predict import run_predict
-
-        predicted = run_predict(config)
-        for path in predicted.paths.values():
-            typer.echo(f"predictions: {path}")
-        return
+    from expertkit.evaluate.predict import PredictResult
     from expertkit.evaluate.run import run
 
-    result = run(config)
-    where = result.report_path or result.metrics_path
-    typer.echo(f"report: {where}")
+    result = run(load_config(EvalConfig, path, overrides))  # do_predict: batch prediction
+    if isinstance(result, PredictResult):
+        for predictions in result.paths.values():
+            typer.echo(f"predictions: {predictions}")
+        return
+    typer.echo(f"report: {result.report_path or result.metrics_path}")

@@ -7,11 +7,49 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from expertkit.core.config import StageConfig
 from expertkit.model.config import ModelConfig
 from expertkit.model.quant import QuantizationKeys
 
+# LLaMA-Factory's `infer_backend` (its EngineName) -> our `engine`; the others have no engine here
+INFER_BACKENDS = {"huggingface": "transformers", "vllm": "vllm"}
+OTHER_BACKENDS = {"sglang": "SGLang", "ktransformers": "KTransformers"}
 
-class EngineConfig(QuantizationKeys, ModelConfig):
+
+class InferBackendKey(StageConfig):
+    """LLaMA-Factory's `infer_backend`, read as our `engine` (chat, serve, ask, eval), so its files run unchanged."""
+
+    infer_backend: Literal["huggingface", "vllm", "sglang", "ktransformers"] | None = None
+    """LLaMA-Factory's name for `engine`: huggingface means engine=transformers, vllm engine=vllm. sglang and
+    ktransformers are refused: start that server yourself and give engine=openai base_url=its /v1 URL."""
+
+    @field_validator("infer_backend")
+    @classmethod
+    def _backend_we_run(cls, v: str | None) -> str | None:
+        if v in OTHER_BACKENDS:
+            raise ValueError(
+                f"{v} is LLaMA-Factory's {OTHER_BACKENDS[v]} backend, which expertkit cannot run: "
+                f"use infer_backend: huggingface (engine=transformers) or vllm (engine=vllm), or start {v}'s "
+                "OpenAI-compatible server yourself and give engine=openai base_url=http://HOST:PORT/v1"
+            )
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_from_infer_backend(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("infer_backend") not in INFER_BACKENDS:
+            return data  # unset, or a value the field refuses by name
+        backend = data["infer_backend"]
+        engine = INFER_BACKENDS[backend]
+        if data.get("engine") is not None and data["engine"] != engine:
+            raise ValueError(
+                f"infer_backend: {backend} means engine={engine}, but engine={data['engine']} is also given: "
+                "keep one of the two keys"
+            )
+        return {**data, "engine": engine}
+
+
+class EngineConfig(InferBackendKey, QuantizationKeys, ModelConfig):
     model_name_or_path: str = ""
     """Base model folder (or hub id), or a merged export. Leave empty with engine=openai."""
 

@@ -28,7 +28,7 @@ from pydantic import Field, field_validator, model_validator
 
 from expertkit.core.config import StageConfig
 from expertkit.data.config import split_list
-from expertkit.engine.config import QuantizationKeys  # the engines load a base quantised with these keys
+from expertkit.engine.config import InferBackendKey, QuantizationKeys
 
 EngineName = Literal["transformers", "vllm", "openai"]
 DEFAULT_CONCURRENCY = 16  # questions in flight per candidate (and judge requests) when `concurrency` is unset
@@ -40,8 +40,8 @@ DEFAULT_METRICS = [*TEXT_METRICS, "eval_loss"]
 # Keys of LLaMA-Factory's predict YAMLs (examples/train_lora/*_predict.yaml) that eval accepts and ignores: they
 # tune LLaMA-Factory's trainer, not what is predicted. Warned once, not refused.
 EVAL_LF_UNSUPPORTED = frozenset(
-    """bf16 cutoff_len dataloader_num_workers ddp_timeout do_sample finetuning_type flash_attn fp16 infer_backend
-    infer_dtype logging_steps overwrite_cache overwrite_output_dir per_device_eval_batch_size plot_loss
+    """bf16 cutoff_len dataloader_num_workers ddp_timeout do_sample finetuning_type flash_attn fp16 infer_dtype
+    logging_steps overwrite_cache overwrite_output_dir per_device_eval_batch_size plot_loss
     preprocessing_num_workers report_to stage trust_remote_code""".split()
 )
 
@@ -113,7 +113,7 @@ class Candidate(StageConfig):
         return bool(self.model_name_or_path)
 
 
-class EvalConfig(QuantizationKeys):
+class EvalConfig(InferBackendKey, QuantizationKeys):
     lf_unsupported = EVAL_LF_UNSUPPORTED
     lf_refused = {
         "stage": ("sft", "predicts with another training stage's setup", "drop the key, or set stage: sft"),

@@ -23,6 +23,7 @@ from expertkit.core.runs import TRAINER_LOG, write_json_atomic
 from expertkit.evaluate.answering import PREDICTIONS, answer_all, no_likelihoods, say
 from expertkit.evaluate.config import TEXT_METRICS, Candidate, EvalConfig
 from expertkit.evaluate.evalset import EvalItem, load_eval_set, load_pair_set, load_probe_items, pair_metrics
+from expertkit.evaluate.predict import PredictResult, run_predict
 
 METRICS = "metrics.json"
 RESOLVED = "eval_config.yaml"
@@ -36,8 +37,12 @@ class EvalResult:
     summary: dict
 
 
-def run(config: EvalConfig, out=None) -> EvalResult:
+def run(config: EvalConfig, out=None) -> EvalResult | PredictResult:
+    """Answer the eval set with every candidate, score, judge and report; with do_predict, batch prediction instead
+    (predict.py: generated_predictions.jsonl, no metrics), as `expertkit eval` does."""
     out = out or sys.stderr
+    if config.do_predict:
+        return run_predict(config, out)
     pairs = load_pair_set(config)
     if pairs is not None:
         config = pair_metrics(config)

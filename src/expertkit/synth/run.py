@@ -34,7 +34,15 @@ from expertkit.synth.config import SynthConfig
 from expertkit.synth.generate import ChunkFailed, synthesize_chunk
 from expertkit.synth.prompts import Prompts, detect_language, load_prompts
 from expertkit.synth.state import ChunkJob, State
-from expertkit.synth.teacher import Tally, Teacher, TeacherDown, TeacherError, load_teacher, require_teacher
+from expertkit.synth.teacher import (
+    Tally,
+    Teacher,
+    TeacherDown,
+    TeacherError,
+    load_teacher,
+    require_teacher,
+    teacher_identity,
+)
 from expertkit.synth.write import Counts, write_dataset
 
 logger = logging.getLogger(__name__)
@@ -107,6 +115,7 @@ def record_chunks(config: SynthConfig, prompts: Prompts, state: State) -> list[P
     unreadable: list[Problem] = []
     documents = chunks_seen = 0
     state.clear_current()
+    asked_how = f"{prompts.version}/{config.questions_per_chunk}/{teacher_identity(config)}"
     for doc in read_documents(config, unreadable):
         documents += 1
         chunks = split_text(doc.text, config.chunk_size, config.chunk_overlap, markdown=doc.kind in MARKDOWN_KINDS)
@@ -117,7 +126,7 @@ def record_chunks(config: SynthConfig, prompts: Prompts, state: State) -> list[P
         state.db.execute("BEGIN")
         for chunk in chunks:
             language = config.language if config.language != "auto" else detect_language(chunk.text)
-            key = content_hash(f"{prompts.version}/{config.questions_per_chunk}/{language}\n{chunk.text}")
+            key = content_hash(f"{asked_how}/{language}\n{chunk.text}")
             job = ChunkJob(key, chunk.text, doc.source, doc.title, last_before(headings, chunk.start) or "",
                            chunk_id(doc.source, chunk.position), language, page=pages_of(doc, chunk))  # fmt: skip
             state.put_chunk(job)

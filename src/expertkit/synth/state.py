@@ -1,9 +1,10 @@
 """What a synth run has done, kept in `output_dir/synth_state.sqlite`, so that a run can stop anywhere and go on.
 
-One row per chunk, keyed by the sha256 of the chunk's text and the prompt version (and the questions asked per
-chunk): the same chunk in a re-run, or in another file, is never sent to the teacher again; a changed chunk, or a
-changed prompt, has a new key. A chunk's result is written in one transaction once all its requests are done, so a
-killed run leaves no half chunk: the chunks it had finished are kept, the others are asked again.
+One row per chunk, keyed by the sha256 of the chunk's text, the prompt version, the questions asked per chunk and
+the teacher: the same chunk in a re-run, or in another file, is never sent to the same teacher again; a changed
+chunk, a changed prompt or another teacher has a new key. A chunk's result is written in one transaction once all
+its requests are done, so a killed run leaves no half chunk: the chunks it had finished are kept, the others are
+asked again.
 
     state = State.open(Path("data/handbook"))
     state.put_chunk(chunk)                    # the chunk's text and source, status "new" (kept when known)

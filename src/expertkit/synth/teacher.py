@@ -16,6 +16,7 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from expertkit.core.errors import ExpertkitError
 from expertkit.engine.base import Engine, SamplingParams, Usage, complete
@@ -81,6 +82,18 @@ def require_teacher(config: SynthConfig) -> None:
             "teacher_model_name_or_path=... (a local model)",
             hint="e.g. teacher_base_url=http://127.0.0.1:11434/v1 teacher_model=qwen2.5:14b",
         )
+
+
+def teacher_identity(config: SynthConfig) -> str:
+    """Who writes the rows, as part of each chunk's key in the state file (so another teacher asks again): a local
+    model's folder, else the remote model's name (on whichever server), else, with teacher_model unset (the server's
+    first model), the server's URL."""
+    if config.teacher_model_name_or_path:
+        path = Path(config.teacher_model_name_or_path).expanduser()
+        return f"local:{path.resolve() if path.exists() else config.teacher_model_name_or_path}"
+    if config.teacher_model:
+        return f"model:{config.teacher_model}"
+    return f"url:{(config.teacher_base_url or '').rstrip('/')}"
 
 
 class Teacher:

@@ -195,7 +195,9 @@ def build_job_tab(
 
 
 def build_eval_tab(config, L: dict[str, str]) -> dict[str, Any]:
-    specs = field_specs(EvalConfig)  # candidates: a YAML text box; judge_api_key: a password box, shown as ***
+    # candidates: a YAML text box; judge_api_key: a password box, shown as ***; infer_backend is LLaMA-Factory's
+    # spelling of engine, for its files: the form has engine
+    specs = field_specs(EvalConfig, exclude=("infer_backend",))
     initial = {
         "model_name_or_path": config.model_name_or_path,
         "template": config.template,
