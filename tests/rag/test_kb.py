@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 
 import pytest
 
@@ -231,45 +230,3 @@ def test_adding_many_documents_embeds_and_upserts_them_together(tmp_path, backen
         assert again["note03.txt"] == "updated" and list(again.values()).count("unchanged") == 29
         assert calls == [("embed", 1), ("upsert", 1)] and kb.store.count() == 30
         assert "retired" in kb.search("retired relay", k=1, mode="vector")[0].text
-
-
-def test_groups_are_stored_on_a_second_thread_in_order_and_a_failed_one_leaves_no_entry(tmp_path, monkeypatch):
-    """kb add embeds a group while the one before is stored: the same source in consecutive groups still ends as
-    its last version, and a group whose upsert fails is neither in the manifest nor reported."""
-    from expertkit.rag import kb as kb_module
-    from expertkit.rag.extract import Document
-
-    monkeypatch.setattr(kb_module, "GROUP_CHUNKS", 1)  # one document per group
-    a1 = Document("a.txt", "A", "Relay A feeds the north substation.", "txt")
-    b = Document("b.txt", "B", "Relay B feeds the south substation.", "txt")
-    a2 = Document("a.txt", "A", "Relay A was retired in 2026.", "txt")
-    with open_kb(tmp_path) as kb:
-        threads, upsert = set(), kb.store.upsert
-        monkeypatch.setattr(kb.store, "upsert", lambda *a: threads.add(threading.get_ident()) or upsert(*a))
-        seen = []
-        results = kb.add_documents([(a1, None), (b, None), (a2, None)], on_result=seen.append)
-        assert [(r.source, r.status) for r in results] == [("a.txt", "added"), ("b.txt", "added"), ("a.txt", "updated")]
-        assert seen == results and threads and threading.get_ident() not in threads
-        assert sorted(t for _, t, _ in kb.store.records()) == [a2.text, b.text]
-        assert json.loads((tmp_path / "kb" / MANIFEST).read_text())["generation"] == kb.manifest.generation == 3
-
-        c, d = Document("c.txt", "C", "Relay C is new.", "txt"), Document("d.txt", "D", "Relay D is new.", "txt")
-        calls = []
-
-        def failing(*rows):
-            calls.append(rows[0])
-            if len(calls) == 2:
-                raise ExpertkitError("disk full")
-            upsert(*rows)
-
-        monkeypatch.setattr(kb.store, "upsert", failing)
-        seen.clear()
-        with pytest.raises(ExpertkitError, match="disk full"):
-            kb.add_documents([(c, None), (d, None)], on_result=seen.append)
-        assert [r.source for r in seen] == ["c.txt"]
-        assert (
-            sorted(kb.manifest.sources)
-            == ["a.txt", "b.txt", "c.txt"]
-            == sorted(json.loads((tmp_path / "kb" / MANIFEST).read_text())["sources"])
-        )
-        assert kb.store.count() == 3

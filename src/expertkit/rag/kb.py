@@ -16,7 +16,6 @@ import json
 import shutil
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -194,49 +193,28 @@ class KnowledgeBase:
     def add_documents(self, items: Iterable, on_result: Callable[[AddResult], None] | None = None) -> list[AddResult]:
         """Add (Document, fetched_at) pairs (an AddResult in `items` is passed through), in groups of about
         GROUP_CHUNKS chunks: one embedding call, one store upsert and one manifest write per group, not per
-        document (LanceDB writes a table version and Chroma a batch per upsert). A group is stored on a second
-        thread while the next one is read, chunked and embedded (SQLite and the tokenizer run without the GIL: on
-        2 cores the store's time hides behind the embedder's). Results come in input order, each once stored."""
+        document (LanceDB writes a table version and Chroma a batch per upsert). Results come in input order."""
         results: list[AddResult] = []
         group: list[Pending] = []
-        in_flight: list = []  # [(group, Future | None)]: the group being stored, at most one
-
-        def finish_stored() -> None:
-            for done, future in in_flight:
-                if future is not None:
-                    future.result()  # the store's error, if any, is raised here
-                for p in done:
-                    results.append(p.result)
-                    if on_result:
-                        on_result(p.result)
-            in_flight.clear()
 
         def flush() -> None:
-            writes = [p for p in group if p.result is None]
-            rows = self.embed_group(writes) if writes else None  # while the group before is being stored
-            finish_stored()
-            job = self.record_group(writes, rows) if writes else None
-            in_flight.append((list(group), writer.submit(job) if job else None))
+            for result in self.write_group(group):
+                results.append(result)
+                if on_result:
+                    on_result(result)
             group.clear()
 
-        try:
-            with ThreadPoolExecutor(1, thread_name_prefix="kb-add") as writer:  # waits for the last write
-                for item in items:
-                    if isinstance(item, AddResult):
-                        group.append(Pending(result=item))
-                        continue
-                    doc, fetched_at = item
-                    if any(p.doc is not None and p.doc.source == doc.source for p in group):
-                        flush()  # the same source twice: the second replaces what the first wrote
-                    group.append(self.prepare(doc, fetched_at))
-                    if sum(len(p.chunks) for p in group) >= GROUP_CHUNKS:
-                        flush()
+        for item in items:
+            if isinstance(item, AddResult):
+                group.append(Pending(result=item))
+                continue
+            doc, fetched_at = item
+            if any(p.doc is not None and p.doc.source == doc.source for p in group):
+                flush()  # the same source twice: the second replaces what the first wrote
+            group.append(self.prepare(doc, fetched_at))
+            if sum(len(p.chunks) for p in group) >= GROUP_CHUNKS:
                 flush()
-                finish_stored()
-        except BaseException:
-            if (self.dir / MANIFEST).is_file():  # back to what was stored: the entries of a group that failed go
-                self.manifest = read_manifest(self.dir / MANIFEST)
-            raise
+        flush()
         return results
 
     def prepare(self, doc: Document, fetched_at: str | None) -> Pending:
@@ -250,28 +228,19 @@ class KnowledgeBase:
             return Pending(result=AddResult(doc.source, "failed", title=doc.title, reason="no text found in it"))
         return Pending(doc, fetched_at, digest, chunks, known=bool(known))
 
-    def embed_group(self, writes: list[Pending]) -> tuple[list[str], object, list[str], list[dict]]:
-        """(ids, vectors, texts, metadatas) of a group's chunks: the embedding, on the caller's thread."""
-        ids, texts, meta = chunk_rows([(p.doc, p.chunks, p.fetched_at) for p in writes])
-        return ids, self.embedder.embed(texts), texts, meta
-
-    def record_group(self, writes: list[Pending], rows: tuple) -> Callable[[], None]:
-        """Enter a group's sources in the manifest now (what comes next is prepared against it) and return what
-        stores it: their old chunks removed, the new ones upserted, then the manifest written."""
-        for p in writes:
-            self.manifest.sources[p.doc.source] = self.source_entry(p.doc, len(p.chunks), p.digest, p.fetched_at)
-            p.result = AddResult(p.doc.source, "updated" if p.known else "added", len(p.chunks), p.doc.title)
-        self.manifest.generation += 1
-        snapshot = asdict(self.manifest)  # a copy: the next group changes the manifest while this one is stored
-        replaced = [p.doc.source for p in writes if p.known]  # a new source has nothing stored to replace
-
-        def store() -> None:
-            for source in replaced:
-                self.store.delete_source(source)
-            self.store.upsert(*rows)
-            write_json_atomic(self.dir / MANIFEST, snapshot)
-
-        return store
+    def write_group(self, group: list[Pending]) -> list[AddResult]:
+        writes = [p for p in group if p.result is None]
+        if writes:
+            for p in writes:
+                if p.known:  # a new source has nothing stored to replace (a store lookup per document saved)
+                    self.store.delete_source(p.doc.source)
+            self.put_many([(p.doc, p.chunks, p.fetched_at) for p in writes])
+            for p in writes:
+                self.manifest.sources[p.doc.source] = self.source_entry(p.doc, len(p.chunks), p.digest, p.fetched_at)
+                status = "updated" if p.known else "added"
+                p.result = AddResult(p.doc.source, status, len(p.chunks), p.doc.title)
+            self.changed()
+        return [p.result for p in group]
 
     def add_chunks(self, doc: Document, chunks: list[Chunk], fetched_at: str | None = None) -> AddResult:
         """Store some chunks of a document (the relevant part of a web page); other chunks it had stay, unless
@@ -308,7 +277,23 @@ class KnowledgeBase:
 
     def put_many(self, parts: list[tuple[Document, list[Chunk], str | None]]) -> None:
         """Embed the chunks of several documents in one call and store them in one upsert."""
-        ids, texts, meta = chunk_rows(parts)
+        added = now()
+        ids, texts, meta = [], [], []
+        for doc, chunks, fetched_at in parts:
+            for c in chunks:
+                ids.append(chunk_id(doc.source, c.position))
+                texts.append(c.text)
+                meta.append(
+                    {
+                        "source": doc.source,
+                        "title": doc.title,
+                        "kind": doc.kind,
+                        "position": c.position,
+                        "added_at": added,
+                        "fetched_at": fetched_at or "",
+                        "content_hash": content_hash(c.text),
+                    }
+                )
         self.store.upsert(ids, self.embedder.embed(texts), texts, meta)
 
     @staticmethod
@@ -428,28 +413,6 @@ class KnowledgeBase:
             tmp.rename(folder)
         self._bm25 = (gen, index, rows)
         return index, rows
-
-
-def chunk_rows(parts: list[tuple[Document, list[Chunk], str | None]]) -> tuple[list[str], list[str], list[dict]]:
-    """The store's (ids, texts, metadatas) for the chunks of some documents."""
-    added = now()
-    ids, texts, meta = [], [], []
-    for doc, chunks, fetched_at in parts:
-        for c in chunks:
-            ids.append(chunk_id(doc.source, c.position))
-            texts.append(c.text)
-            meta.append(
-                {
-                    "source": doc.source,
-                    "title": doc.title,
-                    "kind": doc.kind,
-                    "position": c.position,
-                    "added_at": added,
-                    "fetched_at": fetched_at or "",
-                    "content_hash": content_hash(c.text),
-                }
-            )
-    return ids, texts, meta
 
 
 def hit_from(id: str, text: str, metadata: dict, **scores) -> Hit:
