@@ -114,7 +114,7 @@ def test_wordllama_by_word_pieces_gives_wordllamas_own_vectors(spec):
         "  two  spaces,\ttabs\nand lines  ",
         "a <s> special </s> token <unk> inside",
         "émoji 😀 and ▁ the boundary sign",
-        "日本語のテキスト、カタカナ。한국어 텍스트 退款policy适用于LoRA模型（第2版）",
+        "日本語のテキスト、カタカナ。한국어 텍스트 退款policy适用于LoRA模型（第2版）和最近的订单",  # a long mixed word
         "Order #2026-12-07: $1,234.56 -- x▁y ▁▁ 全角ＡＢＣ ﬁ Ⅻ",
         "LoRA trains small adapter matrices.",  # a second time: its pieces come from the cache
     ]
@@ -138,6 +138,17 @@ def test_wordllama_pieces_cut_cjk_text_by_character_and_cache_no_whole_texts():
     flat, offsets = e.tokenizer.ids([text, english])
     assert flat[offsets[0] : offsets[1]].tolist() == e.tokenizer.whole.encode(text, add_special_tokens=False).ids
     assert max(map(len, e.tokenizer.cache)) == len("▁orders.")  # the longest word; no sentence, no text
+
+
+def test_wordllama_piece_cache_filling_up_starts_again_with_the_same_vectors(monkeypatch):
+    e = load_embedder("wordllama")
+    texts = ["a b c d", "a b e f g h", "退款政策适用于最近三十天的订单 a b", "a b c d"]
+    expected = e.embed(texts)
+    monkeypatch.setattr(wordpool, "CACHE_MAX", 5)
+    e.tokenizer.cache.clear()
+    got = np.concatenate([e.embed([t]) for t in texts])  # the second text overflows the cache: it is cleared
+    np.testing.assert_array_equal(got, expected)
+    assert len(e.tokenizer.cache) <= 2 * 5
 
 
 def test_wordllama_ranks_a_paraphrase_above_an_unrelated_text():
