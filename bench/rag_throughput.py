@@ -26,7 +26,11 @@ Systems, one after the other, each into a new folder under --work-dir:
 Figures per system and size: embed+index chunks/s (all chunks / (embedding time + indexing time)), index-only
 chunks/s, query latency p50 / p95 over --queries questions (embedding the question + the top-5 search, after 5
 warm-up queries), top-1 = exact (share of queries whose first hit is the exact nearest neighbour by numpy),
-time to reopen the store and answer one query, and the folder's size on disk. Then, at the smallest size, the
+time to reopen the store and answer one query, and the folder's size on disk. Per size also **kb add**: the same
+corpus as documents (10 chunks each, joined by blank lines) through `KnowledgeBase.add_documents` into a new
+knowledge base with the default store and chunk_size=400, chunk_overlap=0 (which cuts them back into exactly the
+corpus's chunks): chunking, embedding, one upsert and one kb.json write per ~2,000 chunks, what `expertkit kb add`
+does minus reading files (opening the knowledge base is timed apart). Then, at the smallest size, the
 same stores fed one document per upsert (what a caller upserting file by file pays; `expertkit kb add` groups
 ~2,000 chunks of many files per upsert), against the baseline's rate.
 """
@@ -106,6 +110,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=10000,
         help="chunks fed one document per upsert to each of our stores at the smallest size (0: skip; %(default)s)",
     )
+    p.add_argument(
+        "--kb-add", action=argparse.BooleanOptionalAction, default=True, help="time kb add per size (%(default)s)"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: --sizes 2000 --queries 50 --per-doc-chunks 2000")
     p.add_argument(
         "--idle-wait",
@@ -137,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     print_intro(args, embedder.name)
     results: list[Result] = []
     per_doc: list[PerDocResult] = []
+    kb_adds: list[KbAddResult] = []
     for n in args.sizes:
         corpus = build_corpus(n)
         wait_for_idle(args.idle_wait, own_cpu_seconds, see="see others' CPU")
@@ -147,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{format_cores(meter.cores())})",
             flush=True,
         )
+        if args.kb_add:
+            wait_for_idle(args.idle_wait, own_cpu_seconds, see="see others' CPU")
+            kb_adds.append(run_kb_add(corpus, vectors, work / f"kb-{n}", args.keep))
+            print(f"  kb add     {kb_adds[-1].summary()}", flush=True)
         for system in args.systems:
             wait_for_idle(args.idle_wait, own_cpu_seconds, see="see others' CPU")
             res = run_system(system, corpus, vectors, embed_s, embedder, args, work / f"{system}-{n}")
@@ -157,10 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     ratios = print_ratios(results)
     print_per_doc(per_doc)
+    print_kb_adds(kb_adds)
     print(f"\nwhole run: {(time.monotonic() - began) / 60:.1f} min")
     if args.json:
         payload = {"meta": machine(embedder.name), "results": [asdict(r) for r in results], "ratios": ratios}
         payload["per_document"] = [asdict(r) for r in per_doc]
+        payload["kb_add"] = [asdict(r) for r in kb_adds]
         Path(args.json).write_text(json.dumps(payload, indent=2))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
@@ -345,6 +359,73 @@ def index_baseline(store: BaselineStore, corpus: Corpus, vectors, limit: int) ->
     if timed == len(corpus):
         return seconds, 0
     return seconds * len(corpus) / timed, timed
+
+
+# ---------------------------------------------------------------------------------------------- kb add
+
+
+@dataclass
+class KbAddResult:
+    chunks: int
+    wall_s: float
+    cpu_s: float
+    open_s: float  # KnowledgeBase.open before it (a CLI command's fixed cost), not in wall_s
+    others_cpu: float | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.chunks / self.wall_s
+
+    def summary(self) -> str:
+        return (
+            f"{self.rate:8,.0f} chunks/s end to end ({self.wall_s:.1f} s, CPU {self.cpu_s:.1f} s: "
+            f"{self.chunks / self.cpu_s:,.0f} chunks per CPU-second; opening it {self.open_s:.1f} s before), "
+            f"others' CPU {format_cores(self.others_cpu)}"
+        )
+
+
+def run_kb_add(corpus: Corpus, vectors, folder: Path, keep: bool) -> KbAddResult:
+    """`KnowledgeBase.add_documents` of the corpus as documents; checks that it stored the same vectors."""
+    import numpy as np
+
+    from expertkit.rag.config import KbConfig
+    from expertkit.rag.extract import Document
+    from expertkit.rag.kb import KnowledgeBase
+
+    docs = []
+    for lo, hi in corpus.documents():
+        source = corpus.metadatas[lo]["source"]
+        docs.append((Document(source, corpus.metadatas[lo]["title"], "\n\n".join(corpus.texts[lo:hi]), "txt"), None))
+    config = KbConfig(kb_dir=str(folder), chunk_size=CHUNK_CHARS, chunk_overlap=0)
+    start = time.perf_counter()
+    with KnowledgeBase.open(config) as kb:  # loads the embedder's tokenizer again: ~0.4 s, not counted
+        open_s = time.perf_counter() - start
+        meter, cpu, start = OthersCpu(), own_cpu_seconds(), time.perf_counter()
+        results = kb.add_documents(docs)
+        wall = time.perf_counter() - start
+        res = KbAddResult(len(corpus), wall, own_cpu_seconds() - cpu, open_s, meter.cores())
+        stored = kb.store.count()
+        probe = kb.store.query(vectors[-1], 1)  # the last chunk's own vector finds it: the same vectors
+    if stored != len(corpus) or any(r.status != "added" for r in results) or probe[0].text != corpus.texts[-1]:
+        raise SystemExit(f"kb add stored {stored} chunks of {len(corpus)}, or other vectors than the embedder's")
+    if not np.isclose(probe[0].score, 1.0, atol=1e-5):
+        raise SystemExit(f"kb add: the last chunk's vector scores {probe[0].score} against itself")
+    if not keep:
+        shutil.rmtree(folder, ignore_errors=True)
+    return res
+
+
+def print_kb_adds(kb_adds: list[KbAddResult]) -> None:
+    if not kb_adds:
+        return
+    print("\nkb add (the default store; chunking, embedding, an upsert and a kb.json write per ~2,000 chunks):")
+    print("| chunks | chunks/s end to end | wall s | CPU s | chunks per CPU-second | open s | others' CPU |")
+    print("|---|---|---|---|---|---|---|")
+    for r in kb_adds:
+        print(
+            f"| {r.chunks:,} | {r.rate:,.0f} | {r.wall_s:.1f} | {r.cpu_s:.1f} | {r.chunks / r.cpu_s:,.0f} | "
+            f"{r.open_s:.1f} | {format_cores(r.others_cpu)} |"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- one document per upsert

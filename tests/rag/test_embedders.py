@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from expertkit.core.errors import ExpertkitError
-from expertkit.rag import embed
+from expertkit.rag import embed, wordpool
 from expertkit.rag.embed import Embedder, load_embedder
 
 DIM = 6
@@ -114,12 +114,41 @@ def test_wordllama_by_word_pieces_gives_wordllamas_own_vectors(spec):
         "  two  spaces,\ttabs\nand lines  ",
         "a <s> special </s> token <unk> inside",
         "émoji 😀 and ▁ the boundary sign",
+        "日本語のテキスト、カタカナ。한국어 텍스트 退款policy适用于LoRA模型（第2版）和最近的订单",  # a long mixed word
+        "Order #2026-12-07: $1,234.56 -- x▁y ▁▁ 全角ＡＢＣ ﬁ Ⅻ",
         "LoRA trains small adapter matrices.",  # a second time: its pieces come from the cache
     ]
     ours = e.embed(texts)
     theirs = embed.normalize_rows(e.model.embed(list(texts), norm=False, batch_size=16))
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
     assert_unit_rows(ours, len(texts), e.dim)
+
+
+def test_wordllama_pieces_cut_cjk_text_by_character_and_cache_no_whole_texts():
+    """Chinese has no spaces: the vocabulary rule cuts it after each character (no token holds a CJK character
+    before another one), so the cache holds characters, not whole texts, and the ids are the tokenizer's."""
+    e = load_embedder("wordllama")
+    text = "退款政策适用于最近三十天的订单。客服团队需要签收的送货单。"
+    assert e.tokenizer.piece.findall(wordpool.SPACE + text) == [wordpool.SPACE + text[0], *text[1:]]
+    english = "The refund policy applies to orders."
+    assert e.tokenizer.piece.findall(wordpool.SPACE + english.replace(" ", wordpool.SPACE)) == [
+        wordpool.SPACE + w for w in english.split()
+    ]
+    e.tokenizer.cache.clear()
+    flat, offsets = e.tokenizer.ids([text, english])
+    assert flat[offsets[0] : offsets[1]].tolist() == e.tokenizer.whole.encode(text, add_special_tokens=False).ids
+    assert max(map(len, e.tokenizer.cache)) == len("▁orders.")  # the longest word; no sentence, no text
+
+
+def test_wordllama_piece_cache_filling_up_starts_again_with_the_same_vectors(monkeypatch):
+    e = load_embedder("wordllama")
+    texts = ["a b c d", "a b e f g h", "退款政策适用于最近三十天的订单 a b", "a b c d"]
+    expected = e.embed(texts)
+    monkeypatch.setattr(wordpool, "CACHE_MAX", 5)
+    e.tokenizer.cache.clear()
+    got = np.concatenate([e.embed([t]) for t in texts])  # the second text overflows the cache: it is cleared
+    np.testing.assert_array_equal(got, expected)
+    assert len(e.tokenizer.cache) <= 2 * 5
 
 
 def test_wordllama_ranks_a_paraphrase_above_an_unrelated_text():

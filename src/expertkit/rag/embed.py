@@ -123,7 +123,7 @@ class WordLlamaEmbedder:
 
         if not texts:
             return empty_matrix(self.dim)
-        return normalize_rows(embed_texts(self.tokenizer, self.model.embedding, list(texts)))
+        return embed_texts(self.tokenizer, self.model.embedding, list(texts), finish=normalize_rows)
 
 
 @functools.cache
