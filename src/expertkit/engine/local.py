@@ -32,6 +32,7 @@ from typing import Any
 from expertkit.core.errors import ExpertkitError
 from expertkit.engine.answer import BatchedJob, OwnLoopJob, SoloJob, answer_deltas
 from expertkit.engine.base import Delta, SamplingParams, pick_served
+from expertkit.engine.batch_sampling import BatchSampler
 from expertkit.engine.config import EngineConfig
 from expertkit.engine.decode import needs_own_loop
 from expertkit.engine.loading import (
@@ -267,17 +268,17 @@ def start_manager(config: EngineConfig, served: Served, share: tuple[int, int]):
     from transformers import GenerationConfig
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-    # processors exist only for values that differ from the neutral ones; each request then sets its own
+    on_gpu = served.model.device.type == "cuda"
+    # GPU: transformers' per-request processors (they exist only for values that differ from the neutral ones; each
+    # request then sets its own) and sampling for every row. CPU: the manager takes the argmax and BatchSampler
+    # samples the sampled rows only (engine/batch_sampling.py); its Python branches stay off CUDA graphs
+    neutral = {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.95} if on_gpu else {"do_sample": False}
     generation = GenerationConfig(
-        do_sample=True,
-        temperature=0.7,
-        top_k=50,
-        top_p=0.95,
+        **neutral,
         max_new_tokens=config.max_new_tokens,
         eos_token_id=served.eos_ids,
         pad_token_id=served.tokenizer.pad_token_id,
     )
-    on_gpu = served.model.device.type == "cuda"
     cb = ContinuousBatchingConfig(
         per_request_processors=True,
         max_requests_per_batch=config.max_concurrency,
@@ -295,6 +296,8 @@ def start_manager(config: EngineConfig, served: Served, share: tuple[int, int]):
         cb.num_blocks = config.max_concurrency * -(-context // cb.page_size)
     model = batching_copy(served.model)
     manager = model.init_continuous_batching(generation_config=generation, continuous_batching_config=cb)
+    if not on_gpu:
+        manager.logit_processor = BatchSampler()  # read when the generation thread builds its batch processor
     manager.start()
     return manager
 
