@@ -19,7 +19,8 @@ the best that design can give.
 
 Figures per system and concurrency: aggregate generated tokens/s (all answers' completion tokens / the wall
 time from the first request sent to the last answer ended), p50 / p95 time to first token (request sent ->
-first non-empty content delta), mean tokens per answer, and the CPU other processes used meanwhile.
+first non-empty content delta), mean tokens per answer, the CPU other processes used meanwhile, and the server
+process's own CPU time per generated token (not its children's: vLLM's engine core is one).
 """
 
 from __future__ import annotations
