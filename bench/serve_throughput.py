@@ -19,7 +19,8 @@ the best that design can give.
 
 Figures per system and concurrency: aggregate generated tokens/s (all answers' completion tokens / the wall
 time from the first request sent to the last answer ended), p50 / p95 time to first token (request sent ->
-first non-empty content delta), mean tokens per answer, and the CPU other processes used meanwhile.
+first non-empty content delta), mean tokens per answer, the CPU other processes used meanwhile, and the server
+process's own CPU time per generated token (not its children's: vLLM's engine core is one).
 """
 
 from __future__ import annotations
@@ -96,11 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     print_intro(args, model)
     results: list[LevelResult] = []
     for system in args.systems:
-        with start_server(system, model, args) as url:
+        server = start_server(system, model, args)
+        with server as url:
             warm_up(url, args.max_tokens, max(args.clients))
             for clients in args.clients:
                 wait_for_idle(args.idle_wait, own_cpu_seconds, indent="    ", see="see others' CPU")
-                res = asyncio.run(drive(url, system, clients, requests_for(args, clients), args.max_tokens))
+                res = asyncio.run(
+                    drive(url, system, clients, requests_for(args, clients), args.max_tokens, server.proc.pid)
+                )
                 results.append(res)
                 print(f"  {system:<10} {clients:>2} clients: {res.summary()}", flush=True)
     print_table(results)
@@ -279,6 +283,13 @@ class LevelResult:
     ttft_s: list[float] = field(default_factory=list)
     errors: int = 0
     others_cpu: float | None = None  # cores other processes used meanwhile
+    server_cpu_s: float | None = None  # CPU seconds of the server's own process (not vLLM's engine core process)
+
+    @property
+    def server_ms_per_token(self) -> float | None:
+        if self.server_cpu_s is None or not self.completion_tokens:
+            return None
+        return 1000 * self.server_cpu_s / self.completion_tokens
 
     @property
     def tok_per_s(self) -> float:
@@ -291,6 +302,7 @@ class LevelResult:
         return (
             f"{self.tok_per_s:7.1f} tok/s, TTFT p50 {self.ttft(50):.3f} s p95 {self.ttft(95):.3f} s, "
             f"{self.completion_tokens / max(self.requests, 1):.1f} tok/answer, {self.errors} errors"
+            + (f", server {self.server_ms_per_token:.3f} CPU ms/token" if self.server_ms_per_token is not None else "")
         )
 
 
@@ -320,8 +332,9 @@ async def stream_one(client, url: str, prompt: str, max_tokens: int) -> tuple[fl
     return first, tokens if tokens is not None else chunks
 
 
-async def drive(url: str, system: str, clients: int, n: int, max_tokens: int) -> LevelResult:
-    """`clients` concurrent streaming clients work through n different prompts (closed loop)."""
+async def drive(url: str, system: str, clients: int, n: int, max_tokens: int, server_pid: int = 0) -> LevelResult:
+    """`clients` concurrent streaming clients work through n different prompts (closed loop); `server_pid`: the
+    server process whose own CPU time is measured meanwhile."""
     import httpx
 
     todo = list(reversed(prompts(n)))
@@ -340,13 +353,25 @@ async def drive(url: str, system: str, clients: int, n: int, max_tokens: int) ->
                 res.errors += 1
                 print(f"    request failed: {type(e).__name__}: {e}", flush=True)
 
-    cpu_before = cpu_seconds()
+    cpu_before, server_before = cpu_seconds(), process_cpu_seconds(server_pid)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10), limits=limits) as client:
         start = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(clients)))
         res.wall_s = time.perf_counter() - start
     res.others_cpu = others_cpu(cpu_before, res.wall_s)
+    server_after = process_cpu_seconds(server_pid)
+    if server_before is not None and server_after is not None:
+        res.server_cpu_s = server_after - server_before
     return res
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of one process (its threads, not its children), or None."""
+    try:
+        parts = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError):
+        return None
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def warm_up(url: str, max_tokens: int, clients: int) -> None:
@@ -410,13 +435,17 @@ def print_intro(args, model: Path) -> None:
 
 
 def print_table(results: list[LevelResult]) -> None:
-    print("\n| system | clients | requests | tok/s | TTFT p50 s | TTFT p95 s | tok/answer | wall s | others' CPU |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| system | clients | requests | tok/s | TTFT p50 s | TTFT p95 s | tok/answer | wall s | others' CPU "
+        "| server CPU ms/token |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         other = f"{r.others_cpu:.2f}" if r.others_cpu is not None else "?"
+        server = f"{r.server_ms_per_token:.3f}" if r.server_ms_per_token is not None else "?"
         print(
             f"| {r.system} | {r.clients} | {r.requests} | {r.tok_per_s:.1f} | {r.ttft(50):.3f} | {r.ttft(95):.3f} "
-            f"| {r.completion_tokens / max(r.requests, 1):.1f} | {r.wall_s:.1f} | {other} |"
+            f"| {r.completion_tokens / max(r.requests, 1):.1f} | {r.wall_s:.1f} | {other} | {server} |"
         )
 
 

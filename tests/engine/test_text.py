@@ -25,6 +25,12 @@ def test_partial_stop_prefix_is_released_when_it_does_not_complete(size):
     assert out == "a ## b #"
 
 
+def test_without_stop_strings_text_passes_whole_and_empty_ones_are_none():
+    for s in (StopStrings([]), StopStrings([""])):
+        assert [s.feed(c) for c in ["a#", "", "\nUser:"]] == ["a#", "", "\nUser:"]
+        assert s.flush() == "" and not s.stopped
+
+
 @pytest.mark.parametrize("size", [1, 3, 7, 100])
 def test_reasoning_is_returned_apart(size):
     r = ReasoningSplitter()

@@ -241,6 +241,29 @@ def test_prompts_are_the_local_engines_token_for_token(engine, identity_adapter,
         assert ours.eos_ids == engine.pick(name).eos_ids
 
 
+def test_a_prompt_is_rendered_once_for_its_context_check_and_its_request(tiny_model):
+    """The server counts a prompt's tokens, then sends it: the template renders it once (VllmServed.rendered)."""
+    from expertkit.engine.loading import RawPrompt, prompt_ids, text_ids
+
+    config = EngineConfig(engine="vllm", model_name_or_path=str(tiny_model))
+    served = load_served(config, [])["tiny"]
+    expected = prompt_ids(served.tokenizer, CONVERSATION)
+    with_tools = prompt_ids(served.tokenizer, CONVERSATION, TOOLS)
+    renders = []
+    template = served.tokenizer.apply_chat_template
+    served.tokenizer.apply_chat_template = lambda *a, **k: renders.append(1) or template(*a, **k)
+    first = served.prompt_ids(CONVERSATION)
+    first.append(-1)  # the caller's copy: the kept rendering does not change
+    assert served.prompt_ids([*CONVERSATION]) == served.prompt_ids(CONVERSATION, None) == expected
+    assert len(renders) == 1
+    assert served.prompt_ids(CONVERSATION, TOOLS) == with_tools and len(renders) == 2
+    text = CONVERSATION[0]["content"]
+    assert served.text_ids(text) == served.prompt_ids(RawPrompt(text)) == text_ids(served.tokenizer, text)
+    for i in range(100):  # only the last ones are kept
+        served.prompt_ids([{"role": "user", "content": f"question {i}"}])
+    assert 0 < len(served.rendered) <= 64
+
+
 def test_vllm_logprobs_become_ours_best_first_without_the_end_token(engine):
     tokenizer = engine.tokenizer
     from expertkit.engine.json_output import Vocabulary

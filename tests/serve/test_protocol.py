@@ -94,6 +94,21 @@ async def test_stream_sends_role_first_deltas_finish_usage_and_done(client, fake
     assert all(e["usage"] is None for e in events[:-2])
 
 
+async def test_streamed_chunks_are_json_dumps_of_the_chunk_byte_for_byte(client, fake):
+    """Content chunks are rendered once per stream and get each token's text put in (serve/stream.py ContentChunk):
+    the bytes are still json.dumps's, quotes, newlines, non-ASCII and control characters included."""
+    texts = ['Hé "x"\n', "\x00\\", "😀 <b>"]
+    fake.queue.append([Delta(text=t) for t in texts] + [Delta(finish_reason="stop", usage=Usage(3, 3))])
+    body = {**HI, "stream": True, "stream_options": {"include_usage": True}}
+    r = await client.post("/v1/chat/completions", json=body)
+    lines = [line for line in r.text.split("\n\n") if line.strip()]
+    assert lines[-1] == "data: [DONE]"
+    for line in lines[:-1]:
+        assert line == f"data: {json.dumps(json.loads(line[6:]), ensure_ascii=False)}"
+    events = sse_events(r.text)
+    assert [e["choices"][0]["delta"].get("content") for e in events[1:4]] == texts
+
+
 async def test_stream_without_usage_has_no_usage_chunk(client):
     r = await client.post("/v1/chat/completions", json={**HI, "stream": True})
     events = sse_events(r.text)

@@ -19,6 +19,8 @@ class StopStrings:
 
     def feed(self, text: str) -> str:
         """New text in, text safe to emit out (never a stop string or a prefix of one still being written)."""
+        if not self.stops:  # most requests: nothing to look for, every token
+            return text
         if self.stopped:
             return ""
         buf = self.pending + text

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -42,7 +43,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -53,7 +54,7 @@ from expertkit.engine.base import Delta, SamplingParams, TokenLogprob, pick_serv
 from expertkit.engine.config import EngineConfig
 from expertkit.engine.decode import Step
 from expertkit.engine.json_output import Vocabulary
-from expertkit.engine.loading import RawPrompt, eos_ids, generation_eos_ids, load_chat_tokenizer, prompt_ids, text_ids
+from expertkit.engine.loading import RawPrompt, eos_ids, generation_eos_ids, load_chat_tokenizer, prompt_ids
 from expertkit.engine.vllm_args import (
     LoraSpec,
     base_lora_source,
@@ -157,6 +158,9 @@ def vllm_parts() -> SimpleNamespace:
 # ---- the served names: our tokenizers and chat templates -----------------------------------------------------------
 
 
+RENDERED_KEPT = 64  # prompts kept rendered per served name: more than the requests admitted at once
+
+
 @dataclass
 class VllmServed:
     """One name clients can ask for: its chat tokenizer, end-of-answer tokens and LoRA adapter (None: the base)."""
@@ -166,14 +170,27 @@ class VllmServed:
     eos_ids: list[int]
     lora: LoraSpec | None = None
     model = None  # no local model object (the server's embeddings and model details need one)
+    rendered: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
     def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        """The conversation rendered by our chat template, as the local engine renders it."""
-        return prompt_ids(self.tokenizer, messages, tools)
+        """The conversation rendered by our chat template, as the local engine renders it.
+
+        Rendered once per request: the server counts a prompt's tokens (its context check) and then sends it, and the
+        template took 3% of the server's CPU at 16 streams when it ran twice (bench/README.md's engine=vllm
+        profile), so the last RENDERED_KEPT renderings are kept, keyed by the messages and tools as JSON."""
+        raw = isinstance(messages, RawPrompt)
+        key = json.dumps([raw, messages, tools], ensure_ascii=False, default=str)
+        ids = self.rendered.get(key)
+        if ids is None:
+            ids = prompt_ids(self.tokenizer, messages, tools)
+            if len(self.rendered) >= RENDERED_KEPT:
+                self.rendered.pop(next(iter(self.rendered)))  # the oldest
+            self.rendered[key] = ids
+        return list(ids)
 
     def text_ids(self, prompt: str) -> list[int]:
         """A raw prompt's ids (with BOS where the tokenizer adds one)."""
-        return text_ids(self.tokenizer, prompt)
+        return self.prompt_ids(RawPrompt(prompt))
 
 
 def load_served(config: EngineConfig, specs: list[LoraSpec]) -> dict[str, VllmServed]:
