@@ -47,7 +47,10 @@ LOSS_TOLERANCE = 1e-3
 VARIANTS = {
     # name: (TrainConfig overrides, what it shows)
     "fp32": ({"bf16": "false", "padding_free": "true"}, "fp32, padding-free (expertkit's default batching)"),
-    "bf16": ({"bf16": "true", "padding_free": "true"}, "bf16 autocast on CPU, padding-free, the default speed-ups (train/speed.py)"),
+    "bf16": (
+        {"bf16": "true", "padding_free": "true"},
+        "bf16 autocast on CPU, padding-free, the default speed-ups (train/speed.py)",
+    ),
     "padded": ({"bf16": "false", "padding_free": "false"}, "fp32, padded batches: what padding-free buys"),
     "gc": (
         {"bf16": "false", "padding_free": "true", "gradient_checkpointing": "true"},
@@ -59,6 +62,8 @@ VARIANT_ENV = {  # expertkit's own speed-ups switched off (train/speed.py), to m
     "bf16-norows": {"EXPERTKIT_SPEED_OFF": "rows"},
     "fp32-plain": {"EXPERTKIT_SPEED_OFF": "logits"},
     "fp32-norows": {"EXPERTKIT_SPEED_OFF": "rows"},
+    "bf16-noattn": {"EXPERTKIT_SPEED_OFF": "attention"},
+    "fp32-noattn": {"EXPERTKIT_SPEED_OFF": "attention"},
 }
 for _v, _env in VARIANT_ENV.items():
     _bf16 = "true" if _v.startswith("bf16") else "false"

@@ -88,7 +88,7 @@ def test_rows_padded_to_a_multiple_give_the_same_loss(tiny_model):
 
 
 def test_rows_padded_by_default_on_cpu(monkeypatch):
-    """row_multiple: 64 on CPU by default; EXPERTKIT_SPEED_OFF=rows turns it off; the old ..._ON=rows changes nothing."""
+    """row_multiple: 64 on CPU by default; EXPERTKIT_SPEED_OFF=rows turns it off; ..._ON=rows changes nothing."""
     from expertkit.train.speed import ROW_MULTIPLE, row_multiple
 
     class Config:

@@ -37,7 +37,7 @@ def build_trainer(config: TrainConfig, model, tokenizer, data: StageData, precis
 
     from expertkit.train.collate import PaddedCollator, PaddingFreeCollator
     from expertkit.train.run import quiet_printer, run_callbacks, training_arguments
-    from expertkit.train.speed import loss_logits_only, row_multiple
+    from expertkit.train.speed import loss_logits_only, row_multiple, segment_attention
 
     if config.padding_free:
         collator = PaddingFreeCollator(loss_logits_only(config, model), row_multiple(config), tokenizer.pad_token_id)
@@ -52,6 +52,10 @@ def build_trainer(config: TrainConfig, model, tokenizer, data: StageData, precis
         processing_class=tokenizer,
         callbacks=run_callbacks(config),
     )
+    if segment_attention(config, model):
+        from expertkit.train.attention import SegmentAttentionCallback
+
+        trainer.add_callback(SegmentAttentionCallback())
     return quiet_printer(trainer)
 
 

@@ -10,9 +10,14 @@ Measured on the anchor work (bench/train_throughput.py, bench/README.md "where t
   batch (each new shape builds kernels and grows its primitive cache). Same loss, 0-63 more tokens per row; on a
   quiet machine (bf16, 15 steps) 1.15x the speed of unpadded rows at 0.48x their peak RSS (1,382 vs 2,883 MiB).
 
-`EXPERTKIT_SPEED_OFF=logits,rows` switches them off, to measure what each buys
-(bench/train_throughput.py --variants bf16,bf16-plain,bf16-norows); `EXPERTKIT_SPEED_ON=rows`, which turned rows
-on before they were the default, is still accepted and changes nothing.
+- attention one example at a time (`segment_attention`, the default on CPU; train/attention.py): with a padding-free
+  row transformers' sdpa builds a block-diagonal mask over the whole row, and PyTorch's CPU kernel then computes
+  every block of it; causal attention on each example's slice does ~1/4 of that work for two examples per row.
+  The same attention (bf16 loss within 1e-6 in-process); on while training only.
+
+`EXPERTKIT_SPEED_OFF=logits,rows,attention` switches them off, to measure what each buys
+(bench/train_throughput.py --variants bf16,bf16-plain,bf16-norows,bf16-noattn); `EXPERTKIT_SPEED_ON=rows`, which
+turned rows on before they were the default, is still accepted and changes nothing.
 """
 
 from __future__ import annotations
@@ -51,6 +56,16 @@ def row_multiple(config: TrainConfig) -> int:
     return ROW_MULTIPLE
 
 
+def segment_attention(config: TrainConfig, model) -> bool:
+    """On CPU for padding-free rows when the model runs transformers' sdpa (not eager, not flash-attention)."""
+    import torch
+
+    if not config.padding_free or "attention" in switched_off() or torch.cuda.is_available():
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base.config, "_attn_implementation", None) == "sdpa"
+
+
 def switched_off() -> set[str]:
     return switched("OFF")
 
@@ -67,6 +82,9 @@ def speed_line(config: TrainConfig, trainer) -> dict[str, str]:
     collator = getattr(trainer, "data_collator", None)
     if getattr(collator, "loss_logits_only", False):
         on.append("LM head + loss on labelled positions only")
+    callbacks = getattr(getattr(trainer, "callback_handler", None), "callbacks", [])
+    if any(type(c).__name__ == "SegmentAttentionCallback" for c in callbacks):
+        on.append("attention per example (no block-diagonal mask)")
     if getattr(collator, "multiple", 0):
         on.append(f"rows padded to a multiple of {collator.multiple} tokens (oneDNN reuses its kernels)")
     if config.packing:

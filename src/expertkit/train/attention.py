@@ -1,0 +1,65 @@
+"""Attention over a padding-free row one example at a time, for CPUs (train/speed.py turns it on).
+
+A padding-free row holds several examples (position ids restart at 0 for each). transformers' `sdpa` path then
+builds a block-diagonal causal mask over the whole row, and with a mask PyTorch's CPU kernel computes every
+(query, key) block of the row: for two ~260-token examples that is ~4x the work of each example's own causal
+attention, and it was a third of a bf16 training step's time on the bench work (bench/README.md, issue 17).
+`segment_sdpa` instead calls `scaled_dot_product_attention(is_causal=True)` on each example's slice: the same
+attention (each token still sees only the earlier tokens of its own example), no mask to build, less arithmetic.
+
+Registered with transformers' AttentionInterface as `SEGMENT_SDPA`; a name the mask interface does not know, so
+transformers builds no mask for it. That is why it is on only while the trainer trains (`SegmentAttentionCallback`):
+generation after training (the learning check) pads batches and needs sdpa's masks again. Anything but one
+padding-free row (a batch of several rows, a mask, a cache) goes to transformers' own sdpa function unchanged.
+"""
+
+from __future__ import annotations
+
+from transformers import TrainerCallback
+
+SEGMENT_SDPA = "expertkit_segment_sdpa"
+
+
+def segment_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """transformers' attention-function signature: (batch, heads, length, dim) in, (batch, length, heads, dim) out."""
+    import torch
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    position_ids = kwargs.get("position_ids")
+    length = query.shape[2]
+    one_row = position_ids is not None and query.shape[0] == 1 and key.shape[2] == length
+    if not one_row or attention_mask is not None or not getattr(module, "is_causal", True):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    starts = (position_ids.reshape(-1)[:length] == 0).nonzero().flatten().tolist()
+    bounds = [0] + [s for s in starts if s > 0] + [length]
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    parts = [
+        torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout, scale=scaling, is_causal=True
+        )
+        for a, b in zip(bounds, bounds[1:])
+    ]
+    out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def set_segment_attention(model, on: bool) -> None:
+    """`segment_sdpa` (registered once) on a loaded sdpa model, or sdpa back."""
+    from transformers import AttentionInterface
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    AttentionInterface.register(SEGMENT_SDPA, segment_sdpa)
+    base.set_attn_implementation(SEGMENT_SDPA if on else "sdpa")
+
+
+class SegmentAttentionCallback(TrainerCallback):
+    """Attention one example at a time while training; transformers' sdpa again once training ends."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            set_segment_attention(model, True)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            set_segment_attention(model, False)
