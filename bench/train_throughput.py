@@ -63,6 +63,7 @@ VARIANT_ENV = {  # expertkit's own speed-ups switched off (train/speed.py), to m
     "fp32-plain": {"EXPERTKIT_SPEED_OFF": "logits"},
     "fp32-norows": {"EXPERTKIT_SPEED_OFF": "rows"},
     "bf16-noattn": {"EXPERTKIT_SPEED_OFF": "attention"},
+    "bf16-nosplit": {"EXPERTKIT_SPEED_OFF": "split"},
     "fp32-noattn": {"EXPERTKIT_SPEED_OFF": "attention"},
 }
 for _v, _env in VARIANT_ENV.items():

@@ -18,6 +18,7 @@ from __future__ import annotations
 from transformers import TrainerCallback
 
 SEGMENT_SDPA = "expertkit_segment_sdpa"
+MATMUL_MAX = 768  # tokens: longer examples take the flash kernel (a length x length fp32 matrix per head otherwise)
 
 
 def segment_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
@@ -35,13 +36,29 @@ def segment_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     parts = [
-        torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout, scale=scaling, is_causal=True
-        )
+        causal_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout, scaling)
         for a, b in zip(bounds, bounds[1:])
     ]
     out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
     return out.transpose(1, 2).contiguous(), None
+
+
+def causal_attention(query, key, value, dropout: float, scaling):
+    """One example's causal attention. In bf16 / fp16 up to MATMUL_MAX tokens: two half-precision matmuls and an
+    fp32 softmax (transformers' eager arithmetic), which on CPU ran forward + backward in ~0.55x the time of PyTorch's
+    flash kernel at 150-300 tokens (bench/README.md); longer, or in fp32, that kernel (no length x length matrix)."""
+    import torch
+
+    length = query.shape[2]
+    if query.dtype == torch.float32 or length > MATMUL_MAX or dropout:
+        return torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, dropout_p=dropout, scale=scaling, is_causal=True
+        )
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)).float() * scale
+    future = torch.ones(length, length, dtype=torch.bool, device=query.device).triu(1)
+    weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1).to(value.dtype)
+    return torch.matmul(weights, value)
 
 
 def set_segment_attention(model, on: bool) -> None:

@@ -9,15 +9,19 @@ Measured on the anchor work (bench/train_throughput.py, bench/README.md "where t
   tokens with a segment of its own, so oneDNN meets a few matmul shapes again and again instead of a new one per
   batch (each new shape builds kernels and grows its primitive cache). Same loss, 0-63 more tokens per row; on a
   quiet machine (bf16, 15 steps) 1.15x the speed of unpadded rows at 0.48x their peak RSS (1,382 vs 2,883 MiB).
-
 - attention one example at a time (`segment_attention`, the default on CPU; train/attention.py): with a padding-free
   row transformers' sdpa builds a block-diagonal mask over the whole row, and PyTorch's CPU kernel then computes
   every block of it; causal attention on each example's slice does ~1/4 of that work for two examples per row.
-  The same attention (bf16 loss within 1e-6 in-process); on while training only.
+  The same attention (in-process: fp32 loss identical, bf16 within 2e-5 relative); in-process -15% CPU per token
+  (bf16); on while training only.
+- one example per micro-batch (`split_micro_batches`, the default on CPU): batch 2 x accumulation 8 runs as
+  1 x 16, the same 16 examples per optimiser step in the same order; the loss is normalised by the step's label
+  count (`num_items_in_batch`), so it is the same sum. Smaller rows stay in the CPU's caches: in-process
+  (1 thread) -8% CPU per token and less memory than 2 examples per row, and 4 per row was +14% (bench/README.md).
 
-`EXPERTKIT_SPEED_OFF=logits,rows,attention` switches them off, to measure what each buys
-(bench/train_throughput.py --variants bf16,bf16-plain,bf16-norows,bf16-noattn); `EXPERTKIT_SPEED_ON=rows`, which
-turned rows on before they were the default, is still accepted and changes nothing.
+`EXPERTKIT_SPEED_OFF=logits,rows,attention,split` switches them off, to measure what each buys
+(bench/train_throughput.py --variants bf16,bf16-plain,bf16-norows,bf16-noattn,bf16-nosplit);
+`EXPERTKIT_SPEED_ON=rows`, which turned rows on before they were the default, is still accepted and changes nothing.
 """
 
 from __future__ import annotations
@@ -56,6 +60,20 @@ def row_multiple(config: TrainConfig) -> int:
     return ROW_MULTIPLE
 
 
+def split_micro_batches(config: TrainConfig, args) -> bool:
+    """One example (or packed row) per forward pass on CPU: the accumulation takes over the batch (same step)."""
+    import torch
+
+    per = args.per_device_train_batch_size
+    if per <= 1 or not config.padding_free or "split" in switched_off() or torch.cuda.is_available():
+        return False
+    if getattr(args, "deepspeed", None):  # its config holds the micro-batch size too
+        return False
+    args.gradient_accumulation_steps *= per
+    args.per_device_train_batch_size = 1
+    return True
+
+
 def segment_attention(config: TrainConfig, model) -> bool:
     """On CPU for padding-free rows when the model runs transformers' sdpa (not eager, not flash-attention)."""
     import torch
@@ -85,6 +103,9 @@ def speed_line(config: TrainConfig, trainer) -> dict[str, str]:
     callbacks = getattr(getattr(trainer, "callback_handler", None), "callbacks", [])
     if any(type(c).__name__ == "SegmentAttentionCallback" for c in callbacks):
         on.append("attention per example (no block-diagonal mask)")
+    args = getattr(trainer, "args", None)
+    if args is not None and args.per_device_train_batch_size != config.per_device_train_batch_size:
+        on.append(f"one row per forward pass ({args.gradient_accumulation_steps} per optimiser step)")
     if getattr(collator, "multiple", 0):
         on.append(f"rows padded to a multiple of {collator.multiple} tokens (oneDNN reuses its kernels)")
     if config.packing:

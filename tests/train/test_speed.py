@@ -1,0 +1,28 @@
+"""train/speed.py: one example per forward pass on CPU, the same optimiser step; switches turn it off."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from expertkit.train.speed import split_micro_batches
+
+
+def args(per=2, accumulation=8, deepspeed=None):
+    return SimpleNamespace(
+        per_device_train_batch_size=per, gradient_accumulation_steps=accumulation, deepspeed=deepspeed
+    )
+
+
+def test_split_keeps_the_examples_per_step(monkeypatch):
+    monkeypatch.delenv("EXPERTKIT_SPEED_OFF", raising=False)
+    config = SimpleNamespace(padding_free=True)
+    a = args()
+    assert split_micro_batches(config, a)
+    assert (a.per_device_train_batch_size, a.gradient_accumulation_steps) == (1, 16)
+    for skipped in (args(per=1), args(deepspeed="ds.json")):
+        assert not split_micro_batches(config, skipped)
+    assert not split_micro_batches(SimpleNamespace(padding_free=False), args())
+    monkeypatch.setenv("EXPERTKIT_SPEED_OFF", "split")
+    a = args()
+    assert not split_micro_batches(config, a)
+    assert (a.per_device_train_batch_size, a.gradient_accumulation_steps) == (2, 8)
