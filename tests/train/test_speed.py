@@ -26,3 +26,20 @@ def test_split_keeps_the_examples_per_step(monkeypatch):
     a = args()
     assert not split_micro_batches(config, a)
     assert (a.per_device_train_batch_size, a.gradient_accumulation_steps) == (2, 8)
+
+
+def test_segment_attention_only_for_plain_causal_models(tiny_model, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from expertkit.train.speed import segment_attention
+
+    monkeypatch.delenv("EXPERTKIT_SPEED_OFF", raising=False)
+    config = SimpleNamespace(padding_free=True)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa")
+    assert segment_attention(config, model)
+    model.config.layer_types = ["sliding_attention"] + model.config.layer_types[1:]
+    assert not segment_attention(config, model)
+    eager = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="eager")
+    assert not segment_attention(config, eager)
+    monkeypatch.setenv("EXPERTKIT_SPEED_OFF", "attention")
+    assert not segment_attention(config, AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa"))

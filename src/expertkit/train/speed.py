@@ -32,6 +32,9 @@ import os
 from expertkit.train.config import TrainConfig
 
 ROW_MULTIPLE = 64
+# model types whose attention is plain causal softmax(QK^T * scale) V (no soft-capping, bias or sinks), the only
+# arithmetic train/attention.py reproduces
+PLAIN_CAUSAL_ATTENTION = {"llama", "mistral", "qwen2", "qwen3"}
 
 
 def loss_logits_only(config: TrainConfig, model) -> bool:
@@ -81,7 +84,14 @@ def segment_attention(config: TrainConfig, model) -> bool:
     if not config.padding_free or "attention" in switched_off() or torch.cuda.is_available():
         return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(base.config, "_attn_implementation", None) == "sdpa"
+    c = base.config
+    if getattr(c, "_attn_implementation", None) != "sdpa" or c.model_type not in PLAIN_CAUSAL_ATTENTION:
+        return False
+    # a sliding window would need a mask per example: only models whose every layer attends to all earlier tokens
+    layer_types = getattr(c, "layer_types", None)
+    if layer_types:
+        return all(t == "full_attention" for t in layer_types)
+    return getattr(c, "sliding_window", None) is None or getattr(c, "use_sliding_window", True) is False
 
 
 def switched_off() -> set[str]:
