@@ -57,13 +57,13 @@ VARIANTS = {
         "fp32, padding-free, gradient checkpointing on (compare with LLaMA-Factory's default)",
     ),
 }
-VARIANT_ENV = {  # expertkit's own speed-ups switched off (train/speed.py), to measure what each buys
+VARIANT_ENV = {  # expertkit's speed-ups (train/speed.py) switched off, or on (split): what each buys
     "bf16-plain": {"EXPERTKIT_SPEED_OFF": "logits"},
     "bf16-norows": {"EXPERTKIT_SPEED_OFF": "rows"},
     "fp32-plain": {"EXPERTKIT_SPEED_OFF": "logits"},
     "fp32-norows": {"EXPERTKIT_SPEED_OFF": "rows"},
     "bf16-noattn": {"EXPERTKIT_SPEED_OFF": "attention"},
-    "bf16-nosplit": {"EXPERTKIT_SPEED_OFF": "split"},
+    "bf16-split": {"EXPERTKIT_SPEED_ON": "split"},
     "fp32-noattn": {"EXPERTKIT_SPEED_OFF": "attention"},
 }
 for _v, _env in VARIANT_ENV.items():

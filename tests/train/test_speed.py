@@ -1,4 +1,4 @@
-"""train/speed.py: one example per forward pass on CPU, the same optimiser step; switches turn it off."""
+"""train/speed.py: one example per forward pass when switched on (the same optimiser step); attention per example."""
 
 from __future__ import annotations
 
@@ -14,15 +14,17 @@ def args(per=2, accumulation=8, deepspeed=None):
 
 
 def test_split_keeps_the_examples_per_step(monkeypatch):
-    monkeypatch.delenv("EXPERTKIT_SPEED_OFF", raising=False)
     config = SimpleNamespace(padding_free=True)
+    monkeypatch.delenv("EXPERTKIT_SPEED_ON", raising=False)
+    assert not split_micro_batches(config, args())  # off by default
+    monkeypatch.setenv("EXPERTKIT_SPEED_ON", "split")
     a = args()
     assert split_micro_batches(config, a)
     assert (a.per_device_train_batch_size, a.gradient_accumulation_steps) == (1, 16)
     for skipped in (args(per=1), args(deepspeed="ds.json")):
         assert not split_micro_batches(config, skipped)
     assert not split_micro_batches(SimpleNamespace(padding_free=False), args())
-    monkeypatch.setenv("EXPERTKIT_SPEED_OFF", "split")
+    monkeypatch.setenv("EXPERTKIT_SPEED_ON", "rows")
     a = args()
     assert not split_micro_batches(config, a)
     assert (a.per_device_train_batch_size, a.gradient_accumulation_steps) == (2, 8)

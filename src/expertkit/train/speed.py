@@ -14,13 +14,15 @@ Measured on the anchor work (bench/train_throughput.py, bench/README.md "where t
   every block of it; causal attention on each example's slice does ~1/4 of that work for two examples per row.
   The same attention (in-process: fp32 loss identical, bf16 within 2e-5 relative); in-process -15% CPU per token
   (bf16); on while training only.
-- one example per micro-batch (`split_micro_batches`, the default on CPU): batch 2 x accumulation 8 runs as
-  1 x 16, the same 16 examples per optimiser step in the same order; the loss is normalised by the step's label
-  count (`num_items_in_batch`), so it is the same sum. Smaller rows stay in the CPU's caches: in-process
-  (1 thread) -8% CPU per token and less memory than 2 examples per row, and 4 per row was +14% (bench/README.md).
+- one example per micro-batch (`split_micro_batches`, OFF unless `EXPERTKIT_SPEED_ON=split`): batch 2 x
+  accumulation 8 runs as 1 x 16, the same 16 examples per optimiser step in the same order; the loss is normalised
+  by the step's label count (`num_items_in_batch`), so it is the same sum. In-process with 1 thread -8..10% CPU per
+  token (smaller rows stay in the caches), but twice the forward passes double the per-op overhead, and in one
+  2-step bench run (loaded machine, 1 thread) it was slower by wall clock: not the default until a quiet run shows
+  it (bench variant `bf16-split`).
 
-`EXPERTKIT_SPEED_OFF=logits,rows,attention,split` switches them off, to measure what each buys
-(bench/train_throughput.py --variants bf16,bf16-plain,bf16-norows,bf16-noattn,bf16-nosplit);
+`EXPERTKIT_SPEED_OFF=logits,rows,attention` switches them off and `EXPERTKIT_SPEED_ON=split` on, to measure what
+each buys (bench/train_throughput.py --variants bf16,bf16-plain,bf16-norows,bf16-noattn,bf16-split);
 `EXPERTKIT_SPEED_ON=rows`, which turned rows on before they were the default, is still accepted and changes nothing.
 """
 
@@ -64,11 +66,11 @@ def row_multiple(config: TrainConfig) -> int:
 
 
 def split_micro_batches(config: TrainConfig, args) -> bool:
-    """One example (or packed row) per forward pass on CPU: the accumulation takes over the batch (same step)."""
+    """One example (or packed row) per forward pass on CPU when switched on: the accumulation takes over the batch."""
     import torch
 
     per = args.per_device_train_batch_size
-    if per <= 1 or not config.padding_free or "split" in switched_off() or torch.cuda.is_available():
+    if per <= 1 or not config.padding_free or "split" not in switched("ON") or torch.cuda.is_available():
         return False
     if getattr(args, "deepspeed", None):  # its config holds the micro-batch size too
         return False
