@@ -52,3 +52,23 @@ def test_callback_switches_back_to_sdpa_for_generation(tiny_model):
     together = model.generate(**batch, max_new_tokens=4, do_sample=False)[:, batch["input_ids"].shape[1] :]
     alone = model.generate(**tok(prompts[:1], return_tensors="pt"), max_new_tokens=4, do_sample=False)
     assert together[0].tolist() == alone[0, -4:].tolist()
+
+
+def test_bf16_matmul_path_matches_masked_attention():
+    """bf16 examples (lengths rounded up to 64 inside, past the row's end too) against fp32 block-diagonal sdpa."""
+    from types import SimpleNamespace
+
+    from expertkit.train.attention import segment_sdpa
+
+    g = torch.Generator().manual_seed(0)
+    lengths = (30, 70, 25)  # the last one ends the row: its 64-token slice is padded with zeros
+    q, k, v = (torch.randn(1, 4, sum(lengths), 16, generator=g) for _ in range(3))
+    positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+    segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    causal = torch.arange(sum(lengths))[:, None] >= torch.arange(sum(lengths))[None, :]
+    mask = causal & (segment[:, None] == segment[None, :])
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+    module = SimpleNamespace(num_key_value_groups=1, is_causal=True)
+    got, _ = segment_sdpa(module, q.bfloat16(), k.bfloat16(), v.bfloat16(), None, position_ids=positions)
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape
+    assert (got.float() - want).abs().max() < 3e-2
