@@ -47,17 +47,24 @@ LOSS_TOLERANCE = 1e-3
 VARIANTS = {
     # name: (TrainConfig overrides, what it shows)
     "fp32": ({"bf16": "false", "padding_free": "true"}, "fp32, padding-free (expertkit's default batching)"),
-    "bf16": ({"bf16": "true", "padding_free": "true"}, "bf16 autocast on CPU, padding-free"),
+    "bf16": (
+        {"bf16": "true", "padding_free": "true"},
+        "bf16 autocast on CPU, padding-free, the default speed-ups (train/speed.py)",
+    ),
     "padded": ({"bf16": "false", "padding_free": "false"}, "fp32, padded batches: what padding-free buys"),
     "gc": (
         {"bf16": "false", "padding_free": "true", "gradient_checkpointing": "true"},
         "fp32, padding-free, gradient checkpointing on (compare with LLaMA-Factory's default)",
     ),
 }
-VARIANT_ENV = {  # expertkit's own speed-ups switched (train/speed.py), to measure what each buys
+VARIANT_ENV = {  # expertkit's speed-ups (train/speed.py) switched off, or on (split): what each buys
     "bf16-plain": {"EXPERTKIT_SPEED_OFF": "logits"},
-    "bf16-rows": {"EXPERTKIT_SPEED_ON": "rows"},
+    "bf16-norows": {"EXPERTKIT_SPEED_OFF": "rows"},
     "fp32-plain": {"EXPERTKIT_SPEED_OFF": "logits"},
+    "fp32-norows": {"EXPERTKIT_SPEED_OFF": "rows"},
+    "bf16-noattn": {"EXPERTKIT_SPEED_OFF": "attention"},
+    "bf16-split": {"EXPERTKIT_SPEED_ON": "split"},
+    "fp32-noattn": {"EXPERTKIT_SPEED_OFF": "attention"},
 }
 for _v, _env in VARIANT_ENV.items():
     _bf16 = "true" if _v.startswith("bf16") else "false"

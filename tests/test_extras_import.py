@@ -32,6 +32,7 @@ MODULES: dict[str, dict[str, list[str]]] = {
         "transformers": [
             "transformers",
             "transformers.generation.configuration_utils",
+            "transformers.integrations.sdpa_attention",  # train/attention.py: sdpa for what is not one padding-free row
             "transformers.loss.loss_utils",  # train/speed.py: the loss at labelled positions only
             "transformers.quantizers.base",  # model/quant.py: the modules bitsandbytes leaves unquantised
             "transformers.trainer_callback",

@@ -85,3 +85,22 @@ def test_rows_padded_to_a_multiple_give_the_same_loss(tiny_model):
     with torch.no_grad():
         a, b = (model(**batch, num_items_in_batch=57).loss.item() for batch in (plain, rounded))
     assert abs(a - b) < 1e-5
+
+
+def test_rows_padded_by_default_on_cpu(monkeypatch):
+    """row_multiple: 64 on CPU by default; EXPERTKIT_SPEED_OFF=rows turns it off; ..._ON=rows changes nothing."""
+    from expertkit.train.speed import ROW_MULTIPLE, row_multiple
+
+    class Config:
+        padding_free = True
+
+    monkeypatch.delenv("EXPERTKIT_SPEED_OFF", raising=False)
+    monkeypatch.delenv("EXPERTKIT_SPEED_ON", raising=False)
+    assert row_multiple(Config()) == ROW_MULTIPLE == 64
+    monkeypatch.setenv("EXPERTKIT_SPEED_ON", "rows")
+    assert row_multiple(Config()) == 64
+    monkeypatch.setenv("EXPERTKIT_SPEED_OFF", "logits, rows")
+    assert row_multiple(Config()) == 0
+    monkeypatch.delenv("EXPERTKIT_SPEED_OFF")
+    Config.padding_free = False
+    assert row_multiple(Config()) == 0

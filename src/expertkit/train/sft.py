@@ -37,21 +37,27 @@ def build_trainer(config: TrainConfig, model, tokenizer, data: StageData, precis
 
     from expertkit.train.collate import PaddedCollator, PaddingFreeCollator
     from expertkit.train.run import quiet_printer, run_callbacks, training_arguments
-    from expertkit.train.speed import loss_logits_only, row_multiple
+    from expertkit.train.speed import loss_logits_only, row_multiple, segment_attention, split_micro_batches
 
     if config.padding_free:
         collator = PaddingFreeCollator(loss_logits_only(config, model), row_multiple(config), tokenizer.pad_token_id)
     else:
         collator = PaddedCollator(tokenizer.pad_token_id)
+    args = training_arguments(config, precision)
+    split_micro_batches(config, args)
     trainer = Trainer(
         model=model,
-        args=training_arguments(config, precision),
+        args=args,
         train_dataset=data.train_set,
         eval_dataset=data.val_set or None,
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=run_callbacks(config),
     )
+    if segment_attention(config, model):
+        from expertkit.train.attention import SegmentAttentionCallback
+
+        trainer.add_callback(SegmentAttentionCallback())
     return quiet_printer(trainer)
 
 
