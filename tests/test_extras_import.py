@@ -32,9 +32,11 @@ MODULES: dict[str, dict[str, list[str]]] = {
         "transformers": [
             "transformers",
             "transformers.generation.configuration_utils",
+            "transformers.generation.continuous_batching.cb_logits_processors",  # engine/batch_sampling.py
             "transformers.integrations.sdpa_attention",  # train/attention.py: sdpa for what is not one padding-free row
             "transformers.loss.loss_utils",  # train/speed.py: the loss at labelled positions only
             "transformers.quantizers.base",  # model/quant.py: the modules bitsandbytes leaves unquantised
+            "transformers.tokenization_utils_base",  # engine/answer.py: the incremental detokeniser's _decode
             "transformers.trainer_callback",
             "transformers.trainer_utils",
             "transformers.training_args",
