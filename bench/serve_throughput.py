@@ -451,8 +451,8 @@ def print_table(results: list[LevelResult]) -> None:
 
 
 def print_ratios(results: list[LevelResult]) -> dict:
-    """expertkit / baseline at each concurrency, and whether issue 17's goal for that concurrency is met; with vllm in the
-    run, vllm / baseline and expertkit / vllm too."""
+    """expertkit / baseline at each concurrency, and whether issue 17's goal for that concurrency is met; with vllm
+    in the run, vllm / baseline and expertkit / vllm too."""
     by = {(r.system, r.clients): r for r in results}
     ratios: dict = {}
     print()
