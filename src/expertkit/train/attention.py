@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from transformers import TrainerCallback
 
+from expertkit.train.speed import ROW_MULTIPLE
+
 SEGMENT_SDPA = "expertkit_segment_sdpa"
 MATMUL_MAX = 768  # tokens: longer examples take the flash kernel (a length x length fp32 matrix per head otherwise)
-SHAPE_MULTIPLE = 64  # tokens: the matmul path's lengths, as train/speed.py's ROW_MULTIPLE for whole rows
+SHAPE_MULTIPLE = ROW_MULTIPLE  # tokens: the matmul path's lengths, as train/speed.py's for whole rows
 
 
 def segment_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
@@ -51,8 +53,9 @@ def example_attention(query, key, value, a: int, b: int, dropout: float, scaling
     n, length = b - a, query.shape[2]
     if query.dtype == torch.float32 or n > MATMUL_MAX or dropout:
         return causal_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout, scaling)
-    end = min(a + -(-n // SHAPE_MULTIPLE) * SHAPE_MULTIPLE, length)
-    short = -(-n // SHAPE_MULTIPLE) * SHAPE_MULTIPLE - (end - a)
+    rounded = -(-n // SHAPE_MULTIPLE) * SHAPE_MULTIPLE
+    end = min(a + rounded, length)
+    short = rounded - (end - a)
     q, k, v = (t[:, :, a:end] for t in (query, key, value))
     if short:
         q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, short)) for t in (q, k, v))
