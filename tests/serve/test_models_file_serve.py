@@ -147,7 +147,8 @@ def test_rewriting_the_file_while_clients_stream_fails_no_request(server):
     assert [text for after, text, _ in results if after] == [NOVA] * sum(after for after, _, _ in results)
     assert any(not after for after, _, _ in results)
     wait_until(lambda: old_key not in server.state.engine.served)  # stopped once its last request ended
-    assert not old.manager.is_running()
+    # remove() takes the name out first, then stops the manager (a blocking stop, in the swap's thread)
+    wait_until(lambda: not old.manager.is_running())
     assert [m.id for m in server.client.models.list().data] == ["next", "expert"]
 
     # an entry changed in place (same name, another adapter) is loaded beside the old one, then swapped
