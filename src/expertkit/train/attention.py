@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from transformers import TrainerCallback
 
-from expertkit.train.speed import ROW_MULTIPLE
+from expertkit.train.speed import ROW_MULTIPLE, unwrapped
 
 SEGMENT_SDPA = "expertkit_segment_sdpa"
 MATMUL_MAX = 768  # tokens: longer examples take the flash kernel (a length x length fp32 matrix per head otherwise)
@@ -84,7 +84,7 @@ def set_segment_attention(model, on: bool) -> None:
     """`segment_sdpa` (registered once) on a loaded sdpa model, or sdpa back."""
     from transformers import AttentionInterface
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrapped(model)
     AttentionInterface.register(SEGMENT_SDPA, segment_sdpa)
     base.set_attn_implementation(SEGMENT_SDPA if on else "sdpa")
 

@@ -46,7 +46,7 @@ def loss_logits_only(config: TrainConfig, model) -> bool:
         return False
     from transformers.loss.loss_utils import ForCausalLMLoss
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrapped(model)
     try:
         takes_positions = "logits_to_keep" in inspect.signature(base.forward).parameters
         standard_loss = base.loss_function is ForCausalLMLoss
@@ -85,7 +85,7 @@ def segment_attention(config: TrainConfig, model) -> bool:
 
     if not config.padding_free or "attention" in switched_off() or torch.cuda.is_available():
         return False
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrapped(model)
     c = base.config
     if getattr(c, "_attn_implementation", None) != "sdpa" or c.model_type not in PLAIN_CAUSAL_ATTENTION:
         return False
@@ -94,6 +94,11 @@ def segment_attention(config: TrainConfig, model) -> bool:
     if layer_types:
         return all(t == "full_attention" for t in layer_types)
     return getattr(c, "sliding_window", None) is None or getattr(c, "use_sliding_window", True) is False
+
+
+def unwrapped(model):
+    """The transformers model under a peft wrapper (or the model itself when it has none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def switched_off() -> set[str]:
