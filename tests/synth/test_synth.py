@@ -148,6 +148,22 @@ def test_another_teacher_asks_again_and_switching_back_asks_nothing(tmp_path):
         assert db.execute("SELECT count(*) FROM chunks WHERE status = 'done'").fetchone() == (3,)
 
 
+def test_another_teacher_keeps_the_same_chunks_held_out(tmp_path):
+    """The split is by chunk text: rows another teacher writes for a chunk a model trained on never land in eval
+    (it was by the state key, which names the teacher; for a URL, its port, so a test teacher on a random port
+    sometimes put every chunk on one side)."""
+    docs = write_docs(tmp_path / "docs", distinct_docs(8))
+    out = tmp_path / "out"
+    held = []
+    with teacher_server() as (_, url):
+        for model in ("teacher", "teacher-2"):
+            assert synth([docs], url, out, teacher_model=model, eval_size=0.5).asked == 8
+            train, held_rows = rows(out)
+            assert train and held_rows and len(train) + len(held_rows) == 8 * 3
+            held.append({r["source"]["chunk_id"] for r in held_rows})
+    assert held[0] == held[1]
+
+
 def test_a_killed_run_resumes_without_duplicates(tmp_path):
     docs = write_docs(tmp_path / "docs", distinct_docs(8))
     out = tmp_path / "out"

@@ -70,7 +70,7 @@ def write_dataset(state: State, config: SynthConfig, out: Path) -> Counts:
             if job.status != "done":
                 continue
             counts.chunks_done += 1
-            to_eval = in_eval(job.key, config)
+            to_eval = in_eval(job.text, config)
             for n, pair in enumerate(job.pairs, 1):
                 counts.pairs += 1
                 reason = drop_reason(pair, config) or dedup.reason(pair["question"], f"{job.key}-{n}")
@@ -112,9 +112,11 @@ def drop_reason(pair: dict, config: SynthConfig) -> str | None:
     return None
 
 
-def in_eval(key: str, config: SynthConfig) -> bool:
-    """Whether a chunk's rows are held out: a seeded hash of its key, so the split is stable across runs."""
-    digest = hashlib.sha256(f"{config.seed}/{key}".encode()).digest()
+def in_eval(text: str, config: SynthConfig) -> bool:
+    """Whether a chunk's rows are held out: a seeded hash of its text, so the split is the same on every run and
+    with every teacher and prompt. Not of its state key: that names the teacher (for a URL, its port too), so another
+    teacher would move chunks a model trained on into the eval rows."""
+    digest = hashlib.sha256(f"{config.seed}/{text}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < config.eval_size
 
 
