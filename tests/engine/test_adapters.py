@@ -63,18 +63,34 @@ def test_concurrent_requests_to_different_names_each_get_their_own_adapter(engin
         assert base not in (SAIL[question], NOVA[question])
 
 
+def weights(model) -> dict:
+    """Every parameter by name, with the weight values of linear layers packed for oneDNN (model/packed.py)."""
+    from expertkit.model.packed import PackedLinear
+
+    out = dict(model.named_parameters())
+    out |= {f"{n}.weight": m.packed.to_dense() for n, m in model.named_modules() if isinstance(m, PackedLinear)}
+    return out
+
+
 def test_adapters_leave_the_shared_base_weights_alone(engine, tiny_model):
     import torch
 
     from expertkit.model.load import load_model
+    from expertkit.model.packed import PackedLinear
 
     fresh = dict(load_model(str(tiny_model)).named_parameters())
-    for name, p in engine.served["tiny"].model.named_parameters():
-        assert torch.equal(p, fresh[name]), name
+    served = weights(engine.served["tiny"].model)
+    assert set(fresh) <= set(served)
+    for name, p in fresh.items():
+        assert torch.equal(served[name], p), name
     base, sail = engine.served["tiny"].model, engine.served["sail"].model
     assert base.model.embed_tokens.weight.data_ptr() == sail.model.embed_tokens.weight.data_ptr()  # shared
-    q_base, q_sail = base.model.layers[0].self_attn.q_proj.weight, sail.model.layers[0].self_attn.q_proj.weight
-    assert not torch.equal(q_base, q_sail)  # merged into its own tensor
+    q_base, q_sail = base.model.layers[0].self_attn.q_proj, sail.model.layers[0].self_attn.q_proj
+    assert not torch.equal(q_base.packed.to_dense(), q_sail.packed.to_dense())  # merged into its own tensor
+    packed = {n: m.packed for n, m in base.named_modules() if isinstance(m, PackedLinear)}
+    assert packed, "on CPU the served models' linear layers are packed for oneDNN"
+    # a layer the adapter left alone (LoRA's "all" targets every linear layer but the LM head) shares it packed
+    assert sail.lm_head.packed is packed["lm_head"]
 
 
 def test_unknown_model_is_a_clear_error(engine):

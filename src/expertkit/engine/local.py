@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +34,7 @@ from expertkit.engine.answer import BatchedJob, OwnLoopJob, SoloJob, answer_delt
 from expertkit.engine.base import Delta, SamplingParams, pick_served
 from expertkit.engine.batch_sampling import BatchSampler
 from expertkit.engine.config import EngineConfig
+from expertkit.engine.cpu_threads import LoopLane, in_passing_thread, single_threaded
 from expertkit.engine.decode import needs_own_loop
 from expertkit.engine.loading import (
     RawPrompt,
@@ -53,7 +54,8 @@ def merge_adapter_copy(base, adapter: str):
 
     The copy gets new Parameter objects over the same storage; each layer the adapter changes gets its own copy of the
     weight before the merge, so no peft version's merge (in place or not: peft 0.22's merge wrote into the shared
-    tensor, and the base answered as the adapter) can reach the base's tensors.
+    tensor, and the base answered as the adapter) can reach the base's tensors. A base packed for oneDNN
+    (model/packed.py) is unpacked in the copy for peft, and the merged copy is packed again.
     """
     import copy
 
@@ -61,15 +63,22 @@ def merge_adapter_copy(base, adapter: str):
     from peft import PeftModel
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    memo = {}
+    from expertkit.model.packed import pack_linears, unpack_linears
+
+    memo = {id(b): b for b in base.buffers()}
     for p in base.parameters():
         memo.setdefault(id(p), torch.nn.Parameter(p.data, requires_grad=False))
-    model = PeftModel.from_pretrained(copy.deepcopy(base, memo), adapter)
+    plain = copy.deepcopy(base, memo)
+    packed = unpack_linears(plain)  # a packed base (CPU): plain linear layers for peft, packed again after the merge
+    model = PeftModel.from_pretrained(plain, adapter)
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
             layer = module.get_base_layer()
             layer.weight = torch.nn.Parameter(layer.weight.data.clone(), requires_grad=False)
-    return model.merge_and_unload(safe_merge=True).eval()
+    merged = model.merge_and_unload(safe_merge=True).eval()
+    if packed:  # the layers the adapter left alone share the base's packed weights
+        pack_linears(merged, reuse=packed)
+    return merged
 
 
 @dataclass
@@ -84,6 +93,7 @@ class Served:
     base: str = ""  # the model folder (or hub id) it was built on
     running: int = 0  # requests on continuous batching or the direct path now (not those of the own loop)
     solo: SoloJob | None = None  # the request decoding alone on the direct path, until another arrives
+    lane: Executor | None = None  # on CPU, where the direct path runs: the manager's thread (else the decode pool)
 
 
 Source = tuple[str, str | None]  # (model folder or hub id, LoRA adapter folder or None)
@@ -105,8 +115,12 @@ class LocalEngine:
             # the default model (first in model_names) is the first adapter; the base comes last
             base = config.model_name_or_path
             served = {name: (base, path) for name, path in adapters.items()} | {config.base_name(): (base, None)}
+        import torch
+
         self.served: dict[str, Served] = {}
         self.bases: dict[str, Any] = {}  # model -> its loaded weights, shared by every name built on it
+        # on CPU: the cores go to the batching loops, a decode worker gets one (engine/cpu_threads.py); 0 on a GPU
+        self.cores = 0 if torch.cuda.is_available() else torch.get_num_threads()
         self.lock = threading.Lock()  # one add / remove at a time
         self.counting = threading.Lock()  # each Served's running / solo
         try:
@@ -116,11 +130,19 @@ class LocalEngine:
             for s in self.served.values():
                 s.manager.stop(block=True)
             raise
-        # requests continuous batching cannot serve (engine/decode.py) run here, at most max_concurrency at once
-        self.pool = ThreadPoolExecutor(config.max_concurrency, thread_name_prefix="expertkit-decode")
+        # requests continuous batching cannot serve (engine/decode.py) and the direct path run here, at most
+        # max_concurrency at once
+        self.pool = ThreadPoolExecutor(
+            config.max_concurrency, "expertkit-decode", initializer=single_threaded if self.cores else None
+        )
 
     def add(self, name: str, adapter: str | None = None, model: str | None = None, share=(0, 1)) -> Served:
         """Load `name` (model + adapter merged, with its own batching manager) and serve it; blocking (seconds)."""
+        if self.cores:  # on CPU, in a thread that ends with the load (engine/cpu_threads.py)
+            return in_passing_thread(lambda: self.load(name, adapter, model, share), self.cores)
+        return self.load(name, adapter, model, share)
+
+    def load(self, name: str, adapter: str | None, model: str | None, share: tuple[int, int]) -> Served:
         model = model or self.config.model_name_or_path
         if adapter:
             check_adapter_path(name, adapter)
@@ -139,7 +161,7 @@ class LocalEngine:
                 merged = merge_adapter_copy(base, adapter) if adapter else base
             stop = eos_ids(merged.generation_config.eos_token_id, tokenizer)
             served = Served(name, tokenizer, merged, None, stop, model)
-            served.manager = start_manager(self.config, served, share)
+            served.manager = start_manager(self.config, served, share, self.cores)
             self.served = {**self.served, name: served}
         return served
 
@@ -220,7 +242,14 @@ class LocalEngine:
             served.running += 1
             if served.running == 1 and self.solo_first:
                 served.solo = SoloJob(
-                    self.pool, served.manager, served.model, served.tokenizer, prompt, params, served.eos_ids, sampling
+                    served.lane or self.pool,
+                    served.manager,
+                    served.model,
+                    served.tokenizer,
+                    prompt,
+                    params,
+                    served.eos_ids,
+                    sampling,
                 )
                 return served.solo
             if served.solo is not None:
@@ -256,14 +285,15 @@ def sampling_kwargs(params: SamplingParams, vocab_size: int) -> dict:
     }
 
 
-def start_manager(config: EngineConfig, served: Served, share: tuple[int, int]):
+def start_manager(config: EngineConfig, served: Served, share: tuple[int, int], cores: int = 0):
     """A started continuous-batching manager for one served model.
 
     `max_concurrency` caps the requests decoded in one step (`max_requests_per_batch`); a step holds at most 256
     tokens per request on a GPU, 256 in all on CPU (`max_batch_tokens`: longer prompts are prefilled in chunks).
     The KV cache: on a GPU, the i-th of n served models gets 1/n of 80 % of the memory free at start (so n managers
     never ask for more than one would); on CPU, room for `max_concurrency` requests of up to 4096 tokens each (the
-    CPU default, 60 % of free RAM per manager, would take the machine).
+    CPU default, 60 % of free RAM per manager, would take the machine). On CPU its loop runs on `cores` cores and
+    decodes a request alone too (`served.lane`).
     """
     from transformers import GenerationConfig
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
@@ -298,6 +328,8 @@ def start_manager(config: EngineConfig, served: Served, share: tuple[int, int]):
     manager = model.init_continuous_batching(generation_config=generation, continuous_batching_config=cb)
     if not on_gpu:
         manager.logit_processor = BatchSampler()  # read when the generation thread builds its batch processor
+    if cores:  # the loop's thread decodes on every core, and a request alone too (engine/cpu_threads.py)
+        served.lane = LoopLane(manager, cores)
     manager.start()
     return manager
 

@@ -29,8 +29,8 @@ each buys (bench/train_throughput.py --variants bf16,bf16-plain,bf16-norows,bf16
 from __future__ import annotations
 
 import inspect
-import os
 
+from expertkit.core.switches import switched
 from expertkit.train.config import TrainConfig
 
 ROW_MULTIPLE = 64
@@ -105,8 +105,6 @@ def switched_off() -> set[str]:
     return switched("OFF")
 
 
-def switched(which: str) -> set[str]:
-    return {s.strip() for s in os.environ.get(f"EXPERTKIT_SPEED_{which}", "").split(",") if s.strip()}
 
 
 def speed_line(config: TrainConfig, trainer) -> dict[str, str]:

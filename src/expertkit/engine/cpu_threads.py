@@ -1,0 +1,89 @@
+"""Which threads of the local engine get the CPU cores, so that OpenMP never holds more threads than there are cores.
+
+PyTorch's CPU ops run on OpenMP (libgomp on Linux), and every thread that runs a parallel op gets a team of worker
+threads of its own, kept for the thread's life. Once the process holds more OpenMP threads than cores, libgomp stops
+letting idle workers spin between parallel regions and puts them to sleep instead, and a decode step runs about 130
+regions: each wakes a sleeping worker. Measured on bench/serve_throughput.py's model (2 cores): a decode loop took
+11.4 ms per token in a process where it was the only thread to have run torch ops, 18-21 ms once a second thread had.
+So on CPU the engine gives the cores to one thread per served model:
+
+- that model's continuous-batching loop (transformers' thread) decodes on every core (`torch.get_num_threads()`
+  when the engine starts: OMP_NUM_THREADS, else every core), and a request alone on the model (the direct path,
+  engine/answer.py's SoloJob) is decoded in that same thread, between the loop's steps (`LoopLane`);
+- requests for the own loop (seed, penalty, logprobs, JSON) decode with one core each (`single_threaded`, the
+  decode pool's initializer);
+- models are loaded and merged in a thread that ends with the load (`in_passing_thread`), so its team goes with it.
+
+In-process, ms per decode step on that model, before -> after: 1 request 19-21 -> 11-12, 4 concurrent 27.6-30.5 ->
+15.7-17.2, 16 concurrent 45.5 -> 29.8. On a GPU the cores only feed it: none of this is used there.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def single_threaded() -> None:
+    """Run this thread's torch ops on one core (a decode worker's initializer)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def in_passing_thread(fn: Callable[[], T], threads: int) -> T:
+    """`fn()` on `threads` cores in a thread of its own that ends with it (its OpenMP team goes with it); this
+    thread's later torch ops, and those of threads started later, run on one core."""
+    import torch
+
+    def run() -> T:
+        torch.set_num_threads(threads)
+        return fn()
+
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="expertkit-load") as loader:
+            return loader.submit(run).result()
+    finally:
+        torch.set_num_threads(1)  # the default for threads started from now on, and this one
+
+
+class LoopLane(Executor):
+    """Runs what is submitted in a continuous-batching manager's own thread, between two of its steps, on `cores`
+    cores (the thread is set to them on its first pass). The manager waits for it: meant for work that runs while the
+    manager has nothing to do (a request alone on the model), which stops when the manager gets work of its own.
+
+    Hooks transformers' `_generation_loop_body` (one pass of the manager's loop) on this one manager object."""
+
+    def __init__(self, manager, cores: int):
+        self.manager, self.cores = manager, cores
+        self.work: queue.SimpleQueue = queue.SimpleQueue()
+        self.on_cores = False
+        self.body = manager._generation_loop_body
+        manager._generation_loop_body = self.pass_or_work
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        self.work.put((future, fn, args, kwargs))
+        self.manager._wake_up_loop.set()  # the loop may be waiting for requests (up to 0.1 s)
+        return future
+
+    def pass_or_work(self, batch_processor, bootstrapping: bool) -> bool:
+        if not self.on_cores:
+            import torch
+
+            torch.set_num_threads(self.cores)
+            self.on_cores = True
+        try:
+            future, fn, args, kwargs = self.work.get_nowait()
+        except queue.Empty:
+            return self.body(batch_processor, bootstrapping)
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as e:  # noqa: BLE001 - the submitter reads it from the future
+                future.set_exception(e)
+        return True
