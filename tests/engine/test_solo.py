@@ -83,3 +83,35 @@ def test_a_request_joined_mid_decode_hands_over_and_keeps_generates_tokens(engin
     assert (second.text, second.usage.completion_tokens) == generate(engine, other, 12)
     assert sorted(prompts) == sorted([len(engine.prompt_ids(other, "tiny")), len(engine.prompt_ids(HI, "tiny")) + 5])
     assert served.running == 0 and served.solo is None
+
+
+def test_on_cpu_a_lone_request_decodes_in_its_models_batching_thread_on_every_core(engine, monkeypatch):
+    """engine/cpu_threads.py: one thread per served model holds the cores (its batching loop), and the direct path
+    runs in it; the own loop (a seeded sample) decodes on one core in the decode pool."""
+    import pytest
+    import torch
+
+    import expertkit.engine.answer as answer_module
+
+    if not engine.cores:
+        pytest.skip("on a GPU the engine leaves threads alone")
+    served, seen, real = engine.pick("tiny"), [], answer_module.decode
+
+    def recording(*args):
+        seen.append((threading.current_thread(), torch.get_num_threads()))
+        real(*args)
+
+    monkeypatch.setattr(answer_module, "decode", recording)
+    assert (asyncio.run(answer(engine, HI, 8))).usage.completion_tokens == 8
+    assert seen == [(served.manager._generation_thread, engine.cores)]
+
+    async def seeded():
+        async for _ in engine.stream(HI, SamplingParams(temperature=0.9, seed=7, max_tokens=4), "tiny"):
+            pass
+
+    asyncio.run(seeded())
+    assert seen[1][0].name.startswith("expertkit-decode") and seen[1][1] == 1
+    # what fails in the lane reaches its submitter, and the batching loop goes on
+    with pytest.raises(ZeroDivisionError):
+        served.lane.submit(lambda: 1 / 0).result(timeout=30)
+    assert (asyncio.run(answer(engine, HI, 6))).usage.completion_tokens == 6

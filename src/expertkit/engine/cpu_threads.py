@@ -36,19 +36,17 @@ def single_threaded() -> None:
 
 
 def in_passing_thread(fn: Callable[[], T], threads: int) -> T:
-    """`fn()` on `threads` cores in a thread of its own that ends with it (its OpenMP team goes with it); this
-    thread's later torch ops, and those of threads started later, run on one core."""
-    import torch
+    """`fn()` on `threads` cores in a thread of its own that ends with it (its OpenMP team goes with it); the
+    calling thread's own cores are left as they were."""
 
     def run() -> T:
+        import torch
+
         torch.set_num_threads(threads)
         return fn()
 
-    try:
-        with ThreadPoolExecutor(1, thread_name_prefix="expertkit-load") as loader:
-            return loader.submit(run).result()
-    finally:
-        torch.set_num_threads(1)  # the default for threads started from now on, and this one
+    with ThreadPoolExecutor(1, thread_name_prefix="expertkit-load") as loader:
+        return loader.submit(run).result()
 
 
 class LoopLane(Executor):
