@@ -86,16 +86,19 @@ def test_a_request_joined_mid_decode_hands_over_and_keeps_generates_tokens(engin
 
 
 def test_on_cpu_a_lone_request_decodes_in_its_models_batching_thread_on_every_core(engine, monkeypatch):
-    """engine/cpu_threads.py: one thread per served model holds the cores (its batching loop), and the direct path
-    runs in it; the own loop (a seeded sample) decodes on one core in the decode pool."""
+    """engine/cpu_threads.py: the first model to decode gets the cores for its batching loop's thread, and the direct
+    path runs in it; the own loop (a seeded sample) decodes on one core in the decode pool."""
     import pytest
     import torch
 
     import expertkit.engine.answer as answer_module
+    from expertkit.engine import cpu_threads
 
     if not engine.cores:
         pytest.skip("on a GPU the engine leaves threads alone")
+    monkeypatch.setattr(cpu_threads, "_holder", [])  # as in a fresh process: nobody holds the cores yet
     served, seen, real = engine.pick("tiny"), [], answer_module.decode
+    served.lane.placed = False
 
     def recording(*args):
         seen.append((threading.current_thread(), torch.get_num_threads()))
@@ -115,3 +118,26 @@ def test_on_cpu_a_lone_request_decodes_in_its_models_batching_thread_on_every_co
     with pytest.raises(ZeroDivisionError):
         served.lane.submit(lambda: 1 / 0).result(timeout=30)
     assert (asyncio.run(answer(engine, HI, 6))).usage.completion_tokens == 6
+
+
+def test_the_first_thread_to_decode_claims_the_cores_until_it_ends(monkeypatch):
+    from expertkit.engine import cpu_threads
+
+    monkeypatch.setattr(cpu_threads, "_holder", [])
+    claims, leave = {}, threading.Event()
+
+    def decoder(name: str, stay: bool):
+        claims[name] = (cpu_threads.claim_cores(), cpu_threads.claim_cores())  # asking again changes nothing
+        if stay:
+            leave.wait(30)
+
+    first = threading.Thread(target=decoder, args=("first", True))
+    first.start()
+    while "first" not in claims:
+        threading.Event().wait(0.01)
+    second = threading.Thread(target=decoder, args=("second", False))
+    second.start(), second.join()
+    leave.set(), first.join()
+    third = threading.Thread(target=decoder, args=("third", False))  # the holder has ended: the cores are free
+    third.start(), third.join()
+    assert claims == {"first": (True, True), "second": (False, False), "third": (True, True)}
