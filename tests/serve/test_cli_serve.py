@@ -42,6 +42,7 @@ def test_serve_prints_url_answers_and_stops_cleanly_on_sigterm(tiny_model):
     proc, lines = start_serve(tiny_model, port)
     try:
         assert lines[-1].startswith(f"serving tiny at http://127.0.0.1:{port}/v1"), lines
+        assert any(line.startswith("speed: CPU, linear weights packed for oneDNN, one batching") for line in lines)
         r = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10)
         assert [m["id"] for m in r.json()["data"]] == ["tiny"]
         proc.send_signal(signal.SIGTERM)

@@ -193,6 +193,16 @@ class LocalEngine:
     def eos_ids(self) -> list[int]:
         return self.pick().eos_ids
 
+    def speed(self) -> str:
+        """What this engine does to decode faster on this machine, for the server's start-up lines ("" on a GPU)."""
+        from expertkit.model.packed import has_packed
+
+        if not self.cores:
+            return ""
+        packed = any(has_packed(s.model) for s in self.served.values())
+        weights = "linear weights packed for oneDNN" if packed else "linear weights as loaded"
+        return f"CPU, {weights}, one batching thread on {self.cores} cores (docs/engine.md)"
+
     def model_names(self) -> list[str]:
         return list(self.served)
 

@@ -67,6 +67,9 @@ def announce(server, state, config: ServeConfig, with_key: bool) -> None:
         print(f"models file {state.models.path}: reloaded when it changes, on SIGHUP or POST /admin/models", flush=True)
     else:
         names = ", ".join(state.engine.model_names()) or "(the remote's models)"
+    speed = getattr(state.engine, "speed", None)  # the local engine's
+    if speed is not None and (line := speed()):
+        print(f"speed: {line}", flush=True)
     key_note = "  (send Authorization: Bearer KEY)" if with_key else ""
     print(f"serving {names} at {config.url}{key_note}", file=sys.stdout, flush=True)
     print("OpenAI /v1 (chat, completions, embeddings), Ollama /api, /metrics; Ctrl-C to stop", flush=True)
