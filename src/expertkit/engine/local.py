@@ -251,8 +251,10 @@ class LocalEngine:
         with self.counting:
             served.running += 1
             if served.running == 1 and self.solo_first:
+                # on CPU in the manager's thread (while its loop runs: a loop that died would never run it)
+                lane = served.lane if served.lane is not None and served.manager.is_running() else self.pool
                 served.solo = SoloJob(
-                    served.lane or self.pool,
+                    lane,
                     served.manager,
                     served.model,
                     served.tokenizer,
