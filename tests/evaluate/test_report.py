@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from expertkit.core.errors import ExpertkitError
-from expertkit.evaluate.report import compare_reports, load_summary, write_report
+from expertkit.evaluate.report import write_report
+from expertkit.evaluate.report_compare import compare_reports, load_summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 XSS = "<script>alert(1)</script>"

@@ -26,7 +26,7 @@ def evaluate(
     if compare:
         from pathlib import Path
 
-        from expertkit.evaluate.report import compare_reports
+        from expertkit.evaluate.report_compare import compare_reports
 
         if len(args) < 2:
             raise ExpertkitError("--compare needs two or more eval output folders", hint="expertkit eval --compare A B")

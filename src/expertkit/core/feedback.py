@@ -10,9 +10,9 @@
 
 One SQLite file, written by the web UI and, with `store_conversations=true`, by `expertkit serve` (each chat
 completion as a conversation of its own, found again by its completion id for `POST /v1/feedback`). The schema grows
-by ordered migrations, as simonw/llm does: each migration runs once, in order, and its name is recorded in
-`_migrations`, so an old file is brought up to date when it is opened and a new column never needs a hand-written
-upgrade.
+by ordered migrations (core/feedback_migrations.py), as simonw/llm does: each migration runs once, in order, and its
+name is recorded in `_migrations`, so an old file is brought up to date when it is opened and a new column never needs
+a hand-written upgrade.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from expertkit.core.errors import ExpertkitError
 from expertkit.core.feedback_config import ExportOnly, FeedbackExportConfig  # noqa: F401  (imported from here too)
+from expertkit.core.feedback_migrations import MIGRATIONS
 from expertkit.core.runs import write_text_atomic
 
 FEEDBACK_DB = "feedback.sqlite"
@@ -41,90 +42,6 @@ MESSAGE_COLUMNS = (
     "id, conversation_id, position, role, content, reasoning, model, options, created, completion_id, choice_index, "
     "sources, grounded"
 )
-
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
-
-
-def migration(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
-    """Register a schema change; they run in the order they are defined, each exactly once per database."""
-    MIGRATIONS.append(fn)
-    return fn
-
-
-@migration
-def m001_initial(db: sqlite3.Connection) -> None:
-    db.execute(
-        """CREATE TABLE conversations (
-            id TEXT PRIMARY KEY,
-            created TEXT NOT NULL,
-            source TEXT NOT NULL,
-            model TEXT,
-            system TEXT
-        )"""
-    )
-    db.execute(
-        """CREATE TABLE messages (
-            id TEXT PRIMARY KEY,
-            conversation_id TEXT NOT NULL REFERENCES conversations(id),
-            position INTEGER NOT NULL,
-            role TEXT NOT NULL,
-            content TEXT NOT NULL,
-            reasoning TEXT,
-            model TEXT,
-            options TEXT,
-            created TEXT NOT NULL
-        )"""
-    )
-    db.execute("CREATE INDEX messages_conversation ON messages(conversation_id, position)")
-    db.execute(
-        """CREATE TABLE feedback (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            message_id TEXT NOT NULL REFERENCES messages(id),
-            rating INTEGER,
-            edited_content TEXT,
-            comment TEXT,
-            created TEXT NOT NULL
-        )"""
-    )
-    db.execute("CREATE INDEX feedback_message ON feedback(message_id, id)")
-
-
-@migration
-def m002_server_records(db: sqlite3.Connection) -> None:
-    """What the server records beside an answer: the completion (and choice) it was sent as, so `POST /v1/feedback`
-    finds it by completion id, and the numbered sources of a grounded answer (JSON)."""
-    db.execute("ALTER TABLE messages ADD COLUMN completion_id TEXT")
-    db.execute("ALTER TABLE messages ADD COLUMN choice_index INTEGER")
-    db.execute("ALTER TABLE messages ADD COLUMN sources TEXT")
-    db.execute("CREATE INDEX messages_completion ON messages(completion_id, choice_index)")
-
-
-@migration
-def m003_arms_raters_votes(db: sqlite3.Connection) -> None:
-    """The improvement loop's records: which alias and A/B arm served a conversation (`alias` as the client asked,
-    `arm` the served name it was routed to), who gave a rating (`rater`: a web UI account, an API key's name), and
-    arena votes: one question, two anonymous answers (each stored as a message), the winner."""
-    db.execute("ALTER TABLE conversations ADD COLUMN alias TEXT")
-    db.execute("ALTER TABLE conversations ADD COLUMN arm TEXT")
-    db.execute("ALTER TABLE feedback ADD COLUMN rater TEXT")
-    db.execute(
-        """CREATE TABLE votes (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            message_a TEXT NOT NULL REFERENCES messages(id),
-            message_b TEXT NOT NULL REFERENCES messages(id),
-            winner TEXT NOT NULL CHECK (winner IN ('a', 'b', 'tie', 'both_bad')),
-            rater TEXT,
-            created TEXT NOT NULL
-        )"""
-    )
-
-
-@migration
-def m004_grounded_prompt(db: sqlite3.Connection) -> None:
-    """A grounded answer's prompt as the model saw it: {"system": the grounding rules (after the client's system
-    prompt), "user": the numbered sources and the question}, JSON, so `feedback export with_context=true` trains on
-    what the answer was written from (the conversation keeps the question as asked)."""
-    db.execute("ALTER TABLE messages ADD COLUMN grounded TEXT")
 
 
 def default_feedback_db() -> Path:
