@@ -10,7 +10,8 @@ import pytest
 from expertkit.core.config import load_config
 from expertkit.core.errors import ConfigError, ExpertkitError
 from expertkit.train.config import TrainConfig
-from expertkit.train.run import FINISHED_MARKER, run
+from expertkit.train.resume import FINISHED_MARKER
+from expertkit.train.run import run
 
 
 def config(tiny_model, identity_dir, out, **over) -> TrainConfig:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from expertkit.core.errors import ExpertkitError, Problem
-from expertkit.export import merge
+from expertkit.export import folders, merge
 from expertkit.export.config import ExportConfig
 from expertkit.export.quantize import WRITTEN_BY_GGUF
 
@@ -42,14 +42,14 @@ class GgufResult:
 def run(config: ExportConfig) -> GgufResult:
     start = time.monotonic()
     quants = config.export_quantization.split(",")
-    export_dir = merge.check_paths(config, marker=MODELFILE)
+    export_dir = folders.check_paths(config, marker=MODELFILE)
     base = Path(config.model_name_or_path).expanduser()
     if (base / "config.json").is_file():  # an architecture we cannot convert: refused before merging
         from expertkit.export.gguf_convert import check_architecture
 
         check_architecture(base)
     runtime = prepare_runtime(config, quants)
-    tmp = merge.make_temp_dir(export_dir)
+    tmp = folders.make_temp_dir(export_dir)
     try:
         check_disk(config, quants, tmp)
         merged = tmp / "merged"
@@ -58,8 +58,8 @@ def run(config: ExportConfig) -> GgufResult:
         result.checks.insert(0, f"merged model: {merge_result.checks[0]}")
         write_readme(tmp, config, result)
         shutil.rmtree(merged)
-        merge.use_default_permissions(tmp)
-        merge.move_into_place(tmp, export_dir)
+        folders.use_default_permissions(tmp)
+        folders.move_into_place(tmp, export_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -122,7 +122,7 @@ def write_gguf(config: ExportConfig, quants: list[str], merged: Path, tmp: Path,
         logger.info("wrote %s (%.1f MB)", out.name, out.stat().st_size / 1e6)
     if "f16" not in quants and intermediate.is_file():
         intermediate.unlink()
-    run_dir = merge.source_run_dir(config)
+    run_dir = folders.source_run_dir(config)
     modelfile = write_modelfile(tmp, tokenizer, merged, ollama, files[quants[0]].name, run_dir)
     result = GgufResult("", [files[q].name for q in quants], modelfile)
     result.checks.append(

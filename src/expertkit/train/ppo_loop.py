@@ -179,7 +179,7 @@ class PPOTrainer:
         from transformers import DefaultFlowCallback, Trainer, TrainerControl, TrainerState, get_scheduler
         from transformers.trainer_callback import CallbackHandler
 
-        from expertkit.train.run import planned_steps
+        from expertkit.train.resume import planned_steps
 
         self.config, self.model, self.value_head, self.tokenizer = config, model, value_head, tokenizer
         self.train_dataset, self.reward, self.args = prompts, reward, args
