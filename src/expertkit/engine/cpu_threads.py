@@ -15,8 +15,8 @@ So on CPU the engine gives the cores to one thread:
   decode pool's initializer);
 - models are loaded and merged in a thread that ends with the load (`in_passing_thread`), so its team goes with it.
 
-In-process, ms per decode step on that model, before -> after: 1 request 19-21 -> 11-12, 4 concurrent 27.6-30.5 ->
-15.7-17.2, 16 concurrent 45.5 -> 29.8. On a GPU the cores only feed it: none of this is used there.
+In-process, ms per decode step on that model, before -> after: 1 request 19-21 -> 10.6-11, 4 concurrent 22-27 ->
+15.1-15.5 (bench/README.md, "Issue 17, evening"). On a GPU the cores only feed it: none of this is used there.
 """
 
 from __future__ import annotations

@@ -105,8 +105,6 @@ def switched_off() -> set[str]:
     return switched("OFF")
 
 
-
-
 def speed_line(config: TrainConfig, trainer) -> dict[str, str]:
     """The header's 'speed' row: what is on, so that a run's figures can be read."""
     on = []
